@@ -1,0 +1,54 @@
+"""The task registry: ``get_task(name, **params)``; one module per task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from discovery.errors import UsageError
+from discovery.tasks.base import Dataset, DatasetSpec, Example, Task, build_dataset, metric_from_logits
+from discovery.tasks.digits import DigitsTask
+from discovery.tasks.greater_than import GreaterThanTask
+from discovery.tasks.months import MonthsTask
+from discovery.tasks.number_words import NumberWordsTask
+from discovery.tasks.user_file import FileTask
+
+TASKS: dict[str, type[Task]] = {
+    t.name: t for t in (DigitsTask, NumberWordsTask, MonthsTask, GreaterThanTask)
+}
+
+
+def register_task(task_class: type[Task]) -> type[Task]:
+    TASKS[task_class.name] = task_class
+    return task_class
+
+
+def _load_optional_tasks() -> None:
+    # The induction task ships with the reference models; import it lazily so a missing
+    # optional module never breaks the built-in tasks.
+    try:
+        from discovery.tasks.induction import InductionTask
+    except ImportError:
+        return
+    TASKS.setdefault(InductionTask.name, InductionTask)
+
+
+def task_names() -> list[str]:
+    _load_optional_tasks()
+    return sorted(TASKS) + ["file:PATH"]
+
+
+def get_task(name: str, **params: Any) -> Task:
+    """The task called ``name`` (``file:PATH`` for a prompt file), built with ``params``."""
+    if name.startswith("file:"):
+        return FileTask(name[len("file:"):], **params)
+    _load_optional_tasks()
+    if name not in TASKS:
+        raise UsageError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
+    try:
+        return TASKS[name](**params)
+    except TypeError as e:
+        raise UsageError(f"task {name!r}: bad parameters {params}: {e}") from e
+
+
+__all__ = ["Dataset", "DatasetSpec", "Example", "Task", "TASKS", "build_dataset", "get_task",
+           "metric_from_logits", "register_task", "task_names"]

@@ -1,0 +1,82 @@
+"""User-defined tasks from a prompt file: ``--task file:PATH`` (JSON or CSV).
+
+JSON: a list of objects, or ``{"examples": [...]}``; CSV: a header row. Each example has
+``clean``, ``corrupt``, ``answer`` and ``wrong`` (a token string each, e.g. " 5", or a list of
+token strings for several). The optional top-level JSON key ``metric`` picks ``logit_diff``
+(default) or ``prob_diff``. ``n`` takes the first n examples in file order (after a shuffle
+with ``seed`` when seed is not 0); the file's own corruption is called ``file``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from discovery.errors import UsageError
+from discovery.tasks.base import Example, Task
+
+REQUIRED = ("clean", "corrupt", "answer", "wrong")
+
+
+def _tokens(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list):
+        return tuple(str(v) for v in value)
+    return (str(value),)
+
+
+class FileTask(Task):
+    name = "file"
+    description = "prompts, corrupted prompts and answers from a JSON or CSV file"
+    corruptions = ("file",)
+    default_corruption = "file"
+
+    def __init__(self, path: str, **params: Any) -> None:
+        super().__init__(path=str(path), **params)
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UsageError(f"task file {str(self.path)!r} does not exist")
+        rows, metric = self._read()
+        if metric not in ("logit_diff", "prob_diff"):
+            raise UsageError(f"task file {self.path}: unknown metric {metric!r} (logit_diff or prob_diff)")
+        self.metric = metric  # type: ignore[misc]
+        self.rows = rows
+        self.name = f"file:{self.path.name}"  # type: ignore[misc]
+
+    def _read(self) -> tuple[list[dict[str, Any]], str]:
+        text = self.path.read_text()
+        metric = "logit_diff"
+        if self.path.suffix.lower() == ".csv":
+            rows: list[dict[str, Any]] = list(csv.DictReader(text.splitlines()))
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"task file {self.path}: not valid JSON ({e})") from e
+            if isinstance(data, dict):
+                metric = data.get("metric", metric)
+                data = data.get("examples")
+            if not isinstance(data, list):
+                raise UsageError(f"task file {self.path}: expected a list of examples")
+            rows = data
+        if not rows:
+            raise UsageError(f"task file {self.path}: no examples")
+        for i, row in enumerate(rows):
+            missing = [k for k in REQUIRED if k not in row or row[k] in (None, "")]
+            if missing:
+                raise UsageError(f"task file {self.path}: example {i} lacks {', '.join(missing)}")
+        return rows, metric
+
+    def examples(self, n: int, seed: int, corruption: str, tokenizer: Any) -> list[Example]:
+        order = np.arange(len(self.rows))
+        if seed:
+            order = np.random.default_rng(seed).permutation(len(self.rows))
+        if n > len(self.rows):
+            raise UsageError(f"task file {self.path}: asked for {n} prompts, the file has {len(self.rows)}")
+        return [
+            Example(str(r["clean"]), str(r["corrupt"]), _tokens(r["answer"]), _tokens(r["wrong"]))
+            for r in (self.rows[int(i)] for i in order[:n])
+        ]
