@@ -1,0 +1,341 @@
+"""Scoring circuits by ablation: the hot path, and the only code that runs ablated forwards.
+
+Node-level ablation replaces the output of every head outside the circuit (its ``z``, the
+per-head attention output before ``W_O``) with a replacement taken from another dataset:
+
+- ``mean`` (default): the head's mean over the source prompts, per position;
+- ``resample``: the head's value on the paired source prompt (prompt i's corrupted twin);
+- ``zero``: zeros.
+
+The source is the dataset's corrupted prompts by default (``source="clean"`` takes the clean
+ones). MLPs are kept unless ``ablate_mlps`` is set, in which case MLPs outside the circuit are
+replaced the same way. The score is the task's metric on the clean prompts; it is normalised as
+``(circuit - ablated) / (full - ablated)``, where *full* keeps everything and *ablated* keeps
+nothing. All of that is recorded in :class:`EvaluationMethod`, stored and printed with every
+score: published scores differ by 20 points from these choices alone.
+
+Speed. One :meth:`Evaluator.evaluate` call scores many circuits in one pass over the layers. The
+circuits form a trie over their per-layer masks: layer ``l`` is computed once per distinct mask
+prefix ``0..l``, so circuits that agree on their first layers share that work (a greedy step's
+candidates differ in one head). Within a layer only heads kept by some circuit are computed;
+ablated heads contribute a precomputed constant. After the last layer that keeps any head, later
+layers cannot mix positions, so only the last position is computed; the unembedding reads only the
+answer tokens (and the log partition, for ``prob_diff``).
+
+Edge-level circuits (with edges) are delegated to :mod:`discovery.edge_forward`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+
+from discovery.circuit import Circuit
+from discovery.errors import UsageError
+from discovery.model import LoadedModel
+from discovery.tasks.base import Dataset, metric_from_logits
+from discovery.weights import GPT2Weights
+
+AblationKind = Literal["mean", "resample", "zero"]
+ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "resample", "zero")
+NORMALISER = "(circuit - ablated) / (full - ablated)"
+
+ProgressCallback = Callable[[int, int | None, str], None]
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """How components outside a circuit are removed."""
+
+    kind: AblationKind = "mean"
+    source: Literal["corrupt", "clean"] = "corrupt"
+    """Which prompts of the dataset the replacement values come from."""
+    ablate_mlps: bool = False
+    """Node level: also replace MLPs outside the circuit (otherwise every MLP is kept)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ABLATION_KINDS:
+            raise UsageError(f"unknown ablation {self.kind!r}; choose one of: {', '.join(ABLATION_KINDS)}")
+        if self.source not in ("corrupt", "clean"):
+            raise UsageError(f"unknown ablation source {self.source!r}; choose corrupt or clean")
+
+
+@dataclass(frozen=True)
+class EvaluationMethod:
+    """Everything a score's meaning depends on besides the circuit and the model."""
+
+    ablation: AblationKind
+    source: str
+    """The dataset the replacement values come from, e.g. ``digits[corruption=repeat-last,n=50,seed=0]:corrupt``."""
+    level: Literal["node", "edge"]
+    ablate_mlps: bool
+    metric: str
+    normaliser: str = NORMALISER
+
+    def describe(self) -> str:
+        mlps = "heads and MLPs ablated" if self.ablate_mlps else "heads ablated, MLPs kept"
+        return (f"{self.ablation} ablation over {self.source}; {self.level} level, {mlps}; "
+                f"metric {self.metric}; normalised {self.normaliser}")
+
+
+@dataclass(frozen=True)
+class Score:
+    """A circuit's metric under one evaluation method, with the two ends it is normalised by."""
+
+    circuit: Circuit
+    metric: float
+    normalised: float
+    full: float
+    ablated: float
+    method: EvaluationMethod
+
+
+def normalise(value: float, full: float, ablated: float) -> float:
+    span = full - ablated
+    return float("nan") if span == 0 else (value - ablated) / span
+
+
+@dataclass(frozen=True, eq=False)
+class Replacement:
+    """What an ablated component is replaced with, per layer."""
+
+    z: tuple[torch.Tensor, ...]
+    """Per layer [n or 1, seq, heads, d_head]: the replacement head outputs."""
+    mlp_out: tuple[torch.Tensor, ...]
+    """Per layer [n or 1, seq, d_model]: the replacement MLP outputs."""
+    attn_constant: tuple[torch.Tensor, ...]
+    """Per layer [n or 1, seq, d_model]: the attention output when every head is replaced (b_O included)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Recording:
+    """Activations of an unablated forward pass."""
+
+    z: tuple[torch.Tensor, ...]  # per layer [n, seq, heads, d_head]
+    mlp_out: tuple[torch.Tensor, ...]  # per layer [n, seq, d]
+    resid_final: torch.Tensor  # [n, seq, d]
+
+
+@torch.no_grad()
+def record_forward(weights: GPT2Weights, ids: torch.Tensor) -> Recording:
+    """A plain forward over ``ids`` recording each head's z and each MLP's output."""
+    x = weights.embed(ids)
+    seq = ids.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=ids.device).tril()
+    zs, mlps = [], []
+    for layer, w in enumerate(weights.layers):
+        ln = weights.layer_norm(x, w.ln1_w, w.ln1_b)
+        q = torch.einsum("npd,hde->nphe", ln, w.W_Q) + w.b_Q
+        k = torch.einsum("npd,hde->nphe", ln, w.W_K) + w.b_K
+        v = torch.einsum("npd,hde->nphe", ln, w.W_V) + w.b_V
+        scores = torch.einsum("nqhe,nkhe->nhqk", q, k) * weights.attn_scale
+        scores = scores.masked_fill(~causal, float("-inf"))
+        z = torch.einsum("nhqk,nkhe->nqhe", scores.softmax(-1), v)
+        x = x + torch.einsum("nqhe,hed->nqd", z, w.W_O) + w.b_O
+        m = weights.mlp(layer, weights.layer_norm(x, w.ln2_w, w.ln2_b))
+        x = x + m
+        zs.append(z)
+        mlps.append(m)
+    return Recording(tuple(zs), tuple(mlps), x)
+
+
+class Evaluator:
+    """Scores circuits of one model on one dataset under one ablation.
+
+    ``evaluate(circuits)`` is batched; ``forward_count`` counts the circuits actually computed,
+    which is how the store's tests prove a cache hit costs no forward pass.
+    """
+
+    def __init__(self, model: LoadedModel, dataset: Dataset, ablation: Ablation = Ablation(),
+                 max_tokens_per_chunk: int = 32768, circuits_per_pass: int = 256) -> None:
+        self.model = model
+        self.dataset = dataset.to(model.device)
+        self.ablation = ablation
+        self.weights: GPT2Weights = model.weights
+        self.shape = model.shape
+        self.max_tokens_per_chunk = max_tokens_per_chunk
+        self.circuits_per_pass = circuits_per_pass
+        self.forward_count = 0
+        if self.dataset.seq_len > self.weights.W_pos.shape[0]:
+            raise UsageError(f"prompts of {self.dataset.seq_len} tokens exceed the model's context of "
+                             f"{self.weights.W_pos.shape[0]}")
+
+    # --- what a score means ---------------------------------------------------------------
+    def method(self, level: Literal["node", "edge"] = "node") -> EvaluationMethod:
+        source = f"{self.dataset.description}:{self.ablation.source}"
+        return EvaluationMethod(self.ablation.kind, source, level, self.ablation.ablate_mlps, self.dataset.metric)
+
+    # --- replacement values ---------------------------------------------------------------
+    @cached_property
+    def source_recording(self) -> Recording:
+        ids = self.dataset.corrupt_ids if self.ablation.source == "corrupt" else self.dataset.clean_ids
+        return record_forward(self.weights, ids)
+
+    @cached_property
+    def replacement(self) -> Replacement:
+        rec = self.source_recording
+        if self.ablation.kind == "mean":
+            zs = [z.mean(0, keepdim=True) for z in rec.z]
+            mlps = [m.mean(0, keepdim=True) for m in rec.mlp_out]
+        elif self.ablation.kind == "resample":
+            zs, mlps = list(rec.z), list(rec.mlp_out)
+        else:
+            zs = [torch.zeros_like(z[:1]) for z in rec.z]
+            mlps = [torch.zeros_like(m[:1]) for m in rec.mlp_out]
+        consts = [torch.einsum("nqhe,hed->nqd", z, w.W_O) + w.b_O for z, w in zip(zs, self.weights.layers)]
+        return Replacement(tuple(zs), tuple(mlps), tuple(consts))
+
+    # --- the two ends of the normalisation --------------------------------------------------
+    @cached_property
+    def full_metric(self) -> float:
+        everything = Circuit.of(self.shape.all_heads() + self.shape.all_mlps())
+        return float(self._metric_values([everything])[0])
+
+    @cached_property
+    def ablated_metric(self) -> float:
+        return float(self._metric_values([Circuit()])[0])
+
+    # --- public API --------------------------------------------------------------------------
+    def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]:
+        """Score every circuit; equal circuits are computed once."""
+        for c in circuits:
+            c.validate(self.shape)
+        full, ablated = self.full_metric, self.ablated_metric
+        values = self.metric_values(circuits, progress)
+        return [
+            Score(c, float(v), normalise(float(v), full, ablated), full, ablated, self.method(c.level))
+            for c, v in zip(circuits, values)
+        ]
+
+    def evaluate_one(self, circuit: Circuit) -> Score:
+        return self.evaluate([circuit])[0]
+
+    def metric_values(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> np.ndarray:
+        """The raw metric of each circuit (no normalisation), in passes of ``circuits_per_pass``."""
+        out = np.empty(len(circuits), dtype=np.float64)
+        for start in range(0, len(circuits), self.circuits_per_pass):
+            batch = circuits[start:start + self.circuits_per_pass]
+            out[start:start + len(batch)] = self._metric_values(batch)
+            if progress:
+                progress(start + len(batch), len(circuits), "circuits evaluated")
+        return out
+
+    # --- the forward ---------------------------------------------------------------------------
+    def _metric_values(self, circuits: Sequence[Circuit]) -> np.ndarray:
+        node_level = [i for i, c in enumerate(circuits) if not c.edges]
+        edge_level = [i for i, c in enumerate(circuits) if c.edges]
+        out = np.empty(len(circuits), dtype=np.float64)
+        if node_level:
+            out[node_level] = self._node_metric_values([circuits[i] for i in node_level])
+        if edge_level:
+            from discovery.edge_forward import edge_metric_values
+
+            out[edge_level] = edge_metric_values(self, [circuits[i] for i in edge_level])
+            self.forward_count += len({circuits[i].key for i in edge_level})
+        return out
+
+    def masks(self, circuits: Sequence[Circuit]) -> tuple[np.ndarray, np.ndarray]:
+        """Per circuit: kept heads [c, layers, heads] and kept MLPs [c, layers] (bool)."""
+        n_layers, n_heads = self.shape.n_layers, self.shape.n_heads
+        heads = np.zeros((len(circuits), n_layers, n_heads), dtype=bool)
+        mlps = np.ones((len(circuits), n_layers), dtype=bool)
+        if self.ablation.ablate_mlps:
+            mlps[:] = False
+        for i, c in enumerate(circuits):
+            for node in c.nodes:
+                if node.kind == "head":
+                    heads[i, node.layer, node.head] = True
+                elif node.kind == "mlp":
+                    mlps[i, node.layer] = True
+        return heads, mlps
+
+    @torch.no_grad()
+    def _node_metric_values(self, circuits: Sequence[Circuit]) -> np.ndarray:
+        head_masks, mlp_masks = self.masks(circuits)
+        w = self.weights
+        device = self.model.device
+        kept_layers = np.nonzero(head_masks.any(axis=(0, 2)))[0]
+        last_kept = int(kept_layers.max()) if len(kept_layers) else -1
+
+        x = w.embed(self.dataset.clean_ids)
+        if last_kept < 0:
+            x = x[:, -1:]
+        states = x.unsqueeze(0)  # [groups, n, positions, d]
+        group_of = np.zeros(len(circuits), dtype=np.int64)
+        for layer in range(self.shape.n_layers):
+            # split each group by this layer's mask: the trie's next level
+            keys: dict[tuple, int] = {}
+            new_group_of = np.empty_like(group_of)
+            for i in range(len(circuits)):
+                key = (int(group_of[i]), head_masks[i, layer].tobytes(), bool(mlp_masks[i, layer]))
+                new_group_of[i] = keys.setdefault(key, len(keys))
+            parents = torch.tensor([k[0] for k in keys], device=device)
+            firsts = np.empty(len(keys), dtype=np.int64)
+            firsts[new_group_of[::-1]] = np.arange(len(circuits))[::-1]
+            layer_heads = torch.from_numpy(head_masks[firsts, layer]).to(device)
+            layer_mlps = torch.from_numpy(mlp_masks[firsts, layer]).to(device)
+            states = self._layer(layer, states, parents, layer_heads, layer_mlps, last_only=layer >= last_kept)
+            group_of = new_group_of
+
+        final = w.layer_norm(states[:, :, -1], w.lnf_w, w.lnf_b)  # [groups, n, d]
+        answer_logits = final @ w.W_U[:, self.dataset.answer_tokens]
+        logsumexp = None
+        if self.dataset.metric == "prob_diff":
+            logsumexp = torch.stack([torch.logsumexp(g @ w.W_U, dim=-1) for g in final])
+        per_group = metric_from_logits(self.dataset, answer_logits, logsumexp).mean(-1)
+        self.forward_count += int(states.shape[0])
+        return per_group.double().cpu().numpy()[group_of]
+
+    def _layer(self, layer: int, states: torch.Tensor, parents: torch.Tensor, head_mask: torch.Tensor,
+               mlp_mask: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """Layer ``layer`` for each new group (state ``states[parents[g]]``, masks ``head_mask[g]``)."""
+        n, positions = states.shape[1], states.shape[2]
+        out_positions = 1 if last_only else positions
+        out = torch.empty(len(parents), n, out_positions, states.shape[3], device=states.device, dtype=states.dtype)
+        chunk = max(1, self.max_tokens_per_chunk // (n * positions))
+        for start in range(0, len(parents), chunk):
+            sl = slice(start, start + chunk)
+            out[sl] = self._layer_chunk(layer, states[parents[sl]], head_mask[sl], mlp_mask[sl], last_only)
+        return out
+
+    def _layer_chunk(self, layer: int, x: torch.Tensor, head_mask: torch.Tensor, mlp_mask: torch.Tensor,
+                     last_only: bool) -> torch.Tensor:
+        w = self.weights.layers[layer]
+        rep = self.replacement
+        q_pos = slice(-1, None) if last_only else slice(None)
+        kept = torch.nonzero(head_mask.any(0)).flatten()
+        attn = rep.attn_constant[layer][:, q_pos]  # [n|1, q, d]
+        if len(kept):
+            g, n, p, d = x.shape
+            ln = self.weights.layer_norm(x, w.ln1_w, w.ln1_b)
+            n_kept, dh = len(kept), self.weights.d_head
+
+            def project(inp: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+                flat = inp.reshape(-1, d) @ W[kept].permute(1, 0, 2).reshape(d, n_kept * dh)
+                return flat.reshape(*inp.shape[:-1], n_kept, dh) + b[kept]
+
+            k = project(ln, w.W_K, w.b_K)  # [g, n, p, h, e]
+            v = project(ln, w.W_V, w.b_V)
+            q = project(ln[:, :, q_pos], w.W_Q, w.b_Q)
+            scores = torch.einsum("gnqhe,gnkhe->gnhqk", q, k) * self.weights.attn_scale
+            q_abs = torch.arange(p, device=x.device)[q_pos]
+            causal = q_abs[:, None] >= torch.arange(p, device=x.device)[None, :]
+            scores = scores.masked_fill(~causal, float("-inf"))
+            z = torch.einsum("gnhqk,gnkhe->gnqhe", scores.softmax(-1), v)
+            z_rep = rep.z[layer][:, q_pos][:, :, kept]  # [n|1, q, h, e]
+            delta = (z - z_rep) * head_mask[:, kept].to(z.dtype)[:, None, None, :, None]
+            attn = attn + (delta.reshape(g, n, -1, n_kept * dh) @ w.W_O[kept].reshape(n_kept * dh, d))
+        x = x[:, :, q_pos] + attn
+        mlp_rep = rep.mlp_out[layer][:, q_pos]
+        if bool(mlp_mask.all()):
+            return x + self.weights.mlp(layer, self.weights.layer_norm(x, w.ln2_w, w.ln2_b))
+        result = x + mlp_rep
+        live = torch.nonzero(mlp_mask).flatten()
+        if len(live):
+            xs = x[live]
+            result[live] = xs + self.weights.mlp(layer, self.weights.layer_norm(xs, w.ln2_w, w.ln2_b))
+        return result

@@ -1,0 +1,29 @@
+"""Shared fixtures. Tiers: unit (tiny in-process models, always), integration (``-m integration``:
+real PostgreSQL and Redis on localhost), ``slow`` (GPT-2-small-shaped models, reference-model
+training). Every skip says why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from discovery.model import LoadedModel, gpt2_tokenizer, random_gpt2
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return gpt2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer) -> LoadedModel:
+    """A 2-layer, 4-head random GPT-2 with GPT-2's tokenizer (built in-process, no files)."""
+    return random_gpt2(n_layers=2, n_heads=4, d_model=64, seed=0, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_model3(tokenizer) -> LoadedModel:
+    """A 3-layer, 4-head random GPT-2: enough layers for prefix sharing and path patching to matter."""
+    return random_gpt2(n_layers=3, n_heads=4, d_model=64, seed=1, tokenizer=tokenizer)
