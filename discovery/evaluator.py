@@ -37,6 +37,7 @@ import torch
 from discovery.circuit import Circuit
 from discovery.errors import UsageError
 from discovery.model import LoadedModel
+from discovery.progress import ProgressCallback
 from discovery.tasks.base import Dataset, metric_from_logits
 from discovery.weights import GPT2Weights
 
@@ -44,7 +45,6 @@ AblationKind = Literal["mean", "resample", "zero"]
 ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "resample", "zero")
 NORMALISER = "(circuit - ablated) / (full - ablated)"
 
-ProgressCallback = Callable[[int, int | None, str], None]
 
 
 @dataclass(frozen=True)

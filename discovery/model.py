@@ -133,7 +133,9 @@ def load_model(spec: str, device: str | torch.device | None = "cpu",
                progress: Callable[[int, int | None, str], None] | None = None) -> LoadedModel:
     """Load ``spec`` (a local HF directory, a hub name, or ``ref:NAME``) onto ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the library prints nothing; progress goes through the callback
     dev = resolve_device(device)
     source: Path | None = None
     if spec.startswith("ref:"):
@@ -146,6 +148,8 @@ def load_model(spec: str, device: str | torch.device | None = "cpu",
         location = str(source)
     elif Path(spec).expanduser().exists():
         raise UsageError(f"model {spec!r} is a file; pass the Hugging Face directory that holds config.json")
+    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise UsageError(f"model directory {spec!r} does not exist")
     else:
         location = spec
     if source is not None and not (source / "config.json").is_file():

@@ -1,0 +1,76 @@
+"""Options and builders every command shares: one place that turns CLI words into library objects."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from discovery.errors import UsageError
+from discovery.evaluator import ABLATION_KINDS, Ablation, Evaluator
+from discovery.model import LoadedModel, load_model
+from discovery.tasks import Dataset, build_dataset, get_task
+
+# markup off: data such as "digits[corruption=...]" must print as written
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
+
+DEFAULT_MODEL = os.environ.get("CIRCUITS_MODEL", "ref:sequences")
+
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                        help="local HF directory, hub name (gpt2), or ref:NAME (a trained reference model)")
+TaskOpt = typer.Option("digits", "--task", "-t", help="task name, or file:PATH for a prompt file")
+NOpt = typer.Option(50, "--n", help="number of prompts")
+SeedOpt = typer.Option(0, "--seed", help="seed of the prompt generator")
+CorruptionOpt = typer.Option(None, "--corruption", help="corruption (default: the task's own)")
+AblationOpt = typer.Option("mean", "--ablation", help=f"one of {', '.join(ABLATION_KINDS)}")
+SourceOpt = typer.Option("corrupt", "--mean-source", help="prompts the replacement values come from: corrupt or clean")
+MlpsOpt = typer.Option(False, "--ablate-mlps", help="also ablate MLPs outside the circuit (default: keep every MLP)")
+DeviceOpt = typer.Option("cpu", "--device", help="torch device: cpu, cuda, cuda:1, auto")
+TaskParamOpt = typer.Option(None, "--task-param", help="task parameter KEY=VALUE (e.g. length=5, template=done-in); repeatable")
+
+
+def parse_task_params(items: Optional[list[str]]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--task-param {item!r}: write KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, transient: bool = True) -> Iterator[Any]:
+    """A rich bar as a library progress callback ``(done, total, message)``."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[message]}"), console=err_console, transient=transient) as bar:
+        task_id = bar.add_task(description, total=None, message="")
+
+        def callback(done: int, total: int | None, message: str) -> None:
+            bar.update(task_id, completed=done, total=total, message=message)
+
+        yield callback
+
+
+def open_model(spec: str, device: str = "cpu") -> LoadedModel:
+    with progress_bar(f"loading {spec}") as progress:
+        return load_model(spec, device=device, progress=progress)
+
+
+def open_dataset(model: LoadedModel, task: str, n: int, seed: int, corruption: Optional[str],
+                 task_params: Optional[list[str]] = None) -> Dataset:
+    return build_dataset(get_task(task, **parse_task_params(task_params)), model.tokenizer, n=n, seed=seed,
+                         corruption=corruption)
+
+
+def open_evaluator(model: LoadedModel, dataset: Dataset, ablation: str, source: str, ablate_mlps: bool) -> Evaluator:
+    return Evaluator(model, dataset, Ablation(kind=ablation, source=source, ablate_mlps=ablate_mlps))  # type: ignore[arg-type]

@@ -1,0 +1,59 @@
+"""``circuits evaluate`` and ``circuits tasks``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from discovery.circuit import Circuit
+from discovery.cli import common
+from discovery.cli.common import console
+from discovery.tasks import TASKS, task_names
+
+
+def evaluate(
+    circuit: list[str] = typer.Option(..., "--circuit", "-c",
+                                      help="components, e.g. 0.1,4.4,9.1 (repeat the option for several circuits)"),
+    model: str = common.ModelOpt, task: str = common.TaskOpt, n: int = common.NOpt, seed: int = common.SeedOpt,
+    corruption: Optional[str] = common.CorruptionOpt, ablation: str = common.AblationOpt,
+    mean_source: str = common.SourceOpt, ablate_mlps: bool = common.MlpsOpt, device: str = common.DeviceOpt,
+    task_param: Optional[list[str]] = common.TaskParamOpt,
+) -> None:
+    """Score circuits by ablating everything outside them; print full, ablated, circuit and normalised scores."""
+    circuits = [Circuit.parse(text) for text in circuit]
+    loaded = common.open_model(model, device)
+    for c in circuits:
+        c.validate(loaded.shape)
+    dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
+    evaluator = common.open_evaluator(loaded, dataset, ablation, mean_source, ablate_mlps)
+    with common.progress_bar("evaluating") as progress:
+        scores = evaluator.evaluate(circuits, progress=progress)
+    first = scores[0]
+    console.print(f"model    {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
+    console.print(f"method   {first.method.describe()}")
+    console.print(f"full     {first.full:.4f}")
+    console.print(f"ablated  {first.ablated:.4f}")
+    table = Table("circuit", "size", "score", "normalised")
+    for s in scores:
+        table.add_row(str(s.circuit), str(s.circuit.size), f"{s.metric:.4f}", f"{s.normalised:.4f}")
+    console.print(table)
+
+
+def tasks() -> None:
+    """List the tasks, their corruptions and metrics."""
+    table = Table("task", "corruptions (default first)", "metric", "description")
+    for name in task_names():
+        if name not in TASKS:
+            table.add_row(name, "file", "logit_diff|prob_diff", "prompts from a JSON or CSV file")
+            continue
+        t = TASKS[name]
+        corruptions = [t.default_corruption] + [c for c in t.corruptions if c != t.default_corruption]
+        table.add_row(name, ", ".join(corruptions), t.metric, t.description)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)
+    app.command()(tasks)
