@@ -1,0 +1,151 @@
+"""The one interface every search method sits behind.
+
+A method is a plain function ``func(evaluator, params, progress) -> SearchResult`` registered as a
+frozen :class:`SearchMethodSpec` with its parameters declared, so the CLI, the job submit check and
+the store all read one schema. Adding a method is adding one module that calls :func:`register`.
+
+Methods know nothing of SQL or Celery: they ask ``evaluator.evaluate(circuits)`` for scores. The
+evaluator they get may be a :class:`~discovery.evaluator.Evaluator` or the store's
+``StoredEvaluator`` (same interface, serving stored scores and persisting new ones), which is how
+every evaluated circuit is kept and a resumed job skips what it already did.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+from discovery.circuit import Circuit, ModelShape
+from discovery.errors import UsageError
+from discovery.evaluator import Score
+from discovery.progress import ProgressCallback, no_progress
+
+
+class ScoringEvaluator(Protocol):
+    """What a search method may use: scores of circuits, the two ends, and the model/dataset."""
+
+    shape: ModelShape
+    full_metric: float
+    ablated_metric: float
+
+    def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]: ...
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter of a search method."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def coerce(self, value: Any, method: str) -> Any:
+        if value is None:
+            return None
+        try:
+            if self.type is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out: Any = value.lower() in ("true", "1", "yes")
+            elif self.type is list:
+                out = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+            else:
+                out = self.type(value)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"method {method!r}: parameter {self.name}={value!r} is not a {self.type.__name__}") from e
+        if self.choices is not None and out not in self.choices:
+            raise UsageError(f"method {method!r}: parameter {self.name}={out!r}; choose one of {list(self.choices)}")
+        if self.minimum is not None and out < self.minimum:
+            raise UsageError(f"method {method!r}: parameter {self.name}={out} is below {self.minimum}")
+        if self.maximum is not None and out > self.maximum:
+            raise UsageError(f"method {method!r}: parameter {self.name}={out} is above {self.maximum}")
+        return out
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What every method returns."""
+
+    method: str
+    params: dict[str, Any]
+    circuit: Circuit
+    score: Score
+    n_evaluations: int
+    """Circuits the method asked the evaluator for (cache hits included)."""
+    seconds: float
+    steps: tuple[Score, ...] = ()
+    """The scores along the way (a sweep's steps, greedy's path), in order."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Method-specific results, JSON-serialisable (e.g. EAP's edge scores, top-k's ranking)."""
+
+
+SearchFunc = Callable[[ScoringEvaluator, dict[str, Any], ProgressCallback], SearchResult]
+
+
+@dataclass(frozen=True)
+class SearchMethodSpec:
+    key: str
+    summary: str
+    params: tuple[Param, ...]
+    func: SearchFunc
+    level: Literal["node", "edge"] = "node"
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Defaults filled in, values coerced and range-checked; unknown names refused."""
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise UsageError(f"method {self.key!r} has no parameter {', '.join(unknown)}; "
+                             f"its parameters: {', '.join(known) or '(none)'}")
+        return {name: p.coerce(params.get(name, p.default), self.key) for name, p in known.items()}
+
+
+METHODS: dict[str, SearchMethodSpec] = {}
+
+
+def register(spec: SearchMethodSpec) -> SearchMethodSpec:
+    if spec.key in METHODS:
+        raise ValueError(f"search method {spec.key!r} registered twice")
+    METHODS[spec.key] = spec
+    return spec
+
+
+def get_method(key: str) -> SearchMethodSpec:
+    import discovery.search  # noqa: F401 - importing the package registers every method
+
+    if key not in METHODS:
+        raise UsageError(f"unknown search method {key!r}; known methods: {', '.join(sorted(METHODS)) or '(none)'}")
+    return METHODS[key]
+
+
+class CountingEvaluator:
+    """Counts the circuits a method asks for, delegating everything else to the wrapped evaluator."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.n_evaluations = 0
+
+    def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]:
+        self.n_evaluations += len(circuits)
+        return self.inner.evaluate(circuits, progress)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def run_search(key: str, evaluator: ScoringEvaluator, params: dict[str, Any] | None = None,
+               progress: ProgressCallback | None = None) -> SearchResult:
+    """Validate ``params`` and run method ``key``; the returned timing and evaluation count are measured here."""
+    spec = get_method(key)
+    checked = spec.validate(params or {})
+    counting = CountingEvaluator(evaluator)
+    start = time.perf_counter()
+    result = spec.func(counting, checked, progress or no_progress)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    return SearchResult(key, checked, result.circuit, result.score, counting.n_evaluations, seconds,
+                        result.steps, result.extra)
