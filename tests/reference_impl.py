@@ -81,3 +81,45 @@ def ablated_metric(model: LoadedModel, dataset: Dataset, circuit: Circuit, kind:
             mrep = replacement(mlp_hook(layer))
             hooks.append((mlp_hook(layer), lambda out, hook, mrep=mrep: mrep.expand_as(out).clone()))
     return metric(dataset, last_logits(model, dataset.clean_ids, hooks))
+
+
+@torch.no_grad()
+def path_patching_effect(model: LoadedModel, dataset: Dataset, sender: tuple[int, int],
+                         receiver: list[tuple[int, int, str]] | None) -> float:
+    """Path patching for one sender, literally: freeze every head's z to clean except the sender's
+    (corrupted), read the receiver's q/k/v there, then patch them into a clean run."""
+    n_layers = model.shape.n_layers
+    clean = source_activations(model, dataset.clean_ids)
+    corrupt = source_activations(model, dataset.corrupt_ids)
+    clean_logits = last_logits(model, dataset.clean_ids, [])
+    clean_metric = metric(dataset, clean_logits)
+
+    def freeze(z, hook, layer):
+        out = clean[z_hook(layer)].clone()
+        if layer == sender[0]:
+            out[:, :, sender[1]] = corrupt[z_hook(layer)][:, :, sender[1]]
+        return out
+
+    freeze_hooks = [(z_hook(l), lambda z, hook, l=l: freeze(z, hook, l)) for l in range(n_layers)]
+    if receiver is None:
+        return metric(dataset, last_logits(model, dataset.clean_ids, freeze_hooks)) - clean_metric
+    names = {f"blocks.{l}.attn.hook_{inp}" for l, _, inp in receiver}
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(act, hook, name):
+        captured[name] = act.clone()  # keyed by the alias asked for: hook.name is the canonical name
+        return act
+
+    model.bridge.run_with_hooks(dataset.clean_ids, fwd_hooks=freeze_hooks + [
+        (n, lambda act, hook, n=n: capture(act, hook, n)) for n in names])
+    patch_hooks = []
+    for layer, head, inp in receiver:
+        name = f"blocks.{layer}.attn.hook_{inp}"
+
+        def patch(act, hook, name=name, head=head):
+            act = act.clone()
+            act[:, :, head] = captured[name][:, :, head]
+            return act
+
+        patch_hooks.append((name, patch))
+    return metric(dataset, last_logits(model, dataset.clean_ids, patch_hooks)) - clean_metric

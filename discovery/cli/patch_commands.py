@@ -1,7 +1,56 @@
-"""``circuits patch`` (path patching heatmaps)."""
+"""``circuits patch``: path patching heatmaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.table import Table
+
+from discovery.cli import common
+from discovery.cli.common import console
+from discovery.patching import Receiver, path_patching, save_heatmap
+
+
+def patch(
+    receiver: str = typer.Option("logits", "--receiver", "-r",
+                                 help="logits, or heads' inputs: 9.6.q, 9.6 (q, k and v), 9.6.q,9.9.q"),
+    png: Path = typer.Option(Path("patching.png"), "--png", help="where to write the heatmap"),
+    top: int = typer.Option(10, "--top", help="how many senders to list"),
+    model: str = common.ModelOpt, task: str = common.TaskOpt, n: int = common.NOpt, seed: int = common.SeedOpt,
+    corruption: Optional[str] = common.CorruptionOpt, device: str = common.DeviceOpt,
+    task_param: Optional[list[str]] = common.TaskParamOpt,
+) -> None:
+    """Path patching: the effect of each sender head on the logits or on receiver heads' q/k/v inputs."""
+    loaded = common.open_model(model, device)
+    parsed = Receiver.parse(receiver, loaded.shape)
+    dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
+    with common.progress_bar("path patching") as progress:
+        result = path_patching(loaded, dataset, parsed, progress=progress)
+    save_heatmap(result, png)
+    console.print(f"model     {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
+    console.print(f"dataset   {result.dataset}")
+    console.print(f"receiver  {result.receiver}; sender patched with its value on the corrupted twin prompt")
+    console.print(f"clean {result.metric} {result.clean_metric:.4f}; corrupted {result.corrupt_metric:.4f}")
+    table = Table("sender", "effect (patched - clean)")
+    for name, effect in result.top(top):
+        table.add_row(name, f"{effect:+.4f}")
+    console.print(table)
+    console.print(f"heatmap   {png}")
+    _persist(loaded, dataset, result)
+
+
+def _persist(loaded, dataset, result) -> None:
+    """Keep the heatmap's cells in the store when the store offers it."""
+    try:
+        from discovery.store import open_store
+    except ImportError:
+        return
+    store = open_store()
+    if hasattr(store, "save_patching"):
+        store.save_patching(result, model=loaded.identity, dataset=dataset)
 
 
 def register(app: typer.Typer) -> None:
-    """Add the path patching command."""
+    app.command()(patch)

@@ -1,0 +1,216 @@
+"""Path patching (Wang et al. 2022): how much each sender head matters along its paths to a receiver.
+
+For each sender head ``s`` and a receiver (the logits, or some heads' q/k/v inputs):
+
+1. Run the clean prompts with every head frozen to its clean output except ``s``, which takes its
+   output on the corrupted twin prompt; MLPs recompute. The receiver's input now carries only the
+   sender's effect along paths ``s -> (MLPs) -> receiver``.
+2. For a head receiver, run the clean prompts again with only the receiver heads' chosen inputs
+   taken from step 1 (everything else recomputes); for the logits, step 1's output is used directly.
+3. The effect is the metric of that run minus the clean metric (negative: the sender's path
+   carries the behaviour).
+
+Heads that cannot send to the receiver (in or after its layer) get NaN. All senders are computed
+in one batch per layer: step 1 needs no attention at all (every head is frozen), only the MLPs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+from discovery.circuit import HEAD_INPUTS, ModelShape
+from discovery.errors import UsageError
+from discovery.evaluator import record_forward
+from discovery.model import LoadedModel
+from discovery.progress import ProgressCallback, no_progress
+from discovery.tasks.base import Dataset, metric_from_logits
+from discovery.weights import GPT2Weights
+
+ReceiverHead = tuple[int, int, Literal["q", "k", "v"]]
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """The logits, or a set of head inputs ``(layer, head, input)``."""
+
+    heads: tuple[ReceiverHead, ...] = ()
+
+    @property
+    def is_logits(self) -> bool:
+        return not self.heads
+
+    @property
+    def name(self) -> str:
+        if self.is_logits:
+            return "logits"
+        return ",".join(f"{layer}.{head}.{inp}" for layer, head, inp in self.heads)
+
+    @property
+    def first_layer(self) -> int:
+        return min(layer for layer, _, _ in self.heads)
+
+    @classmethod
+    def parse(cls, text: str, shape: ModelShape) -> "Receiver":
+        """``logits``, or comma-separated ``L.H.q`` / ``L.H.k`` / ``L.H.v`` / ``L.H`` (all three inputs)."""
+        text = text.strip()
+        if text == "logits":
+            return cls()
+        heads: list[ReceiverHead] = []
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            m = re.fullmatch(r"(\d+)\.(\d+)(?:\.([qkv]))?", part)
+            if not m:
+                raise UsageError(f"receiver {part!r}: write logits, L.H (all of q, k, v) or L.H.q / L.H.k / L.H.v")
+            layer, head = int(m.group(1)), int(m.group(2))
+            from discovery.circuit import head as make_head
+
+            shape.check(make_head(layer, head))
+            if layer == 0:
+                raise UsageError(f"receiver {part!r}: a layer-0 head has no sender heads before it")
+            inputs = (m.group(3),) if m.group(3) else HEAD_INPUTS
+            heads.extend((layer, head, inp) for inp in inputs)  # type: ignore[misc]
+        if not heads:
+            raise UsageError("receiver is empty: write logits or heads such as 9.6.q")
+        return cls(tuple(sorted(set(heads))))
+
+
+@dataclass(frozen=True)
+class PatchingResult:
+    receiver: str
+    effects: np.ndarray
+    """[n_layers, n_heads] patched metric minus clean metric; NaN where a head cannot send."""
+    clean_metric: float
+    corrupt_metric: float
+    """The metric of the unablated model on the corrupted prompts (answers of the clean ones)."""
+    dataset: str
+    metric: str
+
+    def top(self, k: int = 10) -> list[tuple[str, float]]:
+        """The k senders with the largest |effect|."""
+        flat = [(f"{l}.{h}", float(self.effects[l, h])) for l in range(self.effects.shape[0])
+                for h in range(self.effects.shape[1]) if not np.isnan(self.effects[l, h])]
+        return sorted(flat, key=lambda t: -abs(t[1]))[:k]
+
+
+def _metric(w: GPT2Weights, dataset: Dataset, resid_last: torch.Tensor) -> torch.Tensor:
+    """Mean metric over prompts from last-position residuals [..., n, d] -> [...]."""
+    final = w.layer_norm(resid_last, w.lnf_w, w.lnf_b)
+    answer_logits = final @ w.W_U[:, dataset.answer_tokens]
+    lse = torch.logsumexp(final @ w.W_U, dim=-1) if dataset.metric == "prob_diff" else None
+    return metric_from_logits(dataset, answer_logits, lse).mean(-1)
+
+
+def _attention(w: GPT2Weights, layer: int, x: torch.Tensor,
+               overrides: dict[tuple[int, str], torch.Tensor] | None = None) -> torch.Tensor:
+    """Attention output of ``layer`` on residual ``x`` [b, n, p, d]; ``overrides[(head, input)]`` is
+    the LayerNorm-ed residual [b, n, p, d] that head's q, k or v reads instead of ``x``'s."""
+    lw = w.layers[layer]
+    ln = w.layer_norm(x, lw.ln1_w, lw.ln1_b)
+    q = torch.einsum("bnpd,hde->bnphe", ln, lw.W_Q) + lw.b_Q
+    k = torch.einsum("bnpd,hde->bnphe", ln, lw.W_K) + lw.b_K
+    v = torch.einsum("bnpd,hde->bnphe", ln, lw.W_V) + lw.b_V
+    for (head, inp), other in (overrides or {}).items():
+        W, b, target = {"q": (lw.W_Q, lw.b_Q, q), "k": (lw.W_K, lw.b_K, k), "v": (lw.W_V, lw.b_V, v)}[inp]
+        target[:, :, :, head] = other @ W[head] + b[head]
+    p = x.shape[2]
+    scores = torch.einsum("bnqhe,bnkhe->bnhqk", q, k) * w.attn_scale
+    causal = torch.ones(p, p, dtype=torch.bool, device=x.device).tril()
+    z = torch.einsum("bnhqk,bnkhe->bnqhe", scores.masked_fill(~causal, float("-inf")).softmax(-1), v)
+    return torch.einsum("bnqhe,hed->bnqd", z, lw.W_O) + lw.b_O
+
+
+@torch.no_grad()
+def path_patching(model: LoadedModel, dataset: Dataset, receiver: Receiver | str = "logits",
+                  progress: ProgressCallback | None = None) -> PatchingResult:
+    """The effect of every sender head on ``receiver`` (see the module docstring)."""
+    progress = progress or no_progress
+    w = model.weights
+    shape = model.shape
+    if isinstance(receiver, str):
+        receiver = Receiver.parse(receiver, shape)
+    dataset = dataset.to(model.device)
+    clean = record_forward(w, dataset.clean_ids)
+    corrupt = record_forward(w, dataset.corrupt_ids)
+    clean_metric = float(_metric(w, dataset, clean.resid_final[:, -1]))
+    corrupt_metric = float(_metric(w, dataset, corrupt.resid_final[:, -1]))
+
+    n_layers, n_heads = shape.n_layers, shape.n_heads
+    last_sender_layer = n_layers - 1 if receiver.is_logits else receiver.first_layer - 1
+    frozen_attn = [torch.einsum("nqhe,hed->nqd", z, lw.W_O) + lw.b_O for z, lw in zip(clean.z, w.layers)]
+    effects = np.full((n_layers, n_heads), np.nan)
+    receiver_layers = sorted({layer for layer, _, _ in receiver.heads})
+    # the residual entering each layer in the clean run: where a sender's batch starts from
+    clean_pre = [w.embed(dataset.clean_ids)]
+    for layer in range(n_layers - 1):
+        x = clean_pre[-1] + frozen_attn[layer]
+        lw = w.layers[layer]
+        clean_pre.append(x + w.mlp(layer, w.layer_norm(x, lw.ln2_w, lw.ln2_b)))
+
+    for sender_layer in range(last_sender_layer + 1):
+        lw = w.layers[sender_layer]
+        # step 1: all heads frozen clean, each sender (batch row) swapped to its corrupted output
+        delta = torch.einsum("nqhe,hed->hnqd", corrupt.z[sender_layer] - clean.z[sender_layer], lw.W_O)
+        x = clean_pre[sender_layer].unsqueeze(0) + frozen_attn[sender_layer] + delta  # [h, n, p, d]
+        x = x + w.mlp(sender_layer, w.layer_norm(x, lw.ln2_w, lw.ln2_b))
+        pre_at: dict[int, torch.Tensor] = {}
+        stop = n_layers if receiver.is_logits else receiver_layers[-1]
+        for layer in range(sender_layer + 1, stop):
+            if layer in receiver_layers:
+                pre_at[layer] = x
+            lw2 = w.layers[layer]
+            x = x + frozen_attn[layer]
+            x = x + w.mlp(layer, w.layer_norm(x, lw2.ln2_w, lw2.ln2_b))
+        if receiver.is_logits:
+            patched = _metric(w, dataset, x[:, :, -1])
+        else:
+            if stop in receiver_layers:
+                pre_at[stop] = x
+            patched = _receiver_run(w, dataset, receiver, pre_at, clean_pre, n_heads)
+        effects[sender_layer] = (patched - clean_metric).double().cpu().numpy()
+        progress(sender_layer + 1, last_sender_layer + 1, f"sender layer {sender_layer}")
+    return PatchingResult(receiver.name, effects, clean_metric, corrupt_metric, dataset.description, dataset.metric)
+
+
+def _receiver_run(w: GPT2Weights, dataset: Dataset, receiver: Receiver, pre_at: dict[int, torch.Tensor],
+                  clean_pre: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
+    """Step 2: a clean run where the receiver heads' inputs read the step-1 residuals ``pre_at``."""
+    first = receiver.first_layer
+    x = clean_pre[first].unsqueeze(0).expand(batch, -1, -1, -1)
+    for layer in range(first, len(w.layers)):
+        lw = w.layers[layer]
+        overrides = {}
+        for r_layer, r_head, inp in receiver.heads:
+            if r_layer == layer:
+                overrides[(r_head, inp)] = w.layer_norm(pre_at[layer], lw.ln1_w, lw.ln1_b)
+        x = x + _attention(w, layer, x, overrides)
+        x = x + w.mlp(layer, w.layer_norm(x, lw.ln2_w, lw.ln2_b))
+    return _metric(w, dataset, x[:, :, -1])
+
+
+def save_heatmap(result: PatchingResult, path: str | Path, title: str | None = None) -> Path:
+    """A layer x head heatmap of the effects (diverging colours centred on zero) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    effects = result.effects
+    bound = float(np.nanmax(np.abs(effects))) if np.isfinite(effects).any() else 1.0
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * effects.shape[1], 1.0 + 0.4 * effects.shape[0]))
+    image = ax.imshow(effects, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(effects.shape[1]))
+    ax.set_yticks(range(effects.shape[0]))
+    ax.set_title(title or f"path patching -> {result.receiver}\n{result.dataset}", fontsize=8)
+    fig.colorbar(image, ax=ax, label=f"{result.metric} change (patched - clean)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
