@@ -1,7 +1,205 @@
-"""CLI commands of the service area (filled in by that area's work)."""
+"""``circuits submit``, ``jobs``, ``status``, ``cancel`` and ``worker``: the service's shell.
+
+With ``CIRCUITS_BROKER_URL`` set, ``submit`` enqueues and prints job ids for workers to run; without
+it, ``submit`` runs the job in this process and prints the result (no server needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Optional
 
 import typer
+from rich.table import Table
+
+from discovery.cli import common
+from discovery.cli.common import console, err_console
+from discovery.errors import UsageError
+
+
+def _parse_params(items: Optional[list[str]]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param {item!r}: write KEY=VALUE")
+        params[key.strip()] = value.strip()  # the method's declared schema coerces the string
+    return params
+
+
+def _store(database: Optional[str]) -> Any:
+    from discovery.service import open_default_store
+
+    return open_default_store(database)
+
+
+def _get(job: Any, name: str, default: Any = None) -> Any:
+    value = getattr(job, name, default)
+    return getattr(value, "value", value)
+
+
+def _progress_text(job: Any) -> str:
+    done, total = _get(job, "progress_done"), _get(job, "progress_total")
+    if done is None:
+        return ""
+    return f"{done}/{total}" if total else str(done)
+
+
+def submit(
+    task: list[str] = typer.Option(["digits"], "--task", "-t",
+                                   help="task name (repeat for a sweep: one job per task and a comparison)"),
+    method: str = typer.Option("greedy", "--method", help="search method (circuits methods lists them)"),
+    target: Optional[float] = typer.Option(None, "--target", help="shorthand for --param target=VALUE"),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="method parameter KEY=VALUE; repeatable"),
+    model: str = common.ModelOpt, n: int = common.NOpt, seed: int = common.SeedOpt,
+    corruption: Optional[str] = common.CorruptionOpt, ablation: str = common.AblationOpt,
+    mean_source: str = common.SourceOpt, ablate_mlps: bool = common.MlpsOpt, device: str = common.DeviceOpt,
+    task_param: Optional[list[str]] = common.TaskParamOpt,
+    database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    in_process: bool = typer.Option(False, "--in-process", help="run here even if a broker is configured"),
+) -> None:
+    """Submit a discovery job (several --task: a sweep); print its id, or run it here when no broker is set."""
+    from discovery.service import JobRequest, submit as submit_jobs
+
+    params = _parse_params(param)
+    if target is not None:
+        params["target"] = target
+    task_params = common.parse_task_params(task_param)
+    requests = [JobRequest(task=t, method=method, model=model, params=params, n=n, seed=seed, corruption=corruption,
+                           task_params=task_params, ablation=ablation, ablation_source=mean_source,
+                           ablate_mlps=ablate_mlps, device=device) for t in task]
+    store = _store(database)
+    if in_process or not os.environ.get("CIRCUITS_BROKER_URL"):
+        with common.progress_bar("running") as bar:
+            sub = submit_jobs(requests, store, broker=False, progress=bar)
+        for job_id in sub.all_ids:
+            _print_job(store.get_job(job_id))
+        if any(o == "failed" for o in sub.outcomes.values()):
+            raise typer.Exit(1)
+        return
+    sub = submit_jobs(requests, store)
+    for job_id, t in zip(sub.job_ids, task):
+        console.print(f"{job_id}\tqueued\t{method} on {t}")
+    if sub.compare_job_id is not None:
+        console.print(f"{sub.compare_job_id}\tqueued\tcompare {', '.join(task)}")
+
+
+def jobs(
+    limit: int = typer.Option(50, "--limit", help="most recent jobs shown"),
+    database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+) -> None:
+    """List jobs with their status and progress."""
+    store = _store(database)
+    table = Table("id", "status", "method", "task", "model", "progress", "worker", "message")
+    for job in list(store.list_jobs())[-limit:]:
+        table.add_row(str(job.id), str(_get(job, "status")), str(job.method), str(job.task), str(job.model),
+                      _progress_text(job), str(_get(job, "worker_id") or ""), str(_get(job, "progress_message") or ""))
+    console.print(table)
+
+
+def status(
+    job_id: str = typer.Argument(..., help="job id"),
+    database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    as_json: bool = typer.Option(False, "--json", help="print the job's result as JSON"),
+) -> None:
+    """Show a job: status, evaluations done, best circuit so far (or the result) and its score."""
+    store = _store(database)
+    job = store.get_job(_job_key(job_id))
+    if as_json:
+        console.print(json.dumps(_get(job, "result"), indent=2))
+        return
+    _print_job(job, store)
+
+
+def cancel(
+    job_id: str = typer.Argument(..., help="job id"),
+    database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+) -> None:
+    """Cancel a job: a queued job never starts, a running one stops at its next progress report."""
+    from discovery.service import cancel as cancel_job
+
+    job = cancel_job(_job_key(job_id), _store(database))
+    console.print(f"{job.id}\t{_get(job, 'status')}")
+
+
+def worker(
+    concurrency: int = typer.Option(1, "--concurrency", "-c",
+                                    help="jobs run at once by this worker (1: one process, the solo pool)"),
+    queue: Optional[str] = typer.Option(None, "--queue", "-Q", help="queue (default: CIRCUITS_QUEUE or circuits)"),
+    device: Optional[str] = typer.Option(None, "--device", help="run every job on this device (e.g. cuda)"),
+    loglevel: str = typer.Option("info", "--loglevel", "-l"),
+) -> None:
+    """Start a Celery worker (same as ``celery -A workers worker``) with the service's settings."""
+    if not os.environ.get("CIRCUITS_BROKER_URL"):
+        raise UsageError("CIRCUITS_BROKER_URL is not set: a worker needs a broker, e.g. redis://localhost:6379/0 "
+                         "(without one, circuits submit runs jobs in-process)")
+    env = dict(os.environ)
+    if device:
+        env["CIRCUITS_DEVICE"] = device
+    args = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", loglevel,
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    args += ["--pool", "solo"] if concurrency == 1 else ["--pool", "prefork", "--concurrency", str(concurrency)]
+    if queue:
+        args += ["--queues", queue]
+    # exec: signals (SIGTERM for a warm shutdown, SIGKILL) reach celery itself
+    os.execvpe(args[0], args, env)
+
+
+def _job_key(text: str) -> Any:
+    return int(text) if text.isdigit() else text
+
+
+def _print_job(job: Any, store: Any = None) -> None:
+    status_text = _get(job, "status")
+    console.print(f"job       {job.id}  {status_text}")
+    console.print(f"method    {job.method} {json.dumps(job.params or {}, sort_keys=True)}")
+    console.print(f"task      {job.task}")
+    console.print(f"model     {job.model}")
+    progress = _progress_text(job)
+    if progress:
+        console.print(f"progress  {progress}  {_get(job, 'progress_message') or ''}")
+    if store is not None:
+        try:
+            console.print(f"evaluated {store.job_evaluation_count(job.id)} circuits")
+        except Exception:
+            pass
+    result = _get(job, "result")
+    if status_text == "failed":
+        err_console.print(f"error     {_get(job, 'error_type')}: {_get(job, 'error_message')}")
+    if not result:
+        return
+    if result.get("kind") == "comparison":
+        _print_comparison(result)
+        return
+    score = result["score"]
+    console.print(f"circuit   {result['circuit'] or '(empty)'}  ({result['size']} components)")
+    console.print(f"score     {score['normalised']:.4f} normalised, metric {score['metric']:.4f} "
+                  f"(full {score['full']:.4f}, ablated {score['ablated']:.4f})")
+    console.print(f"searched  {result['n_evaluations']} evaluations in {result['seconds']:.1f}s "
+                  f"({result.get('computed', '?')} computed by this run)")
+
+
+def _print_comparison(result: dict[str, Any]) -> None:
+    tasks = result["tasks"]
+    overlap = Table("overlap (Jaccard)", *tasks)
+    for t, row in zip(tasks, result["overlap"]):
+        overlap.add_row(t, *(f"{v:.2f}" for v in row))
+    console.print(overlap)
+    cross = Table("circuit of \\ scored on", *tasks)
+    for t, row in zip(tasks, result["cross_scores"]):
+        cross.add_row(t, *("-" if v is None else f"{v:.3f}" for v in row))
+    console.print(cross)
+    for m in result.get("missing", []):
+        console.print(f"left out: job {m['job']} ({m['task']}) is {m['status']}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
+    app.command()(submit)
+    app.command()(jobs)
+    app.command()(status)
+    app.command()(cancel)
+    app.command()(worker)

@@ -1,0 +1,594 @@
+"""Discovery jobs: the library side of the service (submit, run, cancel, inspect).
+
+A job is a row in the store (:mod:`discovery.store`), not a Celery object. Its life:
+
+1. :func:`submit` validates the request *before* anything is stored or enqueued (unknown task or
+   method, bad parameters, a model path that is not a model directory: all refused here with a
+   :class:`~discovery.errors.UsageError`), creates the job row (``queued``), then either enqueues a
+   Celery task carrying only the job id (a broker is configured: ``CIRCUITS_BROKER_URL``) or runs
+   the job right away in this process (no broker: the embedded default).
+2. :func:`run_job` (what a worker's task calls) claims the row with a conditional update, so of two
+   deliveries of the same message only one runs; loads the model and dataset; wraps the evaluator
+   in the store's ``StoredEvaluator`` tied to the job, so every evaluated circuit is persisted and a
+   redelivered job (its worker was killed) is served what the first run stored instead of computing
+   it again; runs the search with a progress callback that writes progress rows, beats the heart and
+   stops the search when the job was cancelled; and finishes or fails the row (error type, message
+   and traceback stored).
+3. A sweep (several tasks) is one job per task plus a ``compare`` job run after them (a Celery
+   chord; sequentially in-process) whose result is the circuits' overlap matrix and cross-task
+   scores (every circuit scored on every task).
+
+Nothing here imports Celery at module level; :mod:`workers.tasks` are thin wrappers over
+:func:`run_job` and :func:`run_compare`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+from discovery.circuit import Circuit
+from discovery.errors import CircuitsError, UsageError
+from discovery.evaluator import Ablation, Evaluator, Score
+from discovery.progress import ProgressCallback
+
+COMPARE_METHOD = "compare"
+"""The method name of a sweep's final job."""
+
+FINISHED_STATES = ("finished", "failed", "cancelled")
+
+Outcome = Literal["finished", "failed", "cancelled", "busy", "skipped"]
+
+
+class JobCancelled(CircuitsError):
+    """Raised inside a running search when its job was cancelled (by ``circuits cancel``)."""
+
+
+class EnqueueError(CircuitsError):
+    """The broker could not be reached to enqueue a job (the job row is marked failed)."""
+
+
+# --------------------------------------------------------------------------------------------
+# requests
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobRequest:
+    """Everything a job needs, JSON-serialisable; validated by :func:`validate_request`."""
+
+    task: str
+    method: str
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)
+    """The search method's parameters (validated against its declared schema)."""
+    n: int = 50
+    seed: int = 0
+    corruption: str | None = None
+    task_params: dict[str, Any] = field(default_factory=dict)
+    ablation: str = "mean"
+    ablation_source: str = "corrupt"
+    ablate_mlps: bool = False
+    device: str = "cpu"
+
+    def settings(self) -> dict[str, Any]:
+        """What the job row keeps besides method, params, task and model."""
+        return {"n": self.n, "seed": self.seed, "corruption": self.corruption, "task_params": self.task_params,
+                "ablation": self.ablation, "ablation_source": self.ablation_source,
+                "ablate_mlps": self.ablate_mlps, "device": self.device}
+
+    @classmethod
+    def from_settings(cls, task: str, method: str, model: str, params: dict[str, Any],
+                      settings: dict[str, Any]) -> "JobRequest":
+        known = {k: settings[k] for k in ("n", "seed", "corruption", "task_params", "ablation",
+                                          "ablation_source", "ablate_mlps", "device") if k in settings}
+        return cls(task=task, method=method, model=model, params=dict(params or {}), **known)
+
+
+def validate_request(request: JobRequest) -> JobRequest:
+    """Check everything that can be checked without running: raise :class:`UsageError` naming the
+    bad input; return the request with the method's parameters coerced and defaults filled in."""
+    from discovery.search import get_method
+    from discovery.tasks import get_task
+
+    spec = get_method(request.method)
+    params = spec.validate(dict(request.params))
+    Ablation(kind=request.ablation, source=request.ablation_source, ablate_mlps=request.ablate_mlps)  # type: ignore[arg-type]
+    if request.n < 1:
+        raise UsageError(f"the number of prompts must be at least 1, got {request.n}")
+    task = get_task(request.task, **request.task_params)
+    task.check_corruption(request.corruption)
+    _check_device(request.device)
+    tokenizer = check_model_spec(request.model)
+    if tokenizer is not None:
+        from discovery.tasks import build_dataset
+
+        build_dataset(task, tokenizer, n=request.n, seed=request.seed, corruption=request.corruption)
+    try:
+        json.dumps(params)
+        json.dumps(request.task_params)
+    except TypeError as e:
+        raise UsageError(f"job parameters must be JSON values: {e}") from e
+    return replace(request, params=params)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, auto)") from e
+
+
+def check_model_spec(spec: str) -> Any:
+    """Refuse a model spec that cannot load, cheaply (no weights read). Returns the model's
+    tokenizer when it is a local directory (so the dataset can be checked too), else None.
+
+    A worker may run on another machine: a local path must be valid here *and* there (the
+    docker-compose file mounts the same model directory into every container)."""
+    from discovery.model import SUPPORTED_ARCHITECTURES
+
+    if spec.startswith("ref:"):
+        name = spec[len("ref:"):]
+        try:
+            from discovery import reference
+        except ImportError:
+            return None
+        known = getattr(reference, "REFERENCE_MODELS", None) or getattr(reference, "MODELS", None)
+        if isinstance(known, dict) and name not in known:
+            raise UsageError(f"unknown reference model {spec!r}; known: "
+                             f"{', '.join('ref:' + k for k in sorted(known))}")
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"model directory {spec!r} has no config.json: not a Hugging Face model directory")
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"model directory {spec!r}: config.json is unreadable: {e}") from e
+        architectures = config.get("architectures") or []
+        if architectures and not set(architectures) & set(SUPPORTED_ARCHITECTURES):
+            raise UsageError(f"model {spec!r} is a {', '.join(architectures)}; the evaluator supports "
+                             f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+        try:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError) as e:
+            raise UsageError(f"model directory {spec!r}: its tokenizer does not load: {e}") from e
+    if path.exists():
+        raise UsageError(f"model {spec!r} is a file; pass the Hugging Face directory that holds config.json")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise UsageError(f"model directory {spec!r} does not exist")
+    return None  # a hub name: the worker's machine may reach a hub this one cannot
+
+
+# --------------------------------------------------------------------------------------------
+# the store seam (one place that knows how job rows are created and read)
+# --------------------------------------------------------------------------------------------
+def open_default_store(url: str | None = None) -> Any:
+    from discovery.store import open_store
+
+    return open_store(url)
+
+
+def _create_job(store: Any, request: JobRequest, extra: dict[str, Any] | None = None) -> Any:
+    params = dict(request.params)
+    settings = request.settings()
+    if extra:
+        settings.update(extra)
+    return store.create_job(request.method, params, request.task, request.model, settings=settings)
+
+
+def _job_request(job: Any) -> JobRequest:
+    settings = dict(getattr(job, "settings", None) or {})
+    return JobRequest.from_settings(job.task, job.method, job.model, dict(job.params or {}), settings)
+
+
+def _job_settings(job: Any) -> dict[str, Any]:
+    return dict(getattr(job, "settings", None) or {})
+
+
+def _status(job: Any) -> str:
+    status = job.status
+    return getattr(status, "value", status)
+
+
+# --------------------------------------------------------------------------------------------
+# submit
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Submission:
+    """What :func:`submit` did: the job ids, the sweep's comparison job, and (in-process) outcomes."""
+
+    job_ids: list[Any]
+    compare_job_id: Any | None = None
+    mode: Literal["queued", "in-process"] = "queued"
+    outcomes: dict[Any, Outcome] = field(default_factory=dict)
+
+    @property
+    def all_ids(self) -> list[Any]:
+        return self.job_ids + ([self.compare_job_id] if self.compare_job_id is not None else [])
+
+
+def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, broker: str | None | bool = None,
+           progress: ProgressCallback | None = None) -> Submission:
+    """Validate, create and enqueue (or run in-process) one job per request.
+
+    Several requests form a sweep: a ``compare`` job follows them. ``broker``: None reads
+    ``CIRCUITS_BROKER_URL``; False forces in-process. Every request is validated before any row is
+    created or any message sent, so a bad sweep leaves no trace.
+    """
+    reqs = [requests] if isinstance(requests, JobRequest) else list(requests)
+    if not reqs:
+        raise UsageError("nothing to submit")
+    checked = [validate_request(r) for r in reqs]
+    if broker is None:
+        broker = os.environ.get("CIRCUITS_BROKER_URL") or None
+    store = store if store is not None else open_default_store()
+    ids = [_create_job(store, r) for r in checked]
+    compare_id = None
+    if len(ids) > 1:
+        first = checked[0]
+        compare_req = replace(first, task=",".join(r.task for r in checked), method=COMPARE_METHOD,
+                              params={"jobs": list(ids)})
+        compare_id = _create_job(store, compare_req, {"tasks": [r.task for r in checked]})
+    sub = Submission(ids, compare_id, "queued" if broker else "in-process")
+    if broker:
+        try:
+            _enqueue(ids, compare_id)
+        except Exception as e:  # the broker is unreachable after the publish retries
+            for job_id in sub.all_ids:
+                store.fail_job(job_id, type(e).__name__, f"could not enqueue: {e}", traceback.format_exc())
+            raise EnqueueError(f"could not enqueue job(s) {', '.join(map(str, sub.all_ids))} on the broker: "
+                               f"{type(e).__name__}: {e}") from e
+    else:
+        worker = f"in-process@{socket.gethostname()}:{os.getpid()}"
+        for job_id in ids:
+            sub.outcomes[job_id] = run_job(job_id, store, worker_id=worker, progress=progress)
+        if compare_id is not None:
+            sub.outcomes[compare_id] = run_compare(compare_id, store, worker_id=worker, progress=progress)
+    return sub
+
+
+def _enqueue(ids: list[Any], compare_id: Any | None) -> None:
+    from celery import chord, group
+
+    from workers.tasks import compare_jobs, run_discovery_job
+
+    if compare_id is None:
+        run_discovery_job.apply_async((ids[0],), task_id=task_id(ids[0]))
+        return
+    header = group(run_discovery_job.si(j).set(task_id=task_id(j)) for j in ids)
+    chord(header)(compare_jobs.si(compare_id).set(task_id=task_id(compare_id)))
+
+
+def task_id(job_id: Any) -> str:
+    """The Celery task id of a job's message (stable, so a redelivery keeps it)."""
+    return f"circuits-job-{job_id}"
+
+
+# --------------------------------------------------------------------------------------------
+# running a job
+# --------------------------------------------------------------------------------------------
+def _float_env(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
+class JobProgress:
+    """The search's progress callback, adapted to job rows.
+
+    Each call (at most every ``interval`` seconds, and always for the first and the last) writes a
+    progress row and a heartbeat, and reads the job's status: a cancelled job raises
+    :class:`JobCancelled` inside the search, which stops it. ``also`` receives every call (the
+    in-process CLI's progress bar).
+    """
+
+    def __init__(self, store: Any, job_id: Any, interval: float | None = None, tracker: "Tracker | None" = None,
+                 also: ProgressCallback | None = None) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.interval = _float_env("CIRCUITS_PROGRESS_INTERVAL", 0.5) if interval is None else interval
+        self.tracker = tracker
+        self.also = also
+        self._last = 0.0
+        self.calls = 0
+
+    def message(self, message: str) -> str:
+        if self.tracker and self.tracker.best is not None:
+            b = self.tracker.best
+            return f"{message} | best {b.circuit} ({b.normalised:.4f}, {b.circuit.size} components)"
+        return message
+
+    def __call__(self, done: int, total: int | None, message: str) -> None:
+        self.calls += 1
+        if self.also:
+            self.also(done, total, message)
+        now = time.monotonic()
+        last = total is not None and done >= total
+        if self.calls > 1 and not last and now - self._last < self.interval:
+            return
+        self._last = now
+        self.check_cancelled()
+        self.store.update_progress(self.job_id, int(done), None if total is None else int(total), self.message(message))
+        self.store.heartbeat(self.job_id)
+
+    def check_cancelled(self) -> None:
+        if _status(self.store.get_job(self.job_id)) == "cancelled":
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+
+class Tracker:
+    """Wraps an evaluator: remembers the best circuit seen (highest normalised score, then fewest
+    components) so a running job can report its best so far."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.best: Score | None = None
+
+    def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]:
+        scores = self.inner.evaluate(circuits, progress)
+        for s in scores:
+            if math.isnan(s.normalised):
+                continue
+            if (self.best is None or s.normalised > self.best.normalised
+                    or (s.normalised == self.best.normalised and s.circuit.size < self.best.circuit.size)):
+                self.best = s
+        return scores
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class Heartbeat:
+    """A daemon thread beating a job's heart every ``interval`` seconds while it runs (model
+    loading or one long ``evaluate`` call never look like a dead worker)."""
+
+    def __init__(self, store: Any, job_id: Any, interval: float | None = None) -> None:
+        self.store, self.job_id = store, job_id
+        self.interval = _float_env("CIRCUITS_HEARTBEAT_INTERVAL", 5.0) if interval is None else interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.store.heartbeat(self.job_id)
+            except Exception:  # a missed beat is not worth killing the job for
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+
+_MODEL_CACHE: dict[tuple[str, str], Any] = {}
+
+
+def cached_model(spec: str, device: str) -> Any:
+    """Load a model once per worker process (the last two kept): jobs on one model share it."""
+    from discovery.model import load_model
+
+    key = (spec, device)
+    if key not in _MODEL_CACHE:
+        while len(_MODEL_CACHE) >= 2:
+            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+        _MODEL_CACHE[key] = load_model(spec, device=device)
+    return _MODEL_CACHE[key]
+
+
+def build_evaluator(request: JobRequest, device: str | None = None) -> Evaluator:
+    from discovery.tasks import build_dataset, get_task
+
+    loaded = cached_model(request.model, device or request.device)
+    dataset = build_dataset(get_task(request.task, **request.task_params), loaded.tokenizer, n=request.n,
+                            seed=request.seed, corruption=request.corruption)
+    return Evaluator(loaded, dataset, Ablation(kind=request.ablation, source=request.ablation_source,  # type: ignore[arg-type]
+                                               ablate_mlps=request.ablate_mlps))
+
+
+def stored_evaluator(evaluator: Evaluator, store: Any, job_id: Any) -> Any:
+    from discovery.store import StoredEvaluator
+
+    return StoredEvaluator(evaluator, store, job_id=job_id)
+
+
+def _flush(evaluator: Any) -> None:
+    for name in ("flush", "close"):
+        fn = getattr(evaluator, name, None)
+        if callable(fn):
+            fn()
+            return
+
+
+def score_dict(score: Score) -> dict[str, Any]:
+    return {"circuit": score.circuit.canonical, "size": score.circuit.size, "metric": score.metric,
+            "normalised": score.normalised, "full": score.full, "ablated": score.ablated}
+
+
+def result_dict(result: Any, evaluator: Evaluator) -> dict[str, Any]:
+    """A search result as the JSON the job row keeps."""
+    return {
+        "method": result.method, "params": result.params, "circuit": result.circuit.canonical,
+        "size": result.circuit.size, "score": score_dict(result.score),
+        "evaluation_method": result.score.method.describe(),
+        "n_evaluations": result.n_evaluations, "seconds": result.seconds,
+        "computed": evaluator.forward_count,
+        "steps": [score_dict(s) for s in result.steps], "extra": _jsonable(result.extra),
+        "model": {"name": evaluator.model.identity.name, "weight_hash": evaluator.model.identity.weight_hash},
+        "dataset": {"description": evaluator.dataset.description, "prompt_hash": evaluator.dataset.prompt_hash},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return json.loads(json.dumps(value, default=str))
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _begin(store: Any, job_id: Any, worker_id: str | None) -> tuple[Outcome | None, Any]:
+    """Claim the job; return (outcome to stop with, or None to run; the job record)."""
+    job = store.get_job(job_id)
+    if _status(job) in FINISHED_STATES:
+        return "skipped", job
+    if not store.claim_job(job_id, worker_id or default_worker_id()):
+        job = store.get_job(job_id)
+        return ("skipped" if _status(job) in FINISHED_STATES else "busy"), job
+    return None, store.get_job(job_id)
+
+
+def run_job(job_id: Any, store: Any, worker_id: str | None = None, progress: ProgressCallback | None = None,
+            device: str | None = None) -> Outcome:
+    """Run one discovery job to its end: ``finished``, ``failed`` or ``cancelled``.
+
+    ``skipped``: the job had already ended (a duplicate delivery); ``busy``: another worker holds it
+    with a fresh heartbeat (the caller should retry later, in case that worker dies).
+    """
+    from discovery.search import run_search
+
+    stop, job = _begin(store, job_id, worker_id)
+    if stop:
+        return stop
+    if job.method == COMPARE_METHOD:
+        return _run_compare_claimed(job, store, progress, device)
+    evaluator = tracker = None
+    with Heartbeat(store, job_id):
+        try:
+            request = _job_request(job)
+            callback = JobProgress(store, job_id, also=progress)
+            callback(0, None, "loading model and dataset")
+            evaluator = build_evaluator(request, device)
+            tracker = Tracker(stored_evaluator(evaluator, store, job_id))
+            callback.tracker = tracker
+            result = run_search(request.method, tracker, request.params, callback)
+            _flush(tracker.inner)
+            store.finish_job(job_id, result_dict(result, evaluator))
+            return "finished"
+        except JobCancelled:
+            _safe_flush(tracker)
+            return "cancelled"
+        except Exception as e:
+            _safe_flush(tracker)
+            store.fail_job(job_id, type(e).__name__, str(e), traceback.format_exc())
+            return "failed"
+
+
+def _safe_flush(tracker: Any) -> None:
+    """Keep what was computed before a failure or a cancellation (a re-run starts from it)."""
+    if tracker is None:
+        return
+    try:
+        _flush(tracker.inner)
+    except Exception:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# the sweep's comparison
+# --------------------------------------------------------------------------------------------
+def run_compare(job_id: Any, store: Any, worker_id: str | None = None, progress: ProgressCallback | None = None,
+                device: str | None = None) -> Outcome:
+    """Run a sweep's comparison job (after its task jobs); same outcomes as :func:`run_job`.
+
+    ``waiting`` jobs: if some task job has not ended yet (a duplicate chord callback), returns
+    ``busy`` without claiming, so the caller retries later.
+    """
+    job = store.get_job(job_id)
+    if _status(job) in FINISHED_STATES:
+        return "skipped"
+    members = [store.get_job(j) for j in (job.params or {}).get("jobs", [])]
+    if any(_status(m) not in FINISHED_STATES for m in members):
+        return "busy"
+    stop, job = _begin(store, job_id, worker_id)
+    if stop:
+        return stop
+    return _run_compare_claimed(job, store, progress, device)
+
+
+def _run_compare_claimed(job: Any, store: Any, progress: ProgressCallback | None, device: str | None) -> Outcome:
+    job_id = job.id
+    with Heartbeat(store, job_id):
+        try:
+            callback = JobProgress(store, job_id, also=progress)
+            result = compare_jobs(store, list((job.params or {}).get("jobs", [])), job_id, callback, device)
+            store.finish_job(job_id, result)
+            return "finished"
+        except JobCancelled:
+            return "cancelled"
+        except Exception as e:
+            store.fail_job(job_id, type(e).__name__, str(e), traceback.format_exc())
+            return "failed"
+
+
+def compare_jobs(store: Any, job_ids: Sequence[Any], compare_job_id: Any = None,
+                 progress: ProgressCallback | None = None, device: str | None = None) -> dict[str, Any]:
+    """Overlap matrix and cross-task scores of finished jobs' circuits.
+
+    ``overlap[i][j]``: Jaccard similarity of circuit i's and circuit j's components;
+    ``cross_scores[i][j]``: circuit i's normalised score on task j (its diagonal is each job's own
+    score). Jobs that did not finish are listed in ``missing`` and left out.
+    """
+    jobs = [store.get_job(j) for j in job_ids]
+    done = [j for j in jobs if _status(j) == "finished" and j.result]
+    missing = [{"job": j.id, "task": j.task, "status": _status(j)} for j in jobs if j not in done]
+    circuits = [Circuit.parse(j.result["circuit"]) for j in done]
+    labels = [j.task for j in done]
+    overlap = [[_jaccard(a, b) for b in circuits] for a in circuits]
+    shared = [[sorted(n.name for n in a.nodes & b.nodes if n.kind in ("head", "mlp")) for b in circuits]
+              for a in circuits]
+    cross: list[list[float | None]] = [[None] * len(done) for _ in done]
+    total = len(done) * len(done)
+    for j, target in enumerate(done):
+        request = _job_request(target)
+        evaluator = build_evaluator(request, device)
+        scorer = stored_evaluator(evaluator, store, compare_job_id)
+        scores = scorer.evaluate(circuits)
+        _flush(scorer)
+        for i, s in enumerate(scores):
+            cross[i][j] = None if math.isnan(s.normalised) else s.normalised
+        if progress:
+            progress((j + 1) * len(done), total, f"scored every circuit on {target.task}")
+    return {"kind": "comparison", "jobs": [j.id for j in done], "tasks": labels,
+            "circuits": [c.canonical for c in circuits], "overlap": overlap, "shared_components": shared,
+            "cross_scores": cross, "missing": missing}
+
+
+def _jaccard(a: Circuit, b: Circuit) -> float:
+    na = {n for n in a.nodes if n.kind in ("head", "mlp")}
+    nb = {n for n in b.nodes if n.kind in ("head", "mlp")}
+    union = na | nb
+    return 1.0 if not union else len(na & nb) / len(union)
+
+
+# --------------------------------------------------------------------------------------------
+# inspecting and cancelling
+# --------------------------------------------------------------------------------------------
+def cancel(job_id: Any, store: Any = None) -> Any:
+    """Mark a job cancelled: a queued job never starts, a running one stops at its next progress call."""
+    store = store if store is not None else open_default_store()
+    store.get_job(job_id)  # raises for an unknown id
+    store.cancel_job(job_id)
+    return store.get_job(job_id)

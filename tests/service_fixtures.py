@@ -1,0 +1,188 @@
+"""Helpers for the service's integration tests: a throw-away PostgreSQL database, an isolated corner of
+the shared Redis (its own DB number and key prefix), a tiny model saved to disk, and worker
+subprocesses that are always killed.
+
+Nothing here touches the shared Redis beyond keys under this session's prefix, and nothing restarts
+it. Environment: ``CIRCUITS_TEST_PG`` (admin URL, default ``postgresql://postgres@127.0.0.1:5432/test``),
+``CIRCUITS_TEST_REDIS`` (default ``redis://127.0.0.1:6379``), ``CIRCUITS_TEST_REDIS_DB`` (default 11).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN = os.environ.get("CIRCUITS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_BASE = os.environ.get("CIRCUITS_TEST_REDIS", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("CIRCUITS_TEST_REDIS_DB", "11"))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def services_available() -> str | None:
+    """None when PostgreSQL and Redis answer; otherwise why not (the skip reason)."""
+    try:
+        import redis
+
+        redis.Redis.from_url(f"{REDIS_BASE}/{REDIS_DB}", socket_connect_timeout=2).ping()
+    except Exception as e:
+        return f"Redis at {REDIS_BASE} does not answer: {e}"
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(PG_ADMIN, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as e:
+        return f"PostgreSQL at {PG_ADMIN} does not answer: {e}"
+    return None
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """Create a database for this test session and drop it afterwards; yields its SQLAlchemy URL."""
+    import sqlalchemy as sa
+
+    name = unique("circuits_svc")
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def isolated_redis() -> Iterator[dict[str, str]]:
+    """Environment for an isolated broker: own DB number, key prefix and queue; keys deleted afterwards."""
+    import redis
+
+    tag = unique("circuits-test")
+    env = {
+        "CIRCUITS_BROKER_URL": f"{REDIS_BASE}/{REDIS_DB}",
+        "CIRCUITS_REDIS_PREFIX": f"{tag}:",
+        "CIRCUITS_QUEUE": tag,
+    }
+    client = redis.Redis.from_url(env["CIRCUITS_BROKER_URL"], socket_connect_timeout=2)
+    try:
+        yield env
+    finally:
+        for key in client.scan_iter(match=f"{tag}*", count=500):
+            client.delete(key)
+        client.close()
+
+
+def queue_length(env: dict[str, str]) -> int:
+    """Messages waiting in the test queue (kombu's Redis list, under the key prefix)."""
+    import redis
+
+    client = redis.Redis.from_url(env["CIRCUITS_BROKER_URL"], socket_connect_timeout=2)
+    try:
+        return int(client.llen(env["CIRCUITS_REDIS_PREFIX"] + env["CIRCUITS_QUEUE"]))
+    finally:
+        client.close()
+
+
+def save_tiny_model(directory: Path, n_layers: int = 2, n_heads: int = 4, d_model: int = 64, seed: int = 0) -> Path:
+    """A random GPT-2 with GPT-2's tokenizer saved with ``save_pretrained`` (what a worker loads)."""
+    from discovery.model import random_gpt2
+
+    loaded = random_gpt2(n_layers=n_layers, n_heads=n_heads, d_model=d_model, seed=seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    loaded.hf_model.save_pretrained(str(directory))
+    loaded.tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """``circuits ARGS`` in a subprocess with ``env`` added to this process's environment."""
+    full = {**os.environ, **env}
+    circuits = Path(sys.executable).parent / "circuits"
+    return subprocess.run([str(circuits), *args], env=full, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class Worker:
+    """A ``celery -A workers worker`` subprocess (solo pool) with its log in a file."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str | None = None) -> None:
+        self.name = name or unique("w")
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_dir / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_timeout: float = 90) -> "Worker":
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo", "--loglevel", "info",
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", f"{self.name}@%h"],
+            env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            if "ready." in self.log():
+                return self
+            time.sleep(0.2)
+        self.kill()
+        raise TimeoutError(f"worker {self.name} not ready after {ready_timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no warm shutdown, no acknowledgement."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+@contextlib.contextmanager
+def workers(env: dict[str, str], log_dir: Path, count: int = 1) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    try:
+        for _ in range(count):
+            started.append(Worker(env, log_dir).start())
+        yield started
+    finally:
+        for w in started:
+            w.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.3, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout}s")

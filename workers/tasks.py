@@ -1,0 +1,64 @@
+"""Celery tasks: thin, idempotent wrappers that take only a job id.
+
+All state is in the job's row (claimed with a conditional update), so a task may be delivered twice
+(a worker killed mid-job; a job outliving the visibility timeout) without running the job twice:
+
+- the job already ended -> nothing to do;
+- another worker holds it with a fresh heartbeat -> retry later (if that worker dies, its heartbeat
+  goes stale and the retry claims the job, resuming from the evaluations the store kept);
+- otherwise this worker claims it and runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from workers.app import app
+
+_STORE = None
+
+
+def store():
+    """One store per worker process (``CIRCUITS_DATABASE_URL``)."""
+    global _STORE
+    if _STORE is None:
+        from discovery.service import open_default_store
+
+        _STORE = open_default_store()
+    return _STORE
+
+
+def _retry_delay() -> float:
+    """Seconds before a busy job is tried again: below the visibility timeout, or Redis would hand the
+    waiting (unacknowledged) retry to another worker as well."""
+    from workers.app import celery_config
+
+    visibility = celery_config()["broker_transport_options"]["visibility_timeout"]
+    return min(float(os.environ.get("CIRCUITS_BUSY_RETRY", "15")), max(0.5, visibility / 3))
+
+
+def _worker_id(task) -> str:
+    return f"{task.request.hostname or socket.gethostname()}:{os.getpid()}"
+
+
+@app.task(bind=True, name="circuits.run_job", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def run_discovery_job(self, job_id):
+    """Run discovery job ``job_id`` (see :func:`discovery.service.run_job`); returns its outcome."""
+    from discovery.service import run_job
+
+    outcome = run_job(job_id, store(), worker_id=_worker_id(self), device=os.environ.get("CIRCUITS_DEVICE") or None)
+    if outcome == "busy":
+        raise self.retry(countdown=_retry_delay())
+    return outcome
+
+
+@app.task(bind=True, name="circuits.compare", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def compare_jobs(self, job_id):
+    """A sweep's final job: overlap matrix and cross-task scores (:func:`discovery.service.run_compare`)."""
+    from discovery.service import run_compare
+
+    outcome = run_compare(job_id, store(), worker_id=_worker_id(self), device=os.environ.get("CIRCUITS_DEVICE") or None)
+    if outcome == "busy":
+        raise self.retry(countdown=_retry_delay())
+    return outcome
