@@ -1,6 +1,11 @@
-"""Search methods, one module each, registered by name in :mod:`discovery.search.base`."""
+"""Search methods, one module each, registered by name in :mod:`discovery.search.base`.
+
+Importing this package registers every method: ``greedy``, ``exhaustive``, ``layer-sweep``,
+``cumulative-sweep``, ``topk``, ``threshold`` (node level) and ``eap``, ``eap-ig``, ``acdc`` (edge level).
+"""
 
 from discovery.search.base import (METHODS, Param, SearchMethodSpec, SearchResult, get_method, register,
                                    run_search)
+from discovery.search import acdc, eap, exhaustive, greedy, patching_select, sweeps  # noqa: E402,F401 - registers
 
 __all__ = ["METHODS", "Param", "SearchMethodSpec", "SearchResult", "get_method", "register", "run_search"]

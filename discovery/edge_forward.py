@@ -1,0 +1,278 @@
+"""Edge-level ablation: a forward pass in which every receiver input has its own residual stream.
+
+Semantics. An edge ``s -> r`` is a sender's output read by one input of a receiver (a head's q, k
+or v, an MLP, or the logits). In an edge-level circuit every receiver input is
+
+    input(r) = embed + sum over senders s before r of (edge kept ? out_s : rep_s) + biases
+
+where ``out_s`` is the sender's output *in this run* (computed from its own, possibly ablated,
+inputs) and ``rep_s`` its replacement output from ``evaluator.replacement`` (the mean / resampled
+/ zero value the node-level ablation uses). Edge-level ablation removes exactly what node-level
+ablation removes: edges leaving heads, and edges leaving MLPs when the ablation has
+``ablate_mlps``. The embedding, and MLPs when they are kept, are never ablated at node level, so
+their edges are always present here too (listing them in a circuit changes nothing). That makes
+the two levels agree where they should:
+
+- all edges = the full model; no edges = the node-level empty circuit (``ablated_metric``), so
+  edge circuits are normalised on the same scale as node circuits;
+- a node circuit C equals the edge circuit of every edge leaving C's components.
+
+Gradients. :func:`edge_forward` takes edge masks as a float tensor, so it is differentiable in
+the masks and (through ``probes``) in every receiver input: that is what EAP and EAP-IG use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from discovery.circuit import EMBED, HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
+from discovery.tasks.base import metric_from_logits
+
+Slot = tuple[Node, "str | None"]
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeGraph:
+    """The ablatable edges of a model as a [receivers, senders] grid.
+
+    Senders are ordered layer by layer (a layer's heads, then its MLP when MLPs are ablatable);
+    receiver slots likewise (each head's q, k, v, then the MLP), with ``logits`` last.
+    """
+
+    shape: ModelShape
+    ablate_mlps: bool
+
+    @cached_property
+    def senders(self) -> list[Node]:
+        out: list[Node] = []
+        for layer in range(self.shape.n_layers):
+            out.extend(head(layer, h) for h in range(self.shape.n_heads))
+            if self.ablate_mlps:
+                out.append(mlp(layer))
+        return out
+
+    @cached_property
+    def sender_index(self) -> dict[Node, int]:
+        return {s: i for i, s in enumerate(self.senders)}
+
+    @property
+    def senders_per_layer(self) -> int:
+        return self.shape.n_heads + (1 if self.ablate_mlps else 0)
+
+    @cached_property
+    def receivers(self) -> list[Slot]:
+        out: list[Slot] = []
+        for layer in range(self.shape.n_layers):
+            for h in range(self.shape.n_heads):
+                out.extend((head(layer, h), inp) for inp in HEAD_INPUTS)
+            out.append((mlp(layer), None))
+        out.append((LOGITS, None))
+        return out
+
+    @cached_property
+    def receiver_index(self) -> dict[Slot, int]:
+        return {r: i for i, r in enumerate(self.receivers)}
+
+    @property
+    def receivers_per_layer(self) -> int:
+        return 3 * self.shape.n_heads + 1
+
+    @cached_property
+    def edges(self) -> list[Edge]:
+        """Every ablatable edge, in canonical order."""
+        return [e for e in all_edges(self.shape) if self.ablatable(e)]
+
+    def ablatable(self, edge: Edge) -> bool:
+        return edge.sender in self.sender_index
+
+    def ablatable_node(self, node: Node) -> bool:
+        """Whether the node's output can be ablated (a head; an MLP when MLPs are ablated)."""
+        return node in self.sender_index
+
+    def position(self, edge: Edge) -> tuple[int, int]:
+        """(receiver slot, sender) indices of an ablatable edge."""
+        return self.receiver_index[(edge.receiver, edge.receiver_input)], self.sender_index[edge.sender]
+
+    @cached_property
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Receiver and sender indices of :attr:`edges`, as two arrays."""
+        pos = np.array([self.position(e) for e in self.edges], dtype=np.int64).reshape(-1, 2)
+        return pos[:, 0], pos[:, 1]
+
+    @cached_property
+    def valid(self) -> torch.Tensor:
+        """[R, S] bool: which grid cells are edges."""
+        grid = torch.zeros(len(self.receivers), len(self.senders), dtype=torch.bool)
+        r, s = self.positions
+        grid[torch.from_numpy(r), torch.from_numpy(s)] = True
+        return grid
+
+    def mask(self, circuits: Sequence[Circuit]) -> torch.Tensor:
+        """[c, R, S] float masks (1 = edge kept); edges that are never ablated are ignored."""
+        out = torch.zeros(len(circuits), len(self.receivers), len(self.senders))
+        for i, c in enumerate(circuits):
+            cells = [self.position(e) for e in c.edges if self.ablatable(e)]
+            if cells:
+                idx = torch.tensor(cells)
+                out[i, idx[:, 0], idx[:, 1]] = 1.0
+        return out
+
+    def edges_from_mask(self, mask: torch.Tensor) -> list[Edge]:
+        r, s = self.positions
+        keep = mask[torch.from_numpy(r), torch.from_numpy(s)] > 0.5
+        return [e for e, k in zip(self.edges, keep.tolist()) if k]
+
+    def full_mask(self) -> torch.Tensor:
+        return self.valid.float().unsqueeze(0)
+
+
+def graph_of(evaluator: Any) -> EdgeGraph:
+    """The edge graph of an evaluator (works through wrappers that delegate attributes)."""
+    return _graph(evaluator.shape, bool(evaluator.ablation.ablate_mlps))
+
+
+@lru_cache(maxsize=16)
+def _graph(shape: ModelShape, ablate_mlps: bool) -> EdgeGraph:
+    return EdgeGraph(shape, ablate_mlps)
+
+
+def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-circuit, per-prompt metric [c, n] of edge masks ``masks`` [c, R, S] (floats; 1 kept, 0 ablated).
+
+    Differentiable in ``masks`` and in ``probes`` [c, R, n, p, d], which is added to each receiver
+    slot's input (zeros: no change; the gradient there is dMetric/d(receiver input)). The logits
+    slot reads only the last position.
+    """
+    graph = graph_of(evaluator)
+    w = evaluator.weights
+    ds = evaluator.dataset
+    rep = evaluator.replacement
+    shape = evaluator.shape
+    H = shape.n_heads
+    per_layer_r = graph.receivers_per_layer
+    per_layer_s = graph.senders_per_layer
+    masks = masks.to(device=w.W_E.device, dtype=w.W_E.dtype)
+    c = masks.shape[0]
+    x0 = w.embed(ds.clean_ids)  # [n, p, d]
+    n, p, d = x0.shape
+    base = x0.unsqueeze(0).expand(c, n, p, d)
+    deltas: list[torch.Tensor] = []  # per layer [c, S_l, n, p, d]
+    causal = torch.ones(p, p, dtype=torch.bool, device=x0.device).tril()
+
+    def gather(r0: int, r1: int, layer_limit: int, last: bool = False) -> torch.Tensor:
+        """Inputs of receiver slots r0:r1 from the deltas of layers < layer_limit: [c, r, n, p, d]."""
+        out = (base[:, None, :, -1:] if last else base[:, None]).expand(-1, r1 - r0, -1, -1, -1)
+        for j, D in enumerate(deltas[:layer_limit]):
+            m = masks[:, r0:r1, j * per_layer_s:j * per_layer_s + D.shape[1]]
+            Dj = D[:, :, :, -1:] if last else D
+            out = out + torch.einsum("crs,csnpd->crnpd", m, Dj)
+        if probes is not None:
+            pr = probes[:, r0:r1]
+            out = out + (pr[:, :, :, -1:] if last else pr)
+        return out
+
+    for layer, lw in enumerate(w.layers):
+        r0 = layer * per_layer_r
+        # heads: each of q, k, v reads its own residual stream
+        inp = gather(r0, r0 + 3 * H, layer)  # [c, 3H, n, p, d]
+        ln = w.layer_norm(inp, lw.ln1_w, lw.ln1_b).reshape(c, H, 3, n, p, d)
+        q = torch.einsum("chnpd,hde->cnphe", ln[:, :, 0], lw.W_Q) + lw.b_Q
+        k = torch.einsum("chnpd,hde->cnphe", ln[:, :, 1], lw.W_K) + lw.b_K
+        v = torch.einsum("chnpd,hde->cnphe", ln[:, :, 2], lw.W_V) + lw.b_V
+        scores = torch.einsum("cnqhe,cnkhe->cnhqk", q, k) * w.attn_scale
+        pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+        z = torch.einsum("cnhqk,cnkhe->cnqhe", pattern, v)
+        head_delta = torch.einsum("cnphe,hed->chnpd", z - rep.z[layer], lw.W_O)  # [c, H, n, p, d]
+        base = base + rep.attn_constant[layer]
+        # the MLP reads this layer's heads too: its slot comes after them
+        deltas.append(head_delta)
+        m_in = gather(r0 + 3 * H, r0 + 3 * H + 1, layer + 1)[:, 0]  # [c, n, p, d]
+        m_out = w.mlp(layer, w.layer_norm(m_in, lw.ln2_w, lw.ln2_b))
+        if graph.ablate_mlps:
+            deltas[-1] = torch.cat([head_delta, (m_out - rep.mlp_out[layer]).unsqueeze(1)], dim=1)
+            base = base + rep.mlp_out[layer]
+        else:
+            base = base + m_out
+    final_in = gather(len(graph.receivers) - 1, len(graph.receivers), shape.n_layers, last=True)[:, 0, :, -1]
+    final = w.layer_norm(final_in, w.lnf_w, w.lnf_b)  # [c, n, d]
+    answer_logits = final @ w.W_U[:, ds.answer_tokens]
+    lse = torch.logsumexp(final @ w.W_U, dim=-1) if ds.metric == "prob_diff" else None
+    return metric_from_logits(ds, answer_logits, lse)
+
+
+def _chunk_size(evaluator: Any, graph: EdgeGraph, budget_floats: float = 1.2e8) -> int:
+    n, p = evaluator.dataset.clean_ids.shape
+    d = evaluator.weights.W_E.shape[1]
+    per_circuit = (len(graph.senders) + graph.receivers_per_layer + 4) * n * p * d
+    return max(1, int(budget_floats // per_circuit))
+
+
+@torch.no_grad()
+def edge_metric_values(evaluator: Any, circuits: Sequence[Circuit]) -> np.ndarray:
+    """The metric (mean over prompts) of each edge-level circuit; equal circuits computed once."""
+    graph = graph_of(evaluator)
+    unique: dict[str, int] = {}
+    order = [unique.setdefault(c.key, len(unique)) for c in circuits]
+    firsts: dict[int, Circuit] = {}
+    for c, u in zip(circuits, order):
+        firsts.setdefault(u, c)
+    distinct = [firsts[u] for u in range(len(unique))]
+    values = np.empty(len(distinct), dtype=np.float64)
+    chunk = _chunk_size(evaluator, graph)
+    for start in range(0, len(distinct), chunk):
+        batch = distinct[start:start + chunk]
+        out = edge_forward(evaluator, graph.mask(batch))
+        values[start:start + len(batch)] = out.mean(-1).double().cpu().numpy()
+    return values[np.array(order, dtype=np.int64)]
+
+
+def edge_attribution(evaluator: Any, steps: int = 1) -> tuple[list[Edge], np.ndarray]:
+    """EAP (``steps=1``) or EAP-IG scores of every ablatable edge, in :attr:`EdgeGraph.edges` order.
+
+    score(s -> r) = (rep_s - out_s) . mean over alpha of dMetric/d input(r) at alpha, where out_s is
+    the sender's output in the clean (unablated) run and rep_s its replacement: the first-order
+    estimate of the metric change when that one edge is ablated (negative: the edge helps).
+    With ``steps > 1`` the gradient is averaged over runs in which every ablatable edge is scaled by
+    alpha = (k + 1/2) / steps, interpolating from the empty circuit (alpha = 0) to the full model.
+    """
+    graph = graph_of(evaluator)
+    w = evaluator.weights
+    n, p = evaluator.dataset.clean_ids.shape
+    d = w.W_E.shape[1]
+    R, S = len(graph.receivers), len(graph.senders)
+    valid = graph.full_mask().to(w.W_E.device)
+    grad_sum = torch.zeros(R, n, p, d, device=w.W_E.device)
+    alphas = [1.0] if steps <= 1 else [(k + 0.5) / steps for k in range(steps)]
+    for alpha in alphas:
+        probes = torch.zeros(1, R, n, p, d, device=w.W_E.device, requires_grad=True)
+        metric = edge_forward(evaluator, valid * alpha, probes).mean()
+        (grad,) = torch.autograd.grad(metric, probes)
+        grad_sum += grad[0]
+    grad_mean = grad_sum / len(alphas)
+    # the clean run's sender deltas (out_s - rep_s), from a full-mask forward
+    deltas = sender_deltas(evaluator)  # [S, n, p, d]
+    scores = -torch.einsum("snpd,rnpd->rs", deltas, grad_mean)
+    r, s = graph.positions
+    return graph.edges, scores[torch.from_numpy(r), torch.from_numpy(s)].double().cpu().numpy()
+
+
+@torch.no_grad()
+def sender_deltas(evaluator: Any) -> torch.Tensor:
+    """[S, n, p, d]: each ablatable sender's clean output minus its replacement."""
+    from discovery.evaluator import record_forward
+
+    graph = graph_of(evaluator)
+    w = evaluator.weights
+    rep = evaluator.replacement
+    rec = record_forward(w, evaluator.dataset.clean_ids)
+    out = []
+    for layer, lw in enumerate(w.layers):
+        out.append(torch.einsum("nphe,hed->hnpd", rec.z[layer] - rep.z[layer], lw.W_O))
+        if graph.ablate_mlps:
+            out.append((rec.mlp_out[layer] - rep.mlp_out[layer]).unsqueeze(0))
+    return torch.cat(out, dim=0)
