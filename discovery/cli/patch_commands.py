@@ -35,7 +35,7 @@ def patch(
     console.print(f"clean {result.metric} {result.clean_metric:.4f}; corrupted {result.corrupt_metric:.4f}")
     table = Table("sender", "effect (patched - clean)")
     for name, effect in result.top(top):
-        table.add_row(name, f"{effect:+.4f}")
+        table.add_row(name, f"{effect:+.4g}")
     console.print(table)
     console.print(f"heatmap   {png}")
     _persist(loaded, dataset, result)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: installs into .venv on first use (and when pyproject.toml
+# changes), then runs what was asked.
+#   bash dev.sh demo    the main job: discover a circuit of the trained `sequences` reference model
+#                       for `digits`, stored in the embedded SQLite database, in-process worker
+#   bash dev.sh test    the test suite (unit + integration against PostgreSQL/Redis on localhost)
+#   bash dev.sh bench   every benchmark in bench/, one JSON line each
+set -euo pipefail
+cd "$(dirname "$0")"
+
+setup() {
+    local stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+    if [ ! -f "$stamp" ]; then
+        [ -x .venv/bin/python ] || python3 -m venv .venv
+        .venv/bin/pip install -q --upgrade pip
+        # torch first and pinned: pip takes the local CPU build; anything else pulls GBs of CUDA
+        .venv/bin/pip install -q torch==2.13.0
+        .venv/bin/pip install -q -e ".[test]"
+        rm -f .venv/.installed-*
+        touch "$stamp"
+    fi
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+    setup) setup ;;
+    demo) setup; exec .venv/bin/circuits submit --model ref:sequences --task digits --method greedy --target 0.9 "$@" ;;
+    test) setup; exec .venv/bin/python -m pytest -q -ra "$@" ;;
+    bench) setup; for b in bench/*.py; do echo "# $b" >&2; .venv/bin/python "$b"; done ;;
+    *) echo "usage: bash dev.sh demo|test|bench|setup [args]" >&2; exit 2 ;;
+esac
