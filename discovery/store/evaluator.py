@@ -1,0 +1,127 @@
+"""Storage as a decorator on the evaluator: every score is persisted, a stored one costs no forward pass.
+
+:class:`StoredEvaluator` has the :class:`~discovery.evaluator.Evaluator` interface: ``evaluate(circuits,
+progress) -> list[Score]``; any other attribute (``shape``, ``model``, ``dataset``, ``method()``...) is the
+wrapped evaluator's. For each call it
+
+1. looks the circuits up in the store (same model, dataset and evaluation method) and serves those
+   found (``cache_hits``);
+2. evaluates the rest through the wrapped evaluator, once per distinct circuit, in passes of
+   ``max(batch_size, evaluator.circuits_per_pass)`` circuits (``cache_misses``; the wrapped
+   evaluator's ``forward_count`` grows only here);
+3. saves each pass's new scores in transactions of at most ``batch_size`` rows as soon as the pass
+   is done. A crash loses at most the pass in flight: committed rows stay, and no half-written row
+   exists (each batch is one transaction).
+
+``full_metric`` / ``ablated_metric`` come from any stored score under the same method when one exists,
+so a re-run where every circuit is stored runs no forward pass at all.
+
+Two processes evaluating the same circuits at once both compute them; the store keeps one row per
+evaluation (insert-or-ignore) and both get equal scores.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Sequence
+
+from discovery.circuit import Circuit
+from discovery.evaluator import Score
+from discovery.progress import ProgressCallback
+from discovery.store.repository import Store
+
+
+class StoredEvaluator:
+    """Serves stored scores and persists new ones; see the module docstring."""
+
+    def __init__(self, evaluator: Any, store: Store, job_id: int | None = None, batch_size: int = 64) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.evaluator = evaluator
+        self.store = store
+        self.job_id = job_id
+        self.batch_size = batch_size
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.model_record = store.get_or_create_model(evaluator.model.identity)
+        self.dataset_record = store.get_or_create_dataset(evaluator.dataset)
+
+    @property
+    def model_id(self) -> int:
+        return self.model_record.id
+
+    @property
+    def dataset_id(self) -> int:
+        return self.dataset_record.id
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for attributes not found on self: delegate to the wrapped evaluator
+        if name == "evaluator":
+            raise AttributeError(name)
+        return getattr(self.evaluator, name)
+
+    # --- the two ends of the normalisation ----------------------------------------------------
+    @cached_property
+    def _stored_baseline(self) -> tuple[float, float] | None:
+        return self.store.baseline(self.model_id, self.dataset_id, self.evaluator.method("node"))
+
+    def _baseline(self, which: str) -> float:
+        inner = self.evaluator
+        if which not in vars(inner) and self._stored_baseline is not None:
+            value = self._stored_baseline[0 if which == "full_metric" else 1]
+            if isinstance(getattr(type(inner), which, None), cached_property):
+                vars(inner)[which] = value  # seed the wrapped evaluator's cache: it will not recompute it
+            return value
+        return float(getattr(inner, which))
+
+    @property
+    def full_metric(self) -> float:
+        return self._baseline("full_metric")
+
+    @property
+    def ablated_metric(self) -> float:
+        return self._baseline("ablated_metric")
+
+    # --- scoring ---------------------------------------------------------------------------------
+    def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]:
+        """Scores of ``circuits`` in order: stored ones from the store, the rest computed and stored."""
+        circuits = list(circuits)
+        shape = self.evaluator.shape
+        for c in circuits:
+            c.validate(shape)
+        found: dict[str, Score] = {}
+        for level in ("node", "edge"):
+            of_level = [c for c in circuits if c.level == level]
+            if of_level:
+                found.update(self.store.lookup(of_level, self.model_id, self.dataset_id, self.evaluator.method(level)))
+        self.cache_hits += sum(1 for c in circuits if c.key in found)
+        missing = list({c.key: c for c in circuits if c.key not in found}.values())
+        total = len(circuits)
+        done_before = total - sum(1 for c in circuits if c.key not in found)
+        if progress and done_before:
+            progress(done_before, total, "circuits served from the store")
+        if missing:
+            # make sure both ends exist (from the store if possible) before the wrapped evaluator needs them
+            self.full_metric, self.ablated_metric  # noqa: B018
+            per_pass = max(self.batch_size, int(getattr(self.evaluator, "circuits_per_pass", self.batch_size)))
+            computed = 0
+            for start in range(0, len(missing), per_pass):
+                chunk = missing[start:start + per_pass]
+                scores = self.evaluator.evaluate(chunk)
+                self.cache_misses += len(chunk)
+                for s in scores:
+                    found[s.circuit.key] = s
+                for b in range(0, len(scores), self.batch_size):
+                    self.store.save_scores(scores[b:b + self.batch_size], self.model_id, self.dataset_id, self.job_id)
+                computed += len(chunk)
+                if progress:
+                    progress(min(total, done_before + computed), total, "circuits evaluated")
+        return [_with_circuit(found[c.key], c) for c in circuits]
+
+    def evaluate_one(self, circuit: Circuit) -> Score:
+        return self.evaluate([circuit])[0]
+
+
+def _with_circuit(score: Score, circuit: Circuit) -> Score:
+    return score if score.circuit is circuit else Score(circuit, score.metric, score.normalised, score.full,
+                                                        score.ablated, score.method)
