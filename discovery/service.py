@@ -43,9 +43,9 @@ from discovery.progress import ProgressCallback
 COMPARE_METHOD = "compare"
 """The method name of a sweep's final job."""
 
-FINISHED_STATES = ("finished", "failed", "cancelled")
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
 
-Outcome = Literal["finished", "failed", "cancelled", "busy", "skipped"]
+Outcome = Literal["succeeded", "failed", "cancelled", "busy", "skipped"]
 
 
 class JobCancelled(CircuitsError):
@@ -177,31 +177,27 @@ def check_model_spec(spec: str) -> Any:
 # the store seam (one place that knows how job rows are created and read)
 # --------------------------------------------------------------------------------------------
 def open_default_store(url: str | None = None) -> Any:
-    from discovery.store import open_store
+    """The store at ``url``, else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file."""
+    from discovery.store.repository import open_store
 
     return open_store(url)
 
 
-def _create_job(store: Any, request: JobRequest, extra: dict[str, Any] | None = None) -> Any:
-    params = dict(request.params)
-    settings = request.settings()
-    if extra:
-        settings.update(extra)
-    return store.create_job(request.method, params, request.task, request.model, settings=settings)
+def _create_job(store: Any, request: JobRequest, tasks: Sequence[str] | None = None) -> int:
+    return store.create_job(request.method, dict(request.params), request.task, request.model,
+                            tasks=tasks, config=request.settings())
 
 
 def _job_request(job: Any) -> JobRequest:
-    settings = dict(getattr(job, "settings", None) or {})
-    return JobRequest.from_settings(job.task, job.method, job.model, dict(job.params or {}), settings)
-
-
-def _job_settings(job: Any) -> dict[str, Any]:
-    return dict(getattr(job, "settings", None) or {})
+    return JobRequest.from_settings(job.task, job.method, job.model, dict(job.params or {}), dict(job.config or {}))
 
 
 def _status(job: Any) -> str:
-    status = job.status
-    return getattr(status, "value", status)
+    return getattr(job.status, "value", job.status)
+
+
+def _finished(job: Any) -> bool:
+    return _status(job) in FINISHED_STATES
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,13 +207,13 @@ def _status(job: Any) -> str:
 class Submission:
     """What :func:`submit` did: the job ids, the sweep's comparison job, and (in-process) outcomes."""
 
-    job_ids: list[Any]
-    compare_job_id: Any | None = None
+    job_ids: list[int]
+    compare_job_id: int | None = None
     mode: Literal["queued", "in-process"] = "queued"
-    outcomes: dict[Any, Outcome] = field(default_factory=dict)
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
 
     @property
-    def all_ids(self) -> list[Any]:
+    def all_ids(self) -> list[int]:
         return self.job_ids + ([self.compare_job_id] if self.compare_job_id is not None else [])
 
 
@@ -233,27 +229,29 @@ def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, br
     if not reqs:
         raise UsageError("nothing to submit")
     checked = [validate_request(r) for r in reqs]
+    if len({r.task for r in checked}) != len(checked):
+        raise UsageError("a sweep names a task twice: "
+                         f"{', '.join(r.task for r in checked)}")
     if broker is None:
         broker = os.environ.get("CIRCUITS_BROKER_URL") or None
     store = store if store is not None else open_default_store()
     ids = [_create_job(store, r) for r in checked]
     compare_id = None
     if len(ids) > 1:
-        first = checked[0]
-        compare_req = replace(first, task=",".join(r.task for r in checked), method=COMPARE_METHOD,
+        compare_req = replace(checked[0], task=",".join(r.task for r in checked), method=COMPARE_METHOD,
                               params={"jobs": list(ids)})
-        compare_id = _create_job(store, compare_req, {"tasks": [r.task for r in checked]})
+        compare_id = _create_job(store, compare_req, tasks=[r.task for r in checked])
     sub = Submission(ids, compare_id, "queued" if broker else "in-process")
     if broker:
         try:
             _enqueue(ids, compare_id)
-        except Exception as e:  # the broker is unreachable after the publish retries
+        except Exception as e:  # the broker stayed unreachable through the publish retries
             for job_id in sub.all_ids:
                 store.fail_job(job_id, type(e).__name__, f"could not enqueue: {e}", traceback.format_exc())
             raise EnqueueError(f"could not enqueue job(s) {', '.join(map(str, sub.all_ids))} on the broker: "
                                f"{type(e).__name__}: {e}") from e
     else:
-        worker = f"in-process@{socket.gethostname()}:{os.getpid()}"
+        worker = f"in-process@{default_worker_id()}"
         for job_id in ids:
             sub.outcomes[job_id] = run_job(job_id, store, worker_id=worker, progress=progress)
         if compare_id is not None:
@@ -261,19 +259,20 @@ def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, br
     return sub
 
 
-def _enqueue(ids: list[Any], compare_id: Any | None) -> None:
+def _enqueue(ids: list[int], compare_id: int | None) -> None:
     from celery import chord, group
 
-    from workers.tasks import compare_jobs, run_discovery_job
+    from workers.tasks import compare_jobs as compare_task
+    from workers.tasks import run_discovery_job
 
     if compare_id is None:
         run_discovery_job.apply_async((ids[0],), task_id=task_id(ids[0]))
         return
     header = group(run_discovery_job.si(j).set(task_id=task_id(j)) for j in ids)
-    chord(header)(compare_jobs.si(compare_id).set(task_id=task_id(compare_id)))
+    chord(header)(compare_task.si(compare_id).set(task_id=task_id(compare_id)))
 
 
-def task_id(job_id: Any) -> str:
+def task_id(job_id: int) -> str:
     """The Celery task id of a job's message (stable, so a redelivery keeps it)."""
     return f"circuits-job-{job_id}"
 
@@ -288,29 +287,43 @@ def _float_env(name: str, default: float) -> float:
         return default
 
 
+def stale_after() -> float:
+    """Seconds without a heartbeat after which a running job counts as abandoned (its worker died)
+    and may be claimed again: ``CIRCUITS_STALE_AFTER`` (default 120; keep it several heartbeats long)."""
+    return _float_env("CIRCUITS_STALE_AFTER", 120.0)
+
+
+class JobLost(CircuitsError):
+    """This worker no longer holds the job (it was re-claimed after a missed heartbeat)."""
+
+
 class JobProgress:
     """The search's progress callback, adapted to job rows.
 
-    Each call (at most every ``interval`` seconds, and always for the first and the last) writes a
-    progress row and a heartbeat, and reads the job's status: a cancelled job raises
-    :class:`JobCancelled` inside the search, which stops it. ``also`` receives every call (the
+    A call (at most every ``interval`` seconds, always the first and the last) writes the progress
+    and a heartbeat in one conditional update. When that update finds the job no longer running
+    for this worker, the search is stopped from inside: :class:`JobCancelled` if the job was
+    cancelled, :class:`JobLost` if another worker claimed it. ``also`` receives every call (the
     in-process CLI's progress bar).
     """
 
-    def __init__(self, store: Any, job_id: Any, interval: float | None = None, tracker: "Tracker | None" = None,
+    def __init__(self, store: Any, job_id: int, worker_id: str | None = None, interval: float | None = None,
                  also: ProgressCallback | None = None) -> None:
         self.store = store
         self.job_id = job_id
+        self.worker_id = worker_id
         self.interval = _float_env("CIRCUITS_PROGRESS_INTERVAL", 0.5) if interval is None else interval
-        self.tracker = tracker
+        self.tracker: Tracker | None = None
         self.also = also
+        self.stopped = threading.Event()
+        """Set by the heartbeat thread when it finds the job no longer ours."""
         self._last = 0.0
         self.calls = 0
 
     def message(self, message: str) -> str:
         if self.tracker and self.tracker.best is not None:
             b = self.tracker.best
-            return f"{message} | best {b.circuit} ({b.normalised:.4f}, {b.circuit.size} components)"
+            return f"{message} | best so far {b.circuit} ({b.normalised:.4f}, {b.circuit.size} components)"
         return message
 
     def __call__(self, done: int, total: int | None, message: str) -> None:
@@ -319,21 +332,23 @@ class JobProgress:
             self.also(done, total, message)
         now = time.monotonic()
         last = total is not None and done >= total
-        if self.calls > 1 and not last and now - self._last < self.interval:
+        if self.calls > 1 and not last and now - self._last < self.interval and not self.stopped.is_set():
             return
         self._last = now
-        self.check_cancelled()
-        self.store.update_progress(self.job_id, int(done), None if total is None else int(total), self.message(message))
-        self.store.heartbeat(self.job_id)
+        if not self.store.update_progress(self.job_id, int(done), None if total is None else int(total),
+                                          self.message(message), worker_id=self.worker_id):
+            self.raise_stopped()
 
-    def check_cancelled(self) -> None:
-        if _status(self.store.get_job(self.job_id)) == "cancelled":
+    def raise_stopped(self) -> None:
+        job = self.store.get_job(self.job_id)
+        if _status(job) == "cancelled":
             raise JobCancelled(f"job {self.job_id} was cancelled")
+        raise JobLost(f"job {self.job_id} is {_status(job)} under worker {job.worker_id}, no longer this one")
 
 
 class Tracker:
     """Wraps an evaluator: remembers the best circuit seen (highest normalised score, then fewest
-    components) so a running job can report its best so far."""
+    components), so a running job reports its best so far."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -349,26 +364,35 @@ class Tracker:
                 self.best = s
         return scores
 
+    def evaluate_one(self, circuit: Circuit) -> Score:
+        return self.evaluate([circuit])[0]
+
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 
 class Heartbeat:
-    """A daemon thread beating a job's heart every ``interval`` seconds while it runs (model
-    loading or one long ``evaluate`` call never look like a dead worker)."""
+    """A daemon thread beating a job's heart every ``interval`` seconds while it runs, so model
+    loading or one long ``evaluate`` call never look like a dead worker. If a beat finds the job no
+    longer this worker's, it sets ``progress.stopped`` (the next progress call stops the search)."""
 
-    def __init__(self, store: Any, job_id: Any, interval: float | None = None) -> None:
-        self.store, self.job_id = store, job_id
-        self.interval = _float_env("CIRCUITS_HEARTBEAT_INTERVAL", 5.0) if interval is None else interval
+    def __init__(self, store: Any, job_id: int, worker_id: str | None, progress: JobProgress | None = None,
+                 interval: float | None = None) -> None:
+        self.store, self.job_id, self.worker_id, self.progress = store, job_id, worker_id, progress
+        self.interval = _float_env("CIRCUITS_HEARTBEAT_INTERVAL", 10.0) if interval is None else interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.store.heartbeat(self.job_id)
-            except Exception:  # a missed beat is not worth killing the job for
-                pass
+                alive = self.store.heartbeat(self.job_id, worker_id=self.worker_id)
+            except Exception:  # a missed beat (database blip) is not worth stopping the job for
+                continue
+            if not alive and self.progress is not None:
+                self.progress.stopped.set()
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -395,6 +419,7 @@ def cached_model(spec: str, device: str) -> Any:
 
 
 def build_evaluator(request: JobRequest, device: str | None = None) -> Evaluator:
+    """The plain evaluator a job's request describes (model cached per process)."""
     from discovery.tasks import build_dataset, get_task
 
     loaded = cached_model(request.model, device or request.device)
@@ -404,176 +429,149 @@ def build_evaluator(request: JobRequest, device: str | None = None) -> Evaluator
                                                ablate_mlps=request.ablate_mlps))
 
 
-def stored_evaluator(evaluator: Evaluator, store: Any, job_id: Any) -> Any:
-    from discovery.store import StoredEvaluator
-
-    return StoredEvaluator(evaluator, store, job_id=job_id)
-
-
-def _flush(evaluator: Any) -> None:
-    for name in ("flush", "close"):
-        fn = getattr(evaluator, name, None)
-        if callable(fn):
-            fn()
-            return
-
-
-def score_dict(score: Score) -> dict[str, Any]:
-    return {"circuit": score.circuit.canonical, "size": score.circuit.size, "metric": score.metric,
-            "normalised": score.normalised, "full": score.full, "ablated": score.ablated}
-
-
-def result_dict(result: Any, evaluator: Evaluator) -> dict[str, Any]:
-    """A search result as the JSON the job row keeps."""
-    return {
-        "method": result.method, "params": result.params, "circuit": result.circuit.canonical,
-        "size": result.circuit.size, "score": score_dict(result.score),
-        "evaluation_method": result.score.method.describe(),
-        "n_evaluations": result.n_evaluations, "seconds": result.seconds,
-        "computed": evaluator.forward_count,
-        "steps": [score_dict(s) for s in result.steps], "extra": _jsonable(result.extra),
-        "model": {"name": evaluator.model.identity.name, "weight_hash": evaluator.model.identity.weight_hash},
-        "dataset": {"description": evaluator.dataset.description, "prompt_hash": evaluator.dataset.prompt_hash},
-    }
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        return json.loads(json.dumps(value, default=str))
-
-
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _begin(store: Any, job_id: Any, worker_id: str | None) -> tuple[Outcome | None, Any]:
-    """Claim the job; return (outcome to stop with, or None to run; the job record)."""
+def _claim(store: Any, job_id: int, worker_id: str) -> tuple[Outcome | None, Any]:
+    """Claim the job; return (the outcome to stop with, or None to run it; the job record)."""
     job = store.get_job(job_id)
-    if _status(job) in FINISHED_STATES:
+    if _finished(job):
         return "skipped", job
-    if not store.claim_job(job_id, worker_id or default_worker_id()):
+    if not store.claim_job(job_id, worker_id, stale_after=stale_after()):
         job = store.get_job(job_id)
-        return ("skipped" if _status(job) in FINISHED_STATES else "busy"), job
+        return ("skipped" if _finished(job) else "busy"), job
     return None, store.get_job(job_id)
 
 
-def run_job(job_id: Any, store: Any, worker_id: str | None = None, progress: ProgressCallback | None = None,
+def run_job(job_id: int, store: Any, worker_id: str | None = None, progress: ProgressCallback | None = None,
             device: str | None = None) -> Outcome:
-    """Run one discovery job to its end: ``finished``, ``failed`` or ``cancelled``.
+    """Run one discovery job to its end: ``succeeded``, ``failed`` or ``cancelled``.
 
-    ``skipped``: the job had already ended (a duplicate delivery); ``busy``: another worker holds it
-    with a fresh heartbeat (the caller should retry later, in case that worker dies).
+    ``skipped``: the job had already ended (a duplicate delivery) or another worker took it over;
+    ``busy``: another worker holds it with a fresh heartbeat (retry later: if that worker died, its
+    heartbeat goes stale after ``CIRCUITS_STALE_AFTER`` seconds and the job can be claimed again).
+    ``device`` overrides the job's device (a GPU worker: ``circuits worker --device cuda``).
     """
     from discovery.search import run_search
+    from discovery.store.evaluator import StoredEvaluator
 
-    stop, job = _begin(store, job_id, worker_id)
+    worker_id = worker_id or default_worker_id()
+    stop, job = _claim(store, job_id, worker_id)
     if stop:
         return stop
     if job.method == COMPARE_METHOD:
-        return _run_compare_claimed(job, store, progress, device)
-    evaluator = tracker = None
-    with Heartbeat(store, job_id):
+        return _run_compare_claimed(job, store, worker_id, progress, device)
+    callback = JobProgress(store, job_id, worker_id, also=progress)
+    with Heartbeat(store, job_id, worker_id, callback):
         try:
             request = _job_request(job)
-            callback = JobProgress(store, job_id, also=progress)
             callback(0, None, "loading model and dataset")
-            evaluator = build_evaluator(request, device)
-            tracker = Tracker(stored_evaluator(evaluator, store, job_id))
+            stored = StoredEvaluator(build_evaluator(request, device), store, job_id=job_id)
+            store.set_job_model(job_id, stored.model_id)
+            tracker = Tracker(stored)
             callback.tracker = tracker
             result = run_search(request.method, tracker, request.params, callback)
-            _flush(tracker.inner)
-            store.finish_job(job_id, result_dict(result, evaluator))
-            return "finished"
+            extra = dict(result.extra, service={
+                "computed": stored.cache_misses, "served_from_store": stored.cache_hits,
+                "attempt": store.get_job(job_id).attempts, "worker": worker_id,
+                "dataset": stored.dataset_record.description})
+            if not store.finish_job(job_id, replace(result, extra=extra)):
+                return "cancelled" if _status(store.get_job(job_id)) == "cancelled" else "skipped"
+            return "succeeded"
         except JobCancelled:
-            _safe_flush(tracker)
             return "cancelled"
+        except JobLost:
+            return "skipped"
         except Exception as e:
-            _safe_flush(tracker)
             store.fail_job(job_id, type(e).__name__, str(e), traceback.format_exc())
             return "failed"
-
-
-def _safe_flush(tracker: Any) -> None:
-    """Keep what was computed before a failure or a cancellation (a re-run starts from it)."""
-    if tracker is None:
-        return
-    try:
-        _flush(tracker.inner)
-    except Exception:
-        pass
 
 
 # --------------------------------------------------------------------------------------------
 # the sweep's comparison
 # --------------------------------------------------------------------------------------------
-def run_compare(job_id: Any, store: Any, worker_id: str | None = None, progress: ProgressCallback | None = None,
+def run_compare(job_id: int, store: Any, worker_id: str | None = None, progress: ProgressCallback | None = None,
                 device: str | None = None) -> Outcome:
-    """Run a sweep's comparison job (after its task jobs); same outcomes as :func:`run_job`.
+    """Run a sweep's comparison job once its task jobs have ended; outcomes as :func:`run_job`.
 
-    ``waiting`` jobs: if some task job has not ended yet (a duplicate chord callback), returns
-    ``busy`` without claiming, so the caller retries later.
+    If some task job is still queued or running (a duplicate delivery, or a chord callback fired
+    early), returns ``busy`` without claiming, so the caller retries later.
     """
     job = store.get_job(job_id)
-    if _status(job) in FINISHED_STATES:
+    if _finished(job):
         return "skipped"
-    members = [store.get_job(j) for j in (job.params or {}).get("jobs", [])]
-    if any(_status(m) not in FINISHED_STATES for m in members):
+    if not all(_finished(store.get_job(j)) for j in job.params.get("jobs", [])):
         return "busy"
-    stop, job = _begin(store, job_id, worker_id)
+    worker_id = worker_id or default_worker_id()
+    stop, job = _claim(store, job_id, worker_id)
     if stop:
         return stop
-    return _run_compare_claimed(job, store, progress, device)
+    return _run_compare_claimed(job, store, worker_id, progress, device)
 
 
-def _run_compare_claimed(job: Any, store: Any, progress: ProgressCallback | None, device: str | None) -> Outcome:
-    job_id = job.id
-    with Heartbeat(store, job_id):
+def _run_compare_claimed(job: Any, store: Any, worker_id: str, progress: ProgressCallback | None,
+                         device: str | None) -> Outcome:
+    callback = JobProgress(store, job.id, worker_id, also=progress)
+    with Heartbeat(store, job.id, worker_id, callback):
         try:
-            callback = JobProgress(store, job_id, also=progress)
-            result = compare_jobs(store, list((job.params or {}).get("jobs", [])), job_id, callback, device)
-            store.finish_job(job_id, result)
-            return "finished"
+            comparison = compare_jobs(store, list(job.params.get("jobs", [])), job.id, callback, device)
+            if not store.finish_job(job.id, comparison_result(comparison)):
+                return "cancelled" if _status(store.get_job(job.id)) == "cancelled" else "skipped"
+            return "succeeded"
         except JobCancelled:
             return "cancelled"
+        except JobLost:
+            return "skipped"
         except Exception as e:
-            store.fail_job(job_id, type(e).__name__, str(e), traceback.format_exc())
+            store.fail_job(job.id, type(e).__name__, str(e), traceback.format_exc())
             return "failed"
 
 
-def compare_jobs(store: Any, job_ids: Sequence[Any], compare_job_id: Any = None,
+def compare_jobs(store: Any, job_ids: Sequence[int], compare_job_id: int | None = None,
                  progress: ProgressCallback | None = None, device: str | None = None) -> dict[str, Any]:
     """Overlap matrix and cross-task scores of finished jobs' circuits.
 
-    ``overlap[i][j]``: Jaccard similarity of circuit i's and circuit j's components;
-    ``cross_scores[i][j]``: circuit i's normalised score on task j (its diagonal is each job's own
-    score). Jobs that did not finish are listed in ``missing`` and left out.
+    ``overlap[i][j]``: Jaccard similarity of circuit i's and circuit j's heads and MLPs;
+    ``cross_scores[i][j]``: circuit i's normalised score on task j's dataset (the diagonal is each
+    job's own score), every score through the store (persisted, served if already there). Jobs that
+    did not succeed are listed in ``missing`` and left out.
     """
+    from discovery.store.evaluator import StoredEvaluator
+
     jobs = [store.get_job(j) for j in job_ids]
-    done = [j for j in jobs if _status(j) == "finished" and j.result]
+    done = [j for j in jobs if _status(j) == "succeeded" and j.result_circuit is not None]
     missing = [{"job": j.id, "task": j.task, "status": _status(j)} for j in jobs if j not in done]
-    circuits = [Circuit.parse(j.result["circuit"]) for j in done]
-    labels = [j.task for j in done]
+    circuits = [j.result_circuit for j in done]
     overlap = [[_jaccard(a, b) for b in circuits] for a in circuits]
     shared = [[sorted(n.name for n in a.nodes & b.nodes if n.kind in ("head", "mlp")) for b in circuits]
               for a in circuits]
     cross: list[list[float | None]] = [[None] * len(done) for _ in done]
-    total = len(done) * len(done)
     for j, target in enumerate(done):
-        request = _job_request(target)
-        evaluator = build_evaluator(request, device)
-        scorer = stored_evaluator(evaluator, store, compare_job_id)
-        scores = scorer.evaluate(circuits)
-        _flush(scorer)
-        for i, s in enumerate(scores):
+        scorer = StoredEvaluator(build_evaluator(_job_request(target), device), store, job_id=compare_job_id)
+        for i, s in enumerate(scorer.evaluate(circuits)):
             cross[i][j] = None if math.isnan(s.normalised) else s.normalised
         if progress:
-            progress((j + 1) * len(done), total, f"scored every circuit on {target.task}")
-    return {"kind": "comparison", "jobs": [j.id for j in done], "tasks": labels,
+            progress(j + 1, len(done), f"scored every circuit on {target.task}")
+    common = frozenset.intersection(*(frozenset(c.nodes) for c in circuits)) if circuits else frozenset()
+    return {"kind": "comparison", "jobs": [j.id for j in done], "tasks": [j.task for j in done],
             "circuits": [c.canonical for c in circuits], "overlap": overlap, "shared_components": shared,
-            "cross_scores": cross, "missing": missing}
+            "cross_scores": cross, "common": Circuit(common).canonical, "missing": missing}
+
+
+def comparison_result(comparison: dict[str, Any]) -> Any:
+    """The comparison as the search result the store's ``finish_job`` keeps: the circuit is what
+    every task's circuit shares; there is no single score (NaN, stored as null); the matrices are
+    in ``extra['comparison']``."""
+    from discovery.evaluator import EvaluationMethod
+    from discovery.search.base import SearchResult
+
+    nan = float("nan")
+    common = Circuit.parse(comparison["common"])
+    method = EvaluationMethod("mean", "sweep:" + ",".join(comparison["tasks"]), "node", False, "per task")
+    score = Score(common, nan, nan, nan, nan, method)
+    return SearchResult(COMPARE_METHOD, {"jobs": comparison["jobs"]}, common, score, 0, 0.0, (),
+                        {"comparison": comparison})
 
 
 def _jaccard(a: Circuit, b: Circuit) -> float:
@@ -586,9 +584,9 @@ def _jaccard(a: Circuit, b: Circuit) -> float:
 # --------------------------------------------------------------------------------------------
 # inspecting and cancelling
 # --------------------------------------------------------------------------------------------
-def cancel(job_id: Any, store: Any = None) -> Any:
-    """Mark a job cancelled: a queued job never starts, a running one stops at its next progress call."""
+def cancel(job_id: int, store: Any = None) -> Any:
+    """Mark a job cancelled: a queued job never starts, a running one stops at its next progress
+    report (or heartbeat). Returns the job's record; an ended job is left as it was."""
     store = store if store is not None else open_default_store()
-    store.get_job(job_id)  # raises for an unknown id
-    store.cancel_job(job_id)
+    store.cancel_job(job_id)  # raises UsageError for an unknown id
     return store.get_job(job_id)

@@ -113,8 +113,9 @@ def save_tiny_model(directory: Path, n_layers: int = 2, n_heads: int = 4, d_mode
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     """``circuits ARGS`` in a subprocess with ``env`` added to this process's environment."""
     full = {**os.environ, **env}
-    circuits = Path(sys.executable).parent / "circuits"
-    return subprocess.run([str(circuits), *args], env=full, cwd=ROOT, capture_output=True,
+    # the ``circuits`` entry point, run from the repository root (so the checkout's packages are used)
+    code = "import sys; from discovery.cli import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, *args], env=full, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -186,3 +187,94 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.3
             return value
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout}s")
+
+
+class TcpProxy:
+    """A throw-away TCP forwarder in this process: ``start()`` opens ``port`` and forwards it to
+    ``target``; ``stop()`` closes the port and drops every connection through it. The tests use it
+    to take "Redis" away from a worker for a few seconds without touching the shared Redis."""
+
+    def __init__(self, target_host: str, target_port: int, port: int | None = None) -> None:
+        import socket
+
+        self.target = (target_host, target_port)
+        if port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
+        self._server: Any = None
+        self._conns: list[Any] = []
+        self._threads: list[Any] = []
+
+    def start(self) -> "TcpProxy":
+        import socket
+        import threading
+
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        server.settimeout(0.2)
+        self._server = server
+        self._running = True
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while self._running:
+            try:
+                client, _ = self._server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: Any, dst: Any) -> None:
+        try:
+            src.settimeout(None)
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        import socket
+
+        self._running = False
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for c in self._conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                c.close()
+            except OSError:
+                pass
+        self._conns = []

@@ -93,10 +93,16 @@ def jobs(
 ) -> None:
     """List jobs with their status and progress."""
     store = _store(database)
-    table = Table("id", "status", "method", "task", "model", "progress", "worker", "message")
-    for job in list(store.list_jobs())[-limit:]:
-        table.add_row(str(job.id), str(_get(job, "status")), str(job.method), str(job.task), str(job.model),
-                      _progress_text(job), str(_get(job, "worker_id") or ""), str(_get(job, "progress_message") or ""))
+    table = Table("id", "status", "method", "task", "progress", "result", "worker", "created")
+    for job in store.list_jobs(limit=limit):
+        score = (job.result_score or {}).get("normalised")
+        result = "" if job.result_circuit is None else f"{job.result_circuit.size} components"
+        if score is not None:
+            result += f", {score:.3f}"
+        if _get(job, "status") == "failed":
+            result = f"{job.error_type}"
+        table.add_row(str(job.id), str(_get(job, "status")), job.method, job.task, _progress_text(job), result,
+                      job.worker_id or "", f"{job.created_at:%Y-%m-%d %H:%M:%S}" if job.created_at else "")
     console.print(table)
 
 
@@ -109,7 +115,10 @@ def status(
     store = _store(database)
     job = store.get_job(_job_key(job_id))
     if as_json:
-        console.print(json.dumps(_get(job, "result"), indent=2))
+        console.print(json.dumps({"id": job.id, "status": _get(job, "status"),
+                                  "circuit": None if job.result_circuit is None else job.result_circuit.canonical,
+                                  "result": job.result_score, "error_type": job.error_type,
+                                  "error_message": job.error_message}, indent=2))
         return
     _print_job(job, store)
 
@@ -148,38 +157,42 @@ def worker(
     os.execvpe(args[0], args, env)
 
 
-def _job_key(text: str) -> Any:
-    return int(text) if text.isdigit() else text
+def _job_key(text: str) -> int:
+    if not text.strip().isdigit():
+        raise UsageError(f"job id {text!r} is not a number (circuits jobs lists them)")
+    return int(text)
 
 
 def _print_job(job: Any, store: Any = None) -> None:
     status_text = _get(job, "status")
-    console.print(f"job       {job.id}  {status_text}")
+    console.print(f"job       {job.id}  {status_text}" + (f"  (worker {job.worker_id}, attempt {job.attempts})"
+                                                          if job.worker_id else ""))
     console.print(f"method    {job.method} {json.dumps(job.params or {}, sort_keys=True)}")
     console.print(f"task      {job.task}")
     console.print(f"model     {job.model}")
     progress = _progress_text(job)
-    if progress:
-        console.print(f"progress  {progress}  {_get(job, 'progress_message') or ''}")
-    if store is not None:
-        try:
-            console.print(f"evaluated {store.job_evaluation_count(job.id)} circuits")
-        except Exception:
-            pass
-    result = _get(job, "result")
+    if progress or job.progress_message:
+        console.print(f"progress  {progress}  {job.progress_message or ''}")
+    if store is not None and job.method != "compare":
+        console.print(f"evaluated {store.job_evaluation_count(job.id)} circuits stored by this job")
     if status_text == "failed":
-        err_console.print(f"error     {_get(job, 'error_type')}: {_get(job, 'error_message')}")
+        console.print(f"error     {job.error_type}: {job.error_message}")
+    result = job.result_score
     if not result:
         return
-    if result.get("kind") == "comparison":
-        _print_comparison(result)
+    comparison = (result.get("extra") or {}).get("comparison")
+    if comparison:
+        _print_comparison(comparison)
         return
-    score = result["score"]
-    console.print(f"circuit   {result['circuit'] or '(empty)'}  ({result['size']} components)")
-    console.print(f"score     {score['normalised']:.4f} normalised, metric {score['metric']:.4f} "
-                  f"(full {score['full']:.4f}, ablated {score['ablated']:.4f})")
-    console.print(f"searched  {result['n_evaluations']} evaluations in {result['seconds']:.1f}s "
-                  f"({result.get('computed', '?')} computed by this run)")
+    circuit = job.result_circuit
+    norm = result.get("normalised")
+    console.print(f"circuit   {circuit or '(empty)'}  ({result.get('size')} components)")
+    console.print(f"score     {'nan' if norm is None else f'{norm:.4f}'} normalised, metric {result['metric']:.4f} "
+                  f"(full {result['full']:.4f}, ablated {result['ablated']:.4f})")
+    service = (result.get("extra") or {}).get("service", {})
+    console.print(f"searched  {result.get('n_evaluations')} evaluations in {result.get('seconds', 0):.1f}s "
+                  f"({service.get('computed', '?')} computed, {service.get('served_from_store', '?')} served "
+                  "from the store)")
 
 
 def _print_comparison(result: dict[str, Any]) -> None:
@@ -189,9 +202,10 @@ def _print_comparison(result: dict[str, Any]) -> None:
         overlap.add_row(t, *(f"{v:.2f}" for v in row))
     console.print(overlap)
     cross = Table("circuit of \\ scored on", *tasks)
-    for t, row in zip(tasks, result["cross_scores"]):
-        cross.add_row(t, *("-" if v is None else f"{v:.3f}" for v in row))
+    for t, c, row in zip(tasks, result["circuits"], result["cross_scores"]):
+        cross.add_row(f"{t}: {c or '(empty)'}", *("-" if v is None else f"{v:.3f}" for v in row))
     console.print(cross)
+    console.print(f"shared by all: {result.get('common') or '(nothing)'}")
     for m in result.get("missing", []):
         console.print(f"left out: job {m['job']} ({m['task']}) is {m['status']}")
 
