@@ -17,8 +17,8 @@ from discovery.model import LoadedModel, load_model
 from discovery.tasks import Dataset, build_dataset, get_task
 
 # markup off: data such as "digits[corruption=...]" must print as written
-console = Console(markup=False, highlight=False)
-err_console = Console(stderr=True, markup=False, highlight=False)
+console = Console(markup=False, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 DEFAULT_MODEL = os.environ.get("CIRCUITS_MODEL", "ref:sequences")
 

@@ -1,0 +1,83 @@
+"""Loading by local directory, model identity, and the circuit vocabulary."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+import torch
+
+from discovery.circuit import Circuit, ModelShape, all_edges, parse_edge
+from discovery.errors import UsageError
+from discovery.model import load_model
+
+
+def test_local_directory_loads_the_same_model(tiny_model, tmp_path):
+    tiny_model.hf_model.save_pretrained(tmp_path)
+    tiny_model.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    assert loaded.identity.weight_hash == tiny_model.identity.weight_hash
+    assert loaded.identity.architecture == "GPT2LMHeadModel"
+    assert (loaded.identity.n_layers, loaded.identity.n_heads) == (2, 4)
+    ids = torch.tensor([[50256, 16, 362, 513]])
+    with torch.no_grad():
+        assert torch.allclose(loaded.hf_model(ids).logits, tiny_model.hf_model(ids).logits, atol=1e-6)
+
+
+def test_weight_hash_sees_one_changed_weight(tiny_model, tmp_path):
+    from discovery.model import weight_hash
+
+    before = weight_hash(tiny_model.hf_model)
+    param = tiny_model.hf_model.transformer.h[1].attn.c_proj.bias
+    with torch.no_grad():
+        param[0] += 1.0
+        try:
+            assert weight_hash(tiny_model.hf_model) != before
+        finally:
+            param[0] -= 1.0
+    assert weight_hash(tiny_model.hf_model) == before
+
+
+def test_missing_directory_and_file(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_model(str(tmp_path / "nothing"))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(UsageError, match="is a file"):
+        load_model(str(tmp_path / "weights.bin"))
+    with pytest.raises(UsageError, match="has no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_circuit_canonical_form_and_key():
+    a = Circuit.parse("9.1, 0.1,4.4,m8")
+    b = Circuit.parse("m8,4.4,9.1,0.1")
+    assert a == b and a.canonical == "0.1,4.4,m8,9.1" and a.key == b.key and len(a.key) == 64
+    assert Circuit.parse("") == Circuit() and str(Circuit()) == "(empty)"
+    e = Circuit.parse("0.1 | embed->0.1.v, 0.1->logits")
+    assert e.level == "edge" and e.canonical == "0.1 | embed->0.1.v,0.1->logits"
+    assert Circuit.parse(e.canonical) == e
+
+
+def test_circuit_errors():
+    shape = ModelShape(12, 12)
+    with pytest.raises(UsageError, match=r"component 12\.3: layer 12 is out of range, the model has layers 0\.\.11"):
+        Circuit.parse("12.3").validate(shape)
+    with pytest.raises(UsageError, match="cannot read component 'x1'"):
+        Circuit.parse("x1")
+    with pytest.raises(UsageError, match="must name its input"):
+        parse_edge("0.1->1.2")
+    with pytest.raises(UsageError, match="does not come before"):
+        Circuit.parse("| 2.1->1.0.q").validate(shape)
+
+
+def test_networkx_graph():
+    g = Circuit.parse("0.1,1.2 | embed->0.1.q,embed->0.1.k,0.1->1.2.v,1.2->logits").to_networkx()
+    assert isinstance(g, nx.DiGraph)
+    assert set(g.nodes) == {"embed", "0.1", "1.2", "logits"}
+    assert g.edges["embed", "0.1"]["inputs"] == {"q", "k"}
+    assert g.nodes["1.2"] == {"kind": "head", "layer": 1, "head": 2}
+
+
+def test_full_edge_count():
+    shape = ModelShape(2, 2)
+    # senders before layer 0 heads: embed (1); before m0: 1+2; before layer 1 heads: 4; before m1: 6; logits: 7
+    assert len(all_edges(shape)) == 2 * 3 * 1 + 3 + 2 * 3 * 4 + 6 + 7

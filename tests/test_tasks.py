@@ -1,0 +1,101 @@
+"""Tasks: deterministic prompts of one token length, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from discovery.errors import TokenizationError, UsageError
+from discovery.tasks import build_dataset, get_task
+
+
+def test_gpt2_tokenizer_is_the_real_one(tokenizer):
+    assert tokenizer("Hello, world!")["input_ids"] == [15496, 11, 995, 0]
+    assert tokenizer(" 5")["input_ids"] == [642]
+    ids = tokenizer("The war lasted from the year 1732 to the year 17")["input_ids"]
+    assert ids[-7:] == [614, 1596, 2624, 284, 262, 614, 1596]
+
+
+@pytest.mark.parametrize("name,params", [("digits", {}), ("digits", {"template": "done-in"}),
+                                         ("number-words", {}), ("months", {}), ("greater-than", {})])
+def test_tasks_build_deterministically(tokenizer, name, params):
+    task = get_task(name, **params)
+    for corruption in task.corruptions:
+        a = build_dataset(task, tokenizer, n=30, seed=5, corruption=corruption)
+        b = build_dataset(get_task(name, **params), tokenizer, n=30, seed=5, corruption=corruption)
+        assert a.prompt_hash == b.prompt_hash
+        assert a.clean_ids.shape == a.corrupt_ids.shape
+        assert a.clean_ids[:, 0].eq(tokenizer.bos_token_id).all()
+        c = build_dataset(task, tokenizer, n=30, seed=6, corruption=corruption)
+        assert c.prompt_hash != a.prompt_hash
+
+
+def test_digits_examples_follow_lan_and_barez(tokenizer):
+    ds = build_dataset(get_task("digits", template="done-in"), tokenizer, n=5, seed=0)
+    ex = ds.examples[0]
+    numbers = [int(part.split(" done in ")[1]) for part in ex.clean.split(". ")[:4]]
+    assert numbers == list(range(numbers[0], numbers[0] + 4))
+    assert ex.correct == (f" {numbers[-1] + 1}",) and ex.wrong == (f" {numbers[-1]}",)
+    assert ex.clean.endswith(" done in")
+    repeat = build_dataset(get_task("digits"), tokenizer, n=5, seed=0).examples[0]
+    members = repeat.clean.split()
+    assert repeat.corrupt.split() == members[:-1] + [members[-2]]
+
+
+def test_clean_prompts_do_not_depend_on_corruption(tokenizer):
+    a = build_dataset(get_task("months"), tokenizer, n=10, seed=1, corruption="repeat-last")
+    b = build_dataset(get_task("months"), tokenizer, n=10, seed=1, corruption="random")
+    assert (a.clean_ids == b.clean_ids).all()
+    assert not (a.corrupt_ids == b.corrupt_ids).all()
+
+
+def test_greater_than_answers_split_at_the_start_year(tokenizer):
+    ds = build_dataset(get_task("greater-than"), tokenizer, n=20, seed=0)
+    for ex, weights in zip(ds.examples, ds.answer_weights):
+        yy = int(ex.clean.split(" 17")[1][:2])
+        assert ex.correct[0] == f"{yy + 1:02d}" and ex.wrong[-1] == f"{yy:02d}"
+        assert " 1701 " in ex.corrupt
+        assert int((weights > 0).sum()) == 99 - yy and int((weights < 0).sum()) == yy + 1
+
+
+def test_unknown_task_and_corruption(tokenizer):
+    with pytest.raises(UsageError, match="unknown task 'nope'; known tasks: .*digits"):
+        get_task("nope")
+    with pytest.raises(UsageError, match="has no corruption 'swap'"):
+        build_dataset(get_task("digits"), tokenizer, n=2, corruption="swap")
+    with pytest.raises(UsageError, match="unknown template"):
+        get_task("digits", template="fancy")
+
+
+def test_file_task_errors_name_the_prompt(tokenizer, tmp_path):
+    good = [{"clean": "1 2 3 4", "corrupt": "1 2 3 3", "answer": " 5", "wrong": " 4"},
+            {"clean": "2 3 4 5", "corrupt": "2 3 4 4", "answer": " 6", "wrong": " 5"}]
+    path = tmp_path / "ok.json"
+    path.write_text(json.dumps(good))
+    ds = build_dataset(get_task(f"file:{path}"), tokenizer, n=2)
+    assert ds.n == 2 and ds.metric == "logit_diff"
+
+    uneven = good + [{"clean": "10 20 30 40 50", "corrupt": "10 20 30 40 40", "answer": " 60", "wrong": " 50"}]
+    path.write_text(json.dumps(uneven))
+    with pytest.raises(TokenizationError, match=r"prompt 2 '10 20 30 40 50' is 5 tokens but prompt 0 '1 2 3 4' is 4"):
+        build_dataset(get_task(f"file:{path}"), tokenizer, n=3)
+
+    two_tokens = [dict(good[0], answer=" 5 6")]
+    path.write_text(json.dumps(two_tokens))
+    with pytest.raises(TokenizationError, match=r"answer ' 5 6' is 2 tokens"):
+        build_dataset(get_task(f"file:{path}"), tokenizer, n=1)
+
+    misaligned = [dict(good[0], corrupt="1 2 3")]
+    path.write_text(json.dumps(misaligned))
+    with pytest.raises(TokenizationError, match="corrupted prompt 0 '1 2 3' is 3 tokens"):
+        build_dataset(get_task(f"file:{path}"), tokenizer, n=1)
+
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("clean,corrupt,answer,wrong\n1 2 3 4,1 2 3 3, 5, 4\n")
+    assert build_dataset(get_task(f"file:{csv_path}"), tokenizer, n=1).n == 1
+    with pytest.raises(UsageError, match="does not exist"):
+        get_task(f"file:{tmp_path / 'missing.json'}")
+    (tmp_path / "bad.json").write_text(json.dumps([{"clean": "1 2"}]))
+    with pytest.raises(UsageError, match="example 0 lacks corrupt, answer, wrong"):
+        get_task(f"file:{tmp_path / 'bad.json'}")
