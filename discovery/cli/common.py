@@ -72,5 +72,16 @@ def open_dataset(model: LoadedModel, task: str, n: int, seed: int, corruption: O
                          corruption=corruption)
 
 
-def open_evaluator(model: LoadedModel, dataset: Dataset, ablation: str, source: str, ablate_mlps: bool) -> Evaluator:
-    return Evaluator(model, dataset, Ablation(kind=ablation, source=source, ablate_mlps=ablate_mlps))  # type: ignore[arg-type]
+def open_evaluator(model: LoadedModel, dataset: Dataset, ablation: str, source: str, ablate_mlps: bool,
+                   store: Optional[bool] = None) -> Evaluator:
+    """The evaluator, wrapped in a StoredEvaluator on the default store (``CIRCUITS_DATABASE_URL``, else the
+    embedded SQLite file): every score is persisted and a stored one costs no forward pass.
+    ``store=False``, or ``CIRCUITS_NO_STORE=1`` in the environment, gives the bare evaluator."""
+    evaluator = Evaluator(model, dataset, Ablation(kind=ablation, source=source, ablate_mlps=ablate_mlps))  # type: ignore[arg-type]
+    if store is None:
+        store = os.environ.get("CIRCUITS_NO_STORE", "").strip().lower() not in ("1", "true", "yes")
+    if not store:
+        return evaluator
+    from discovery.store import StoredEvaluator, open_store
+
+    return StoredEvaluator(evaluator, open_store())  # type: ignore[return-value]

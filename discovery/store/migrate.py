@@ -32,7 +32,8 @@ UPGRADE_COMMAND = "circuits db upgrade"
 def script_location() -> Path:
     import migrations
 
-    return Path(migrations.__file__).resolve().parent
+    # __path__, not __file__: an editable install made before the folder had __init__.py maps it as a namespace
+    return Path(next(iter(migrations.__path__))).resolve()
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -39,7 +39,7 @@ Methods (``*`` = writes):
   ``fail_job(id, type, message, traceback)*``, ``cancel_job(id)*``, ``set_job_model(id, model_id)*``,
   ``get_job(id) -> JobRecord``, ``list_jobs(...)``, ``stale_jobs(seconds)``,
   ``job_evaluation_count(id)``, ``best_circuits(task, model)``
-- patching: ``save_patching(result, model_id, dataset_id, kind)* -> rows inserted``,
+- patching: ``save_patching(result, model_id, dataset_id | model=, dataset=, kind)* -> rows inserted``,
   ``get_patching(model_id, dataset_id, kind=None, receiver=None) -> [PatchingCell]``
 - SQL: ``read_only_sql(statement) -> (columns, rows)`` (refuses anything that could write)
 """
@@ -550,15 +550,26 @@ class Store:
                             {"threshold": threshold}) for r in rows]
 
     # --- patching ------------------------------------------------------------------------------
-    def save_patching(self, result: Any, model_id: int, dataset_id: int, kind: str = "path",
+    def save_patching(self, result: Any, model_id: int | None = None, dataset_id: int | None = None, *,
+                      model: ModelIdentity | None = None, dataset: Any = None, kind: str = "path",
                       job_id: int | None = None) -> int:
-        """Store a patching heatmap, one row per cell; returns the number of new cells.
+        """Store a patching heatmap, one row per cell; returns the number of new cells (NaN cells are skipped).
 
-        ``result``: an iterable of :class:`PatchingCell` (or of ``(receiver, layer, head, effect)``), or an
-        object with ``receiver`` (str) and ``effects`` ([layers, heads] or [layers, heads + 1] array-like,
-        the extra last column being the layer's MLP, stored with head -1), or ``cells()`` returning cells.
+        Name the model and dataset by id, or pass ``model=`` (a ModelIdentity) and ``dataset=`` (a Dataset).
+        ``result``: a :class:`discovery.patching.PatchingResult` (``receiver`` and ``effects`` [layers, heads]),
+        any object with ``receiver`` and ``effects`` (an extra last column, when ``n_heads`` says so, is the
+        layer's MLP, stored with head -1), or an iterable of :class:`PatchingCell` /
+        ``(receiver, layer, head, effect)``.
         """
-        cells = list(_patching_cells(result))
+        if model_id is None:
+            if model is None:
+                raise UsageError("save_patching needs model_id or model=")
+            model_id = self.get_or_create_model(model).id
+        if dataset_id is None:
+            if dataset is None:
+                raise UsageError("save_patching needs dataset_id or dataset=")
+            dataset_id = self.get_or_create_dataset(dataset).id
+        cells = [c for c in _patching_cells(result) if not math.isnan(c.effect)]
         rows = [{"model_id": model_id, "dataset_id": dataset_id, "kind": kind, "receiver": c.receiver,
                  "sender_layer": int(c.sender_layer), "sender_head": int(c.sender_head), "effect": float(c.effect),
                  "job_id": job_id} for c in cells]

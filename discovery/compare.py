@@ -1,0 +1,113 @@
+"""Comparing circuits: shared and distinct components and edges, Jaccard similarity, overlap matrices.
+
+Pure functions over :class:`~discovery.circuit.Circuit` values (and their networkx graphs); nothing
+here reads the store or runs a model.
+
+Components are heads and MLPs (``9.1``, ``m8``). ``embed`` and ``logits`` are left out of the node
+sets: every edge-level circuit contains both, and counting them would make any two edge-level
+circuits look alike. Edges are compared by their full spelling, receiver input included
+(``0.1->1.2.q`` and ``0.1->1.2.k`` are different edges).
+
+Jaccard similarity is ``|A & B| / |A | B|``; for two empty sets it is defined as 1.0 (two empty
+circuits are identical), and it is ``None`` for edges when neither circuit has any (node-level).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import networkx as nx
+import numpy as np
+
+from discovery.circuit import Circuit, parse_edge, parse_node
+
+
+def component_names(circuit: Circuit) -> frozenset[str]:
+    """The circuit's heads and MLPs by name."""
+    return frozenset(n.name for n in circuit.nodes if n.kind in ("head", "mlp"))
+
+
+def edge_names(circuit: Circuit) -> frozenset[str]:
+    return frozenset(e.name for e in circuit.edges)
+
+
+def jaccard(a: frozenset[str] | set[str], b: frozenset[str] | set[str]) -> float:
+    """``|a & b| / |a | b|``; 1.0 when both are empty."""
+    union = len(a | b)
+    return 1.0 if union == 0 else len(a & b) / union
+
+
+def _sorted(names: frozenset[str]) -> tuple[str, ...]:
+    """Names in canonical order (by layer, heads before the MLP; edges by receiver then sender)."""
+    return tuple(sorted(names, key=lambda n: parse_edge(n).sort_key if "->" in n else (parse_node(n).sort_key,)))
+
+
+@dataclass(frozen=True)
+class CircuitComparison:
+    """How two circuits overlap: shared and distinct components and edges, and the Jaccard indices."""
+
+    a: Circuit
+    b: Circuit
+    shared_nodes: tuple[str, ...]
+    only_a_nodes: tuple[str, ...]
+    only_b_nodes: tuple[str, ...]
+    shared_edges: tuple[str, ...]
+    only_a_edges: tuple[str, ...]
+    only_b_edges: tuple[str, ...]
+    node_jaccard: float
+    edge_jaccard: float | None
+    """None when neither circuit has edges."""
+
+    def as_dict(self) -> dict:
+        return {"a": self.a.canonical, "b": self.b.canonical, "shared_nodes": list(self.shared_nodes),
+                "only_a_nodes": list(self.only_a_nodes), "only_b_nodes": list(self.only_b_nodes),
+                "shared_edges": list(self.shared_edges), "only_a_edges": list(self.only_a_edges),
+                "only_b_edges": list(self.only_b_edges), "node_jaccard": self.node_jaccard,
+                "edge_jaccard": self.edge_jaccard}
+
+
+def compare(a: Circuit, b: Circuit) -> CircuitComparison:
+    """Shared and distinct components and edges of ``a`` and ``b`` (each list in canonical order)."""
+    na, nb = component_names(a), component_names(b)
+    ea, eb = edge_names(a), edge_names(b)
+    return CircuitComparison(
+        a, b, _sorted(na & nb), _sorted(na - nb), _sorted(nb - na), _sorted(ea & eb), _sorted(ea - eb),
+        _sorted(eb - ea), jaccard(na, nb), jaccard(ea, eb) if (ea or eb) else None,
+    )
+
+
+def overlap_matrix(circuits: Mapping[str, Circuit] | Sequence[Circuit], on: str = "nodes") -> tuple[list[str], np.ndarray]:
+    """Pairwise Jaccard indices: ``(labels, matrix)`` with ``matrix[i, j] = J(circuit_i, circuit_j)``.
+
+    ``on``: ``nodes`` (components) or ``edges``. The matrix is symmetric with ones on the diagonal.
+    """
+    if on not in ("nodes", "edges"):
+        raise ValueError(f"overlap on {on!r}: choose nodes or edges")
+    if isinstance(circuits, Mapping):
+        labels, values = list(circuits), list(circuits.values())
+    else:
+        values = list(circuits)
+        labels = [str(c) for c in values]
+    sets = [component_names(c) if on == "nodes" else edge_names(c) for c in values]
+    n = len(sets)
+    matrix = np.ones((n, n), dtype=np.float64)
+    for i in range(n):
+        for j in range(i + 1, n):
+            matrix[i, j] = matrix[j, i] = jaccard(sets[i], sets[j])
+    return labels, matrix
+
+
+def union_graph(a: Circuit, b: Circuit) -> nx.DiGraph:
+    """Both circuits in one DiGraph; every node and edge has ``membership``: ``both``, ``a`` or ``b``."""
+    ga, gb = a.to_networkx(), b.to_networkx()
+    graph = nx.DiGraph(a=a.canonical, b=b.canonical)
+    for node in set(ga.nodes) | set(gb.nodes):
+        attrs = dict(ga.nodes[node]) if node in ga else dict(gb.nodes[node])
+        attrs["membership"] = "both" if node in ga and node in gb else ("a" if node in ga else "b")
+        graph.add_node(node, **attrs)
+    for s, r in set(ga.edges) | set(gb.edges):
+        in_a, in_b = ga.has_edge(s, r), gb.has_edge(s, r)
+        inputs = (ga.edges[s, r]["inputs"] if in_a else set()) | (gb.edges[s, r]["inputs"] if in_b else set())
+        graph.add_edge(s, r, inputs=inputs, membership="both" if in_a and in_b else ("a" if in_a else "b"))
+    return graph
