@@ -3,7 +3,7 @@ the shared Redis (its own DB number and key prefix), a tiny model saved to disk,
 subprocesses that are always killed.
 
 Nothing here touches the shared Redis beyond keys under this session's prefix, and nothing restarts
-it. Environment: ``CIRCUITS_TEST_PG`` (admin URL, default ``postgresql://postgres@127.0.0.1:5432/test``),
+it. Environment: ``CIRCUITS_TEST_PG`` (admin URL, default ``postgresql+psycopg2://postgres@127.0.0.1:5432/test``),
 ``CIRCUITS_TEST_REDIS`` (default ``redis://127.0.0.1:6379``), ``CIRCUITS_TEST_REDIS_DB`` (default 11).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN = os.environ.get("CIRCUITS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+PG_ADMIN = os.environ.get("CIRCUITS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 REDIS_BASE = os.environ.get("CIRCUITS_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("CIRCUITS_TEST_REDIS_DB", "11"))
 
@@ -59,7 +59,6 @@ def fresh_postgres_database() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    url = url.replace("postgresql://", "postgresql+psycopg2://", 1)
     try:
         yield url
     finally:
@@ -112,7 +111,7 @@ def save_tiny_model(directory: Path, n_layers: int = 2, n_heads: int = 4, d_mode
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     """``circuits ARGS`` in a subprocess with ``env`` added to this process's environment."""
-    full = {**os.environ, **env}
+    full = {**os.environ, "COLUMNS": "200", **env}
     # the ``circuits`` entry point, run from the repository root (so the checkout's packages are used)
     code = "import sys; from discovery.cli import main; main(sys.argv[1:])"
     return subprocess.run([sys.executable, "-c", code, *args], env=full, cwd=ROOT, capture_output=True,
@@ -128,12 +127,14 @@ class Worker:
         self.log_path = log_dir / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready_timeout: float = 90) -> "Worker":
+    def start(self, ready_timeout: float = 90, wait_ready: bool = True) -> "Worker":
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo", "--loglevel", "info",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", f"{self.name}@%h"],
             env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        if not wait_ready:
+            return self
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -155,6 +156,8 @@ class Worker:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+        if getattr(self, "_log", None):
+            self._log.close()
 
     def stop(self, timeout: float = 20) -> None:
         if self.proc and self.proc.poll() is None:

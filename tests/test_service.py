@@ -1,0 +1,309 @@
+"""The service: submit -> Celery worker subprocesses on Redis -> job rows in PostgreSQL.
+
+Unit tier (no servers): submit-time validation and the in-process path on a SQLite store.
+Integration tier (``-m integration``): a fresh PostgreSQL database per session (dropped afterwards),
+an isolated corner of the shared Redis (own DB number, key prefix and queue; nothing restarted),
+real ``celery -A workers worker`` subprocesses, always killed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from discovery.errors import UsageError
+from discovery.service import JobRequest, submit, validate_request
+from tests.service_fixtures import (REDIS_BASE, TcpProxy, Worker, fresh_postgres_database, isolated_redis,
+                                    queue_length, run_cli, save_tiny_model, services_available, wait_for, workers)
+
+N_PROMPTS = 10
+# an exhaustive search long enough to kill mid-way: 16 heads, subsets up to size 6 (14,892 circuits),
+# a target no subset reaches so every size is tried
+LONG_PARAMS = {"k": 6, "target": 2.0}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def long_model_dir(tmp_path_factory) -> Path:
+    """4 layers x 4 heads: exhaustive search over 16 heads takes seconds, long enough to interrupt."""
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny44", n_layers=4, n_heads=4, seed=3)
+
+
+def request(model: Path, task: str = "digits", method: str = "greedy", **params) -> JobRequest:
+    return JobRequest(task=task, method=method, model=str(model), params=params or {"target": 0.9}, n=N_PROMPTS)
+
+
+# ----------------------------------------------------------------------------------------------
+# unit tier
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, message", [
+    ({"task": "no-such-task"}, "unknown task 'no-such-task'"),
+    ({"method": "no-such-method"}, "unknown search method 'no-such-method'"),
+    ({"params": {"target": "high"}}, "target='high' is not a float"),
+    ({"params": {"k": 3}}, "has no parameter k"),
+    ({"model": "/nonexistent/model/dir"}, "does not exist"),
+    ({"ablation": "median"}, "unknown ablation 'median'"),
+    ({"corruption": "nonsense"}, "has no corruption 'nonsense'"),
+    ({"n": 0}, "at least 1"),
+])
+def test_bad_requests_are_refused_with_a_clear_message(model_dir, change, message):
+    from dataclasses import replace
+
+    with pytest.raises(UsageError, match=message):
+        validate_request(replace(request(model_dir), **change))
+
+
+def test_a_directory_without_config_is_not_a_model(tmp_path, model_dir):
+    with pytest.raises(UsageError, match="no config.json"):
+        validate_request(request(tmp_path))
+
+
+def test_in_process_submit_runs_the_job_and_the_cli_prints_it(tmp_path, model_dir):
+    env = {"CIRCUITS_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}", "CIRCUITS_BROKER_URL": ""}
+    out = run_cli(["submit", "--task", "digits", "--method", "greedy", "--target", "0.9", "--model", str(model_dir),
+                   "--n", str(N_PROMPTS)], env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "succeeded" in out.stdout and "circuit" in out.stdout
+    jobs = run_cli(["jobs"], env)
+    assert jobs.returncode == 0 and "succeeded" in jobs.stdout
+    bad = run_cli(["submit", "--task", "digits", "--method", "nope", "--model", str(model_dir)], env)
+    assert bad.returncode == 1 and "unknown search method 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# integration tier
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def services():
+    reason = services_available()
+    if reason:
+        pytest.skip(reason)
+    with fresh_postgres_database() as url, isolated_redis() as broker:
+        env = {**broker, "CIRCUITS_DATABASE_URL": url, "CIRCUITS_HEARTBEAT_INTERVAL": "1",
+               "CIRCUITS_STALE_AFTER": "4", "CIRCUITS_BUSY_RETRY": "1", "CIRCUITS_PROGRESS_INTERVAL": "0.2",
+               "CIRCUITS_VISIBILITY_TIMEOUT": "120", "OMP_NUM_THREADS": "1"}
+        yield env
+
+
+@pytest.fixture()
+def service_env(services, monkeypatch):
+    """The service's environment in this process too (submit enqueues on the test broker)."""
+    for k, v in services.items():
+        monkeypatch.setenv(k, v)
+    from workers.app import app, celery_config
+
+    app.conf.update(celery_config())  # the app was configured at import time, before this environment
+    yield dict(services)
+
+
+@pytest.fixture()
+def store(service_env):
+    from discovery.store.repository import open_store
+
+    s = open_store(service_env["CIRCUITS_DATABASE_URL"])
+    yield s
+    s.close()
+
+
+def wait_done(store, job_id: int, timeout: float = 240):
+    return wait_for(lambda: (j := store.get_job(job_id)).is_finished() and j, timeout, what=f"job {job_id} ends")
+
+
+def in_process(requests, tmp_path: Path, name: str = "reference.db"):
+    """The same submission run in this process on a throw-away SQLite store: the reference."""
+    from discovery.store.repository import open_store
+
+    ref = open_store(f"sqlite:///{tmp_path / name}")
+    return ref, submit(requests, ref, broker=False)
+
+
+def evaluation_rows(store) -> tuple[int, int]:
+    """(rows, distinct evaluation keys) in the evaluations table."""
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT count(*) FROM evaluations")).scalar_one()
+        keys = conn.execute(sa.text(
+            "SELECT count(*) FROM (SELECT DISTINCT circuit_id, model_id, dataset_id, ablation, source, level, "
+            "ablate_mlps, metric FROM evaluations) AS k")).scalar_one()
+    return int(rows), int(keys)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(400)
+def test_submit_worker_result_row(service_env, store, model_dir, tmp_path):
+    with workers(service_env, tmp_path, 1) as (worker,):
+        sub = submit(request(model_dir), store)
+        job = wait_done(store, sub.job_ids[0])
+    assert job.status.value == "succeeded", (job.error_type, job.error_message, worker.log()[-3000:])
+    # the row as PostgreSQL holds it
+    with sa.create_engine(service_env["CIRCUITS_DATABASE_URL"]).connect() as conn:
+        row = conn.execute(sa.text("SELECT j.status, j.worker_id, c.canonical FROM jobs j JOIN circuits c "
+                                   "ON c.id = j.result_circuit_id WHERE j.id = :id"), {"id": job.id}).one()
+    assert row.status == "succeeded" and worker.name in row.worker_id
+    ref, ref_sub = in_process(request(model_dir), tmp_path)
+    assert row.canonical == ref.get_job(ref_sub.job_ids[0]).result_circuit.canonical
+    assert store.job_evaluation_count(job.id) > 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(500)
+def test_worker_killed_mid_job_is_redelivered_and_resumes(services, monkeypatch, long_model_dir, tmp_path):
+    """SIGKILL the worker after some evaluations are stored; another worker finishes the job from the store."""
+    from discovery.store.repository import open_store
+    from workers.app import app, celery_config
+
+    env = {**services, "CIRCUITS_VISIBILITY_TIMEOUT": "3"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    app.conf.update(celery_config())
+    store = open_store(env["CIRCUITS_DATABASE_URL"])
+    req = request(long_model_dir, method="exhaustive", **LONG_PARAMS)
+    first = Worker(env, tmp_path, "first").start()
+    second = None
+    try:
+        job_id = submit(req, store).job_ids[0]
+        stored_before = wait_for(lambda: (n := store.job_evaluation_count(job_id)) >= 2000 and n, 240,
+                                 interval=0.05, what="2000 evaluations stored")
+        first.kill()
+        killed_at = store.job_evaluation_count(job_id)
+        assert not store.get_job(job_id).is_finished(), "the job ended before the kill: make it longer"
+        second = Worker(env, tmp_path, "second").start()
+        job = wait_done(store, job_id, timeout=300)
+    finally:
+        first.kill()
+        if second:
+            second.stop()
+    assert job.status.value == "succeeded", (job.error_type, job.error_message, second.log()[-3000:])
+    assert "second" in job.worker_id and job.attempts >= 2
+    ref, ref_sub = in_process(req, tmp_path)
+    ref_job = ref.get_job(ref_sub.job_ids[0])
+    assert job.result_circuit == ref_job.result_circuit
+    assert job.result_score["normalised"] == pytest.approx(ref_job.result_score["normalised"], abs=1e-9)
+    # nothing duplicated, nothing lost: one row per distinct circuit, as many as the uninterrupted run stored
+    rows, keys = evaluation_rows(store)
+    ref_rows, _ = evaluation_rows(ref)
+    assert rows == keys == ref_rows
+    assert store.job_evaluation_count(job_id) == ref_rows
+    # the second run was served what the first stored, and computed only the rest
+    service = job.result_score["extra"]["service"]
+    assert service["served_from_store"] >= killed_at >= stored_before
+    assert service["computed"] <= ref_rows - killed_at
+    store.close()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(500)
+def test_two_workers_share_a_sweep(service_env, store, model_dir, tmp_path):
+    tasks = ["digits", "months", "greater-than"]
+    reqs = [request(model_dir, task=t) for t in tasks]
+    with workers(service_env, tmp_path, 2) as pair:
+        sub = submit(reqs, store)
+        comparison_job = wait_done(store, sub.compare_job_id, timeout=400)
+        logs = [w.log() for w in pair]
+    assert comparison_job.status.value == "succeeded", (comparison_job.error_message, logs)
+    ref, ref_sub = in_process(reqs, tmp_path)
+    for job_id, ref_id in zip(sub.job_ids, ref_sub.job_ids):
+        assert store.get_job(job_id).result_circuit == ref.get_job(ref_id).result_circuit
+    got = comparison_job.result_score["extra"]["comparison"]
+    want = ref.get_job(ref_sub.compare_job_id).result_score["extra"]["comparison"]
+    assert got["tasks"] == want["tasks"] == tasks
+    assert got["circuits"] == want["circuits"]
+    assert got["overlap"] == want["overlap"]
+    for row, ref_row in zip(got["cross_scores"], want["cross_scores"]):
+        assert row == pytest.approx(ref_row, abs=1e-9)
+    ran_on = {store.get_job(j).worker_id.split("@")[0] for j in sub.all_ids}
+    assert ran_on <= {w.name for w in pair}
+
+
+@pytest.mark.integration
+def test_bad_submissions_are_refused_before_the_queue(service_env, store, model_dir):
+    before_queue, before_jobs = queue_length(service_env), len(store.list_jobs(limit=10_000))
+    bad = [
+        request(model_dir, task="no-such-task"),
+        request(model_dir, method="no-such-method"),
+        request(model_dir, target="very"),
+        JobRequest(task="digits", method="greedy", model="/nonexistent/model", n=N_PROMPTS),
+        [request(model_dir), request(model_dir, task="nope")],  # one bad member refuses the whole sweep
+    ]
+    for r in bad:
+        with pytest.raises(UsageError):
+            submit(r, store)
+    out = run_cli(["submit", "--task", "digits", "--method", "greedy", "--param", "target=x", "--model",
+                   str(model_dir)], service_env)
+    assert out.returncode == 1 and "target='x' is not a float" in out.stderr
+    assert queue_length(service_env) == before_queue
+    assert len(store.list_jobs(limit=10_000)) == before_jobs
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_job_that_raises_ends_failed_with_its_error(service_env, store, model_dir, tmp_path):
+    doomed = tmp_path / "doomed-model"
+    shutil.copytree(model_dir, doomed)
+    job_id = submit(request(doomed), store).job_ids[0]  # valid when submitted ...
+    shutil.rmtree(doomed)  # ... gone when the worker loads it
+    assert queue_length(service_env) >= 1
+    with workers(service_env, tmp_path, 1):
+        job = wait_done(store, job_id)
+    assert job.status.value == "failed"
+    assert job.error_type == "UsageError" and "does not exist" in job.error_message
+    assert "Traceback" in job.error_traceback and "load_model" in job.error_traceback
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(400)
+def test_cancel_stops_a_running_job(service_env, store, model_dir, long_model_dir, tmp_path):
+    req = request(long_model_dir, method="exhaustive", k=7, target=2.0)
+    with workers(service_env, tmp_path, 1) as (worker,):
+        job_id = submit(req, store).job_ids[0]
+        wait_for(lambda: store.get_job(job_id).progress_done > 0, 240, what="progress reported")
+        out = run_cli(["cancel", str(job_id)], service_env)
+        assert out.returncode == 0 and "cancelled" in out.stdout
+        wait_for(lambda: "circuits.run_job" in worker.log() and "'cancelled'" in worker.log(), 120,
+                 what="the worker stops the search")
+        # the worker is free again: the next job runs
+        next_id = submit(request(model_dir, task="months"), store).job_ids[0]
+        assert wait_done(store, next_id).status.value == "succeeded"
+    job = store.get_job(job_id)
+    assert job.status.value == "cancelled" and job.result_circuit is None
+    status = run_cli(["status", str(job_id)], service_env)
+    assert status.returncode == 0 and "cancelled" in status.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(400)
+def test_broker_away_for_a_few_seconds_loses_no_job(service_env, store, long_model_dir, tmp_path):
+    """The worker reaches Redis through a proxy we control: closed at start, opened, then dropped mid-job."""
+    host, port = REDIS_BASE.split("//", 1)[1].split(":")
+    proxy = TcpProxy(host, int(port))
+    db = service_env["CIRCUITS_BROKER_URL"].rsplit("/", 1)[1]
+    via_proxy = {**service_env, "CIRCUITS_BROKER_URL": f"redis://127.0.0.1:{proxy.port}/{db}",
+                 "CIRCUITS_RESULT_BACKEND": service_env["CIRCUITS_BROKER_URL"],
+                 "CIRCUITS_VISIBILITY_TIMEOUT": "5"}
+    worker = Worker(via_proxy, tmp_path, "behind-proxy")
+    try:
+        job_id = submit(request(long_model_dir, method="exhaustive", **LONG_PARAMS), store).job_ids[0]
+        worker.start(wait_ready=False)  # its broker port is closed: it must keep retrying, not exit
+        time.sleep(4)
+        assert worker.proc.poll() is None, worker.log()
+        proxy.start()
+        wait_for(lambda: store.get_job(job_id).progress_done > 0, 240, what="job running after the broker came up")
+        proxy.stop()  # the broker disappears mid-job ...
+        time.sleep(4)
+        proxy.start()  # ... and comes back
+        job = wait_done(store, job_id, timeout=300)
+        assert job.status.value == "succeeded", (job.error_message, worker.log()[-3000:])
+        # the worker reconnected and still serves the queue
+        second = submit(request(long_model_dir, task="months"), store).job_ids[0]
+        assert wait_done(store, second).status.value == "succeeded", worker.log()[-3000:]
+    finally:
+        worker.kill()
+        proxy.stop()
