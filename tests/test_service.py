@@ -186,7 +186,8 @@ def test_worker_killed_mid_job_is_redelivered_and_resumes(services, monkeypatch,
     ref, ref_sub = in_process(req, tmp_path)
     ref_job = ref.get_job(ref_sub.job_ids[0])
     assert job.result_circuit == ref_job.result_circuit
-    assert job.result_score["normalised"] == pytest.approx(ref_job.result_score["normalised"], abs=1e-9)
+    # float32 batches grouped differently differ in the last digits
+    assert job.result_score["normalised"] == pytest.approx(ref_job.result_score["normalised"], abs=1e-4)
     # nothing duplicated, nothing lost: one row per distinct circuit, as many as the uninterrupted run stored
     rows, keys = evaluation_rows(store)
     ref_rows, _ = evaluation_rows(ref)
@@ -218,7 +219,7 @@ def test_two_workers_share_a_sweep(service_env, store, model_dir, tmp_path):
     assert got["circuits"] == want["circuits"]
     assert got["overlap"] == want["overlap"]
     for row, ref_row in zip(got["cross_scores"], want["cross_scores"]):
-        assert row == pytest.approx(ref_row, abs=1e-9)
+        assert row == pytest.approx(ref_row, rel=1e-3, abs=1e-4)  # a normalised score divides by full - ablated
     ran_on = {store.get_job(j).worker_id.split("@")[0] for j in sub.all_ids}
     assert ran_on <= {w.name for w in pair}
 
@@ -304,6 +305,9 @@ def test_broker_away_for_a_few_seconds_loses_no_job(service_env, store, long_mod
         # the worker reconnected and still serves the queue
         second = submit(request(long_model_dir, task="months"), store).job_ids[0]
         assert wait_done(store, second).status.value == "succeeded", worker.log()[-3000:]
+        log = worker.log()
+        assert "Cannot connect to redis" in log  # retried at start-up instead of exiting
+        assert log.count("Connected to redis") >= 2  # and connected again after the mid-job drop
     finally:
         worker.kill()
         proxy.stop()
