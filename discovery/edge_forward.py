@@ -147,6 +147,10 @@ def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | Non
     Differentiable in ``masks`` and in ``probes`` [c, R, n, p, d], which is added to each receiver
     slot's input (zeros: no change; the gradient there is dMetric/d(receiver input)). The logits
     slot reads only the last position.
+
+    Without gradients only *active* senders are computed: a sender with no kept outgoing edge in any
+    circuit of the batch contributes its replacement everywhere, so its own inputs never matter.
+    After the last layer with an active head nothing mixes positions and only the last one is kept.
     """
     graph = graph_of(evaluator)
     w = evaluator.weights
@@ -155,50 +159,92 @@ def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | Non
     shape = evaluator.shape
     H = shape.n_heads
     per_layer_r = graph.receivers_per_layer
-    per_layer_s = graph.senders_per_layer
     masks = masks.to(device=w.W_E.device, dtype=w.W_E.dtype)
     c = masks.shape[0]
     x0 = w.embed(ds.clean_ids)  # [n, p, d]
     n, p, d = x0.shape
-    base = x0.unsqueeze(0).expand(c, n, p, d)
-    deltas: list[torch.Tensor] = []  # per layer [c, S_l, n, p, d]
-    causal = torch.ones(p, p, dtype=torch.bool, device=x0.device).tril()
+    differentiable = torch.is_grad_enabled() and (masks.requires_grad or probes is not None)
+    if differentiable:
+        active = torch.arange(len(graph.senders), device=masks.device)
+    else:
+        active = torch.nonzero(masks.abs().sum((0, 1)) > 0).flatten()
+    active_set = set(active.tolist())
+    cols = masks[:, :, active]  # [c, R, A]: mask columns of the active senders, in push order
+    A = len(active)
+    spl = graph.senders_per_layer
+    head_layers = [graph.senders[i].layer for i in active_set if graph.senders[i].kind == "head"]
+    last_head_layer = max(head_layers, default=-1)
 
-    def gather(r0: int, r1: int, layer_limit: int, last: bool = False) -> torch.Tensor:
-        """Inputs of receiver slots r0:r1 from the deltas of layers < layer_limit: [c, r, n, p, d]."""
-        out = (base[:, None, :, -1:] if last else base[:, None]).expand(-1, r1 - r0, -1, -1, -1)
-        for j, D in enumerate(deltas[:layer_limit]):
-            m = masks[:, r0:r1, j * per_layer_s:j * per_layer_s + D.shape[1]]
-            Dj = D[:, :, :, -1:] if last else D
-            out = out + torch.einsum("crs,csnpd->crnpd", m, Dj)
+    base = x0.unsqueeze(0).expand(c, n, p, d)
+    # active senders' deltas (out_s - rep_s) in one buffer [c, A, n, p*d]: a receiver's input is one
+    # batched matmul of its mask row with the senders before it. Autograd cannot see through
+    # in-place writes, so differentiable calls concatenate instead.
+    buffer = None if differentiable else torch.zeros(c, A, n, p, d, device=x0.device, dtype=x0.dtype)
+    pieces: list[torch.Tensor] = []
+    filled = 0
+    causal = torch.ones(p, p, dtype=torch.bool, device=x0.device).tril()
+    last_only = False
+
+    def push(delta: torch.Tensor) -> None:  # [c, s, n, p or 1, d]
+        nonlocal filled
+        if buffer is None:
+            pieces.append(delta)
+        elif last_only:
+            buffer[:, filled:filled + delta.shape[1], :, -1:] = delta
+        else:
+            buffer[:, filled:filled + delta.shape[1]] = delta
+        filled += delta.shape[1]
+
+    def gather(rows: torch.Tensor | slice, count: int, last: bool = False) -> torch.Tensor:
+        """Inputs of receiver slots ``rows`` from every active sender pushed so far: [c, count, n, p, d]."""
+        out = (base[:, None, :, -1:] if last and not last_only else base[:, None]).expand(-1, count, -1, -1, -1)
+        if filled:
+            D = buffer[:, :filled] if buffer is not None else torch.cat(pieces, dim=1)
+            if last:
+                D = D[:, :, :, -1:]
+            mixed = torch.bmm(cols[:, rows, :filled], D.reshape(c, filled, -1))
+            out = out + mixed.view(c, count, *out.shape[2:])
         if probes is not None:
-            pr = probes[:, r0:r1]
+            pr = probes[:, rows]
             out = out + (pr[:, :, :, -1:] if last else pr)
         return out
 
     for layer, lw in enumerate(w.layers):
         r0 = layer * per_layer_r
-        # heads: each of q, k, v reads its own residual stream
-        inp = gather(r0, r0 + 3 * H, layer)  # [c, 3H, n, p, d]
-        ln = w.layer_norm(inp, lw.ln1_w, lw.ln1_b).reshape(c, H, 3, n, p, d)
-        q = torch.einsum("chnpd,hde->cnphe", ln[:, :, 0], lw.W_Q) + lw.b_Q
-        k = torch.einsum("chnpd,hde->cnphe", ln[:, :, 1], lw.W_K) + lw.b_K
-        v = torch.einsum("chnpd,hde->cnphe", ln[:, :, 2], lw.W_V) + lw.b_V
-        scores = torch.einsum("cnqhe,cnkhe->cnhqk", q, k) * w.attn_scale
-        pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
-        z = torch.einsum("cnhqk,cnkhe->cnqhe", pattern, v)
-        head_delta = torch.einsum("cnphe,hed->chnpd", z - rep.z[layer], lw.W_O)  # [c, H, n, p, d]
-        base = base + rep.attn_constant[layer]
+        heads_here = [h for h in range(H) if layer * spl + h in active_set]
+        if heads_here:
+            hs = torch.tensor(heads_here, device=x0.device)
+            rows = torch.tensor([r0 + 3 * h + i for h in heads_here for i in range(3)], device=x0.device)
+            k_heads = len(heads_here)
+            # each of q, k, v reads its own residual stream
+            inp = gather(rows, 3 * k_heads)  # [c, 3k, n, p, d]
+            ln = w.layer_norm(inp, lw.ln1_w, lw.ln1_b).reshape(c, k_heads, 3, n, p, d)
+            q = torch.einsum("chnpd,hde->cnphe", ln[:, :, 0], lw.W_Q[hs]) + lw.b_Q[hs]
+            k = torch.einsum("chnpd,hde->cnphe", ln[:, :, 1], lw.W_K[hs]) + lw.b_K[hs]
+            v = torch.einsum("chnpd,hde->cnphe", ln[:, :, 2], lw.W_V[hs]) + lw.b_V[hs]
+            scores = torch.einsum("cnqhe,cnkhe->cnhqk", q, k) * w.attn_scale
+            pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+            z = torch.einsum("cnhqk,cnkhe->cnqhe", pattern, v)
+            push(torch.einsum("cnphe,hed->chnpd", z - rep.z[layer][:, :, hs], lw.W_O[hs]))  # [c, k, n, p, d]
+        if layer > last_head_layer and not last_only and not differentiable:
+            last_only = True  # nothing after this mixes positions
+            base = base[:, :, -1:]
+        pos = slice(-1, None) if last_only else slice(None)
+        base = base + rep.attn_constant[layer][:, pos]
         # the MLP reads this layer's heads too: its slot comes after them
-        deltas.append(head_delta)
-        m_in = gather(r0 + 3 * H, r0 + 3 * H + 1, layer + 1)[:, 0]  # [c, n, p, d]
+        mlp_active = (layer * spl + H) in active_set if graph.ablate_mlps else True
+        if not mlp_active:
+            base = base + rep.mlp_out[layer][:, pos]
+            continue
+        m_row = r0 + 3 * H
+        m_in = gather(slice(m_row, m_row + 1), 1, last=last_only)[:, 0]  # [c, n, p or 1, d]
         m_out = w.mlp(layer, w.layer_norm(m_in, lw.ln2_w, lw.ln2_b))
         if graph.ablate_mlps:
-            deltas[-1] = torch.cat([head_delta, (m_out - rep.mlp_out[layer]).unsqueeze(1)], dim=1)
-            base = base + rep.mlp_out[layer]
+            push((m_out - rep.mlp_out[layer][:, pos]).expand(c, n, m_out.shape[2], d).unsqueeze(1))
+            base = base + rep.mlp_out[layer][:, pos]
         else:
             base = base + m_out
-    final_in = gather(len(graph.receivers) - 1, len(graph.receivers), shape.n_layers, last=True)[:, 0, :, -1]
+    final_in = gather(slice(len(graph.receivers) - 1, len(graph.receivers)), 1, last=True)[:, 0, :, -1]
     final = w.layer_norm(final_in, w.lnf_w, w.lnf_b)  # [c, n, d]
     answer_logits = final @ w.W_U[:, ds.answer_tokens]
     lse = torch.logsumexp(final @ w.W_U, dim=-1) if ds.metric == "prob_diff" else None
