@@ -3,7 +3,8 @@ the shared Redis (its own DB number and key prefix), a tiny model saved to disk,
 subprocesses that are always killed.
 
 Nothing here touches the shared Redis beyond keys under this session's prefix, and nothing restarts
-it. Environment: ``CIRCUITS_TEST_PG`` (admin URL, default ``postgresql+psycopg2://postgres@127.0.0.1:5432/test``),
+it. Environment: ``CIRCUITS_TEST_PG`` (admin URL, default ``postgresql+psycopg2://postgres@127.0.0.1:5432/test``, else the
+``postgres`` database),
 ``CIRCUITS_TEST_REDIS`` (default ``redis://127.0.0.1:6379``), ``CIRCUITS_TEST_REDIS_DB`` (default 11).
 """
 
@@ -20,7 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN = os.environ.get("CIRCUITS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+PG_ADMIN_CANDIDATES = ([os.environ["CIRCUITS_TEST_PG"]] if os.environ.get("CIRCUITS_TEST_PG") else
+                       ["postgresql+psycopg2://postgres@127.0.0.1:5432/test",
+                        # docker-compose's server has no `test` database; `postgres` always exists
+                        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"])
+PG_ADMIN = PG_ADMIN_CANDIDATES[0]
 REDIS_BASE = os.environ.get("CIRCUITS_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("CIRCUITS_TEST_REDIS_DB", "11"))
 
@@ -37,16 +42,21 @@ def services_available() -> str | None:
         redis.Redis.from_url(f"{REDIS_BASE}/{REDIS_DB}", socket_connect_timeout=2).ping()
     except Exception as e:
         return f"Redis at {REDIS_BASE} does not answer: {e}"
-    try:
-        import sqlalchemy as sa
+    global PG_ADMIN
+    import sqlalchemy as sa
 
-        engine = sa.create_engine(PG_ADMIN, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as e:
-        return f"PostgreSQL at {PG_ADMIN} does not answer: {e}"
-    return None
+    errors = []
+    for url in PG_ADMIN_CANDIDATES:
+        try:
+            engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
+            with engine.connect():
+                pass
+            engine.dispose()
+            PG_ADMIN = url
+            return None
+        except Exception as e:
+            errors.append(f"{url}: {str(e).splitlines()[0]}")
+    return f"PostgreSQL does not answer: {'; '.join(errors)}"
 
 
 @contextlib.contextmanager
