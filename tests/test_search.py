@@ -209,3 +209,37 @@ def test_greedy_over_mlps_needs_mlp_ablation(planted, tokenizer):
     ev2 = Evaluator(model, ds, Ablation(kind="zero", ablate_mlps=True))
     result = run_search("greedy", ev2, {"mlps": True, "max_size": 2, "target": 2.0})
     assert result.circuit.size == 2
+
+
+def test_cli_discover_prints_the_result_and_draws_it(tiny_model, tmp_path, monkeypatch, capsys):
+    from discovery.cli import main
+
+    model_dir = tmp_path / "model"
+    tiny_model.hf_model.save_pretrained(model_dir)
+    tiny_model.tokenizer.save_pretrained(model_dir)
+    monkeypatch.setenv("CIRCUITS_NO_STORE", "1")
+    png, out_json = tmp_path / "c.png", tmp_path / "r.json"
+    main(["discover", "--model", str(model_dir), "--n", "6", "--method", "greedy", "--target", "0.8",
+          "--param", "max_size=3", "--png", str(png), "--json", str(out_json)])
+    out = capsys.readouterr().out
+    for label in ("circuit", "normalised", "size", "evaluations", "wall time", "mean ablation over digits"):
+        assert label in out
+    assert png.stat().st_size > 1000
+    import json
+
+    data = json.loads(out_json.read_text())
+    assert data["params"]["max_size"] == 3 and data["n_evaluations"] > 0
+    main(["methods"])
+    assert "acdc" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["discover", "--model", str(model_dir), "--method", "eap", "--target", "0.9"])
+    assert "takes no target" in capsys.readouterr().err
+
+
+def test_draw_circuit_edge_level_with_highlight(tmp_path):
+    from discovery.plots import draw_circuit
+
+    c = Circuit.parse("| 0.1->1.2.q,0.1->1.2.k,1.2->logits,0.1->m1")
+    path = draw_circuit(c, tmp_path / "e.png", highlight={"1.2": "red"})
+    assert path.stat().st_size > 1000
+    assert draw_circuit(Circuit(), tmp_path / "empty.png").exists()
