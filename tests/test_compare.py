@@ -119,12 +119,14 @@ def test_best_circuit_without_jobs_is_the_smallest_reaching_the_threshold(store,
     assert best[0].method == "evaluation" and best[0].normalised == 0.9
 
 
-def test_cross_score_persists_like_any_evaluation(store, db_url, tiny_model, tokenizer, tmp_path, capsys):
+def test_cross_score_persists_like_any_evaluation(store, db_url, tokenizer, tmp_path, capsys):
     """cross-score on a model directory: the digits circuit scored on months' data, stored, then cached."""
     from discovery.cli import main
+    from discovery.model import random_gpt2
 
     model_dir = tmp_path / "model"
-    tiny_model.hf_model.save_pretrained(model_dir)
+    # a model of its own: save_pretrained must not touch the session's shared tiny_model
+    random_gpt2(n_layers=2, n_heads=4, d_model=64, seed=3, tokenizer=tokenizer).hf_model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     args = ["cross-score", "--circuit-from-task", "digits", "--task", "months", "--model", str(model_dir),
             "--n", "4", "--circuit", "0.1,1.2", "--db", db_url]
