@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
-import torch
+# run as a script, this file's folder comes first on sys.path and its name would shadow the package
+sys.path = [entry for entry in sys.path if os.path.abspath(entry or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from discovery.evaluator import Evaluator
-from discovery.model import random_gpt2
-from discovery.search import run_search
-from discovery.tasks import build_dataset, get_task
+import torch  # noqa: E402
+
+from discovery.evaluator import Evaluator  # noqa: E402
+from discovery.model import random_gpt2  # noqa: E402
+from discovery.search import run_search  # noqa: E402
+from discovery.tasks import build_dataset, get_task  # noqa: E402
 
 
 def main() -> None:
