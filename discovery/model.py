@@ -65,11 +65,15 @@ class LoadedModel:
     def bridge(self) -> Any:
         """The TransformerLens ``TransformerBridge`` around the same weights (built on first use)."""
         if self._bridge is None:
+            import copy
+
             from transformer_lens.model_bridge import TransformerBridge
 
+            # on a copy: booting wraps the HF modules in place, which would change hf_model's
+            # state dict (and so its weight hash, save_pretrained output and GPT2Weights)
             self._bridge = TransformerBridge.boot_transformers(
                 str(self.source_dir) if self.source_dir else self.identity.name,
-                hf_model=self.hf_model, tokenizer=self.tokenizer, device=str(self.device),
+                hf_model=copy.deepcopy(self.hf_model), tokenizer=self.tokenizer, device=str(self.device),
             )
             self._bridge.eval()
         return self._bridge

@@ -12,6 +12,22 @@ from discovery.model import LoadedModel, gpt2_tokenizer, random_gpt2
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_store(tmp_path_factory):
+    """Tests never write to the user's real database: the default store is a session tmp file
+    (a test that needs another store passes its own URL)."""
+    import os
+
+    path = tmp_path_factory.mktemp("store") / "circuits.db"
+    previous = os.environ.get("CIRCUITS_DATABASE_URL")
+    os.environ["CIRCUITS_DATABASE_URL"] = f"sqlite:///{path}"
+    yield
+    if previous is None:
+        os.environ.pop("CIRCUITS_DATABASE_URL", None)
+    else:
+        os.environ["CIRCUITS_DATABASE_URL"] = previous
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return gpt2_tokenizer()

@@ -81,3 +81,13 @@ def test_full_edge_count():
     shape = ModelShape(2, 2)
     # senders before layer 0 heads: embed (1); before m0: 1+2; before layer 1 heads: 4; before m1: 6; logits: 7
     assert len(all_edges(shape)) == 2 * 3 * 1 + 3 + 2 * 3 * 4 + 6 + 7
+
+
+def test_bridge_leaves_the_hf_model_untouched(tokenizer):
+    from discovery.model import random_gpt2, weight_hash
+
+    model = random_gpt2(n_layers=1, n_heads=2, d_model=32, seed=9, tokenizer=tokenizer)
+    keys = list(model.hf_model.state_dict())
+    model.bridge  # noqa: B018 - booting the bridge must not rewrap hf_model's modules
+    assert list(model.hf_model.state_dict()) == keys
+    assert weight_hash(model.hf_model) == model.identity.weight_hash
