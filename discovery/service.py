@@ -260,16 +260,24 @@ def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, br
 
 
 def _enqueue(ids: list[int], compare_id: int | None) -> None:
+    """Publish the jobs' messages (job ids only); a sweep is chord(group(jobs), compare)."""
     from celery import chord, group
 
-    from workers.tasks import compare_jobs as compare_task
-    from workers.tasks import run_discovery_job
+    from workers.app import app_for_environment
+
+    app = app_for_environment()
+
+    def sig(name: str, job_id: int) -> Any:
+        return app.signature(name, args=(job_id,), immutable=True).set(task_id=task_id(job_id))
 
     if compare_id is None:
-        run_discovery_job.apply_async((ids[0],), task_id=task_id(ids[0]))
+        sig(RUN_TASK, ids[0]).apply_async()
         return
-    header = group(run_discovery_job.si(j).set(task_id=task_id(j)) for j in ids)
-    chord(header)(compare_task.si(compare_id).set(task_id=task_id(compare_id)))
+    chord(group(sig(RUN_TASK, j) for j in ids), app=app)(sig(COMPARE_TASK, compare_id))
+
+
+RUN_TASK = "circuits.run_job"
+COMPARE_TASK = "circuits.compare"
 
 
 def task_id(job_id: int) -> str:

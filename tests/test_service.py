@@ -99,9 +99,6 @@ def service_env(services, monkeypatch):
     """The service's environment in this process too (submit enqueues on the test broker)."""
     for k, v in services.items():
         monkeypatch.setenv(k, v)
-    from workers.app import app, celery_config
-
-    app.conf.update(celery_config())  # the app was configured at import time, before this environment
     yield dict(services)
 
 
@@ -158,12 +155,10 @@ def test_submit_worker_result_row(service_env, store, model_dir, tmp_path):
 def test_worker_killed_mid_job_is_redelivered_and_resumes(services, monkeypatch, long_model_dir, tmp_path):
     """SIGKILL the worker after some evaluations are stored; another worker finishes the job from the store."""
     from discovery.store.repository import open_store
-    from workers.app import app, celery_config
 
     env = {**services, "CIRCUITS_VISIBILITY_TIMEOUT": "3"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    app.conf.update(celery_config())
     store = open_store(env["CIRCUITS_DATABASE_URL"])
     req = request(long_model_dir, method="exhaustive", **LONG_PARAMS)
     first = Worker(env, tmp_path, "first").start()

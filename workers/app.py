@@ -29,6 +29,7 @@ job at a time), broker connection retried forever at start-up and at run time, p
 
 from __future__ import annotations
 
+import json
 import os
 
 from celery import Celery
@@ -107,10 +108,26 @@ def celery_config() -> dict:
     )
 
 
-def make_app() -> Celery:
+def make_app(config: dict | None = None) -> Celery:
     app = Celery("circuits", include=["workers.tasks"])
-    app.conf.update(celery_config())
+    app.conf.update(config or celery_config())
     return app
 
 
+def _key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 app = make_app()
+_APPS: dict[str, Celery] = {_key(celery_config()): app}
+
+
+def app_for_environment() -> Celery:
+    """An app configured from the environment as it is *now* (a submitter whose environment changed
+    after import, e.g. a test or a benchmark switching brokers, must not publish with a stale queue,
+    key prefix or broker: Celery caches those once the app has connected)."""
+    config = celery_config()
+    key = _key(config)
+    if key not in _APPS:
+        _APPS[key] = make_app(config)
+    return _APPS[key]
