@@ -1,0 +1,130 @@
+"""Reference models the project trains itself: small GPT-2-architecture models with known mechanisms.
+
+No pretrained weights can be downloaded here, so findings are checked on models trained in-house,
+deterministically, in a few minutes on a CPU, and saved as ordinary Hugging Face directories
+(``config.json``, ``model.safetensors``, ``tokenizer.json``) that load through the same path as any
+HF model (``--model ref:NAME`` or the directory itself):
+
+- ``induction``: 2 layers, trained on random words with repeated segments; has previous-token heads
+  in layer 0 and induction heads in layer 1 (see :mod:`discovery.reference.ground_truth`);
+- ``sequences``: 4 layers, trained on the digits / number-words / months tasks' own prompt
+  distribution (plus variations), so those tasks run on it unchanged.
+
+``ensure_reference_model(name)`` trains a model into the cache on first use (into a temporary
+directory, renamed into place when complete, so a crash never leaves half a model) and reuses it
+afterwards. The cache is ``$CIRCUITS_CACHE_DIR/reference`` if set, else the platform's user cache
+(``platformdirs.user_cache_dir("circuit-discovery")/reference``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from discovery.errors import UsageError
+from discovery.reference.ground_truth import HeadScores, head_scores
+from discovery.reference.specs import INDUCTION, SEQUENCES
+from discovery.reference.tokenizer import build_tokenizer
+from discovery.reference.training import (ProgressCallback, ReferenceSpec, TrainingReport,
+                                          quiet_transformers, save, train_model)
+
+REFERENCE_MODELS: dict[str, ReferenceSpec] = {spec.name: spec for spec in (INDUCTION, SEQUENCES)}
+
+
+def get_spec(name: str) -> ReferenceSpec:
+    if name not in REFERENCE_MODELS:
+        raise UsageError(f"unknown reference model {name!r}; known: {', '.join(sorted(REFERENCE_MODELS))}")
+    return REFERENCE_MODELS[name]
+
+
+def train_reference(name: str, out_dir: Path, seed: int = 0, progress: ProgressCallback | None = None,
+                    steps: int | None = None) -> TrainingReport:
+    """Train reference model ``name`` with ``seed`` and write its Hugging Face directory to ``out_dir``.
+
+    ``progress(done, total, message)`` is called as training goes. ``steps`` overrides the spec's
+    number of steps (short runs for tests; such a model is not a reference model). The same seed
+    gives the same weights and the same accuracies.
+    """
+    spec = get_spec(name)
+    out_dir = Path(out_dir)
+    with quiet_transformers():
+        tokenizer = build_tokenizer(spec.words)
+        model, seconds, loss = train_model(spec, tokenizer, seed, steps=steps, progress=progress)
+        if progress is not None:
+            progress(0, None, f"evaluating {name} on held-out prompts")
+        accuracy = spec.evaluate(model, tokenizer, seed)
+        report = TrainingReport(
+            name=name, seed=seed, steps=spec.steps if steps is None else steps, seconds=round(seconds, 2),
+            heldout_accuracy={k: round(v, 4) for k, v in accuracy.items()}, out_dir=out_dir,
+            final_loss=round(loss, 4), targets=dict(spec.targets),
+        )
+        save(model, tokenizer, out_dir, report)
+    return report
+
+
+def cache_root() -> Path:
+    """Where reference models are cached: ``$CIRCUITS_CACHE_DIR/reference`` or the user cache."""
+    if env := os.environ.get("CIRCUITS_CACHE_DIR"):
+        return Path(env).expanduser() / "reference"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("circuit-discovery")) / "reference"
+
+
+def reference_dir(name: str, seed: int | None = None) -> Path:
+    """The cache directory of reference model ``name`` (whether or not it is trained yet)."""
+    spec = get_spec(name)
+    seed = spec.default_seed if seed is None else seed
+    return cache_root() / f"{name}-seed{seed}-v{spec.version}"
+
+
+def _complete(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file() \
+        and (path / "reference.json").is_file()
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive lock file, so two processes do not train the same model at once (POSIX only)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: the atomic rename still keeps the cache whole
+        yield
+        return
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_reference_model(name: str, progress: ProgressCallback | None = None, seed: int | None = None) -> Path:
+    """The directory of reference model ``name``, trained into the cache on first use."""
+    target = reference_dir(name, seed)
+    if _complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(target.parent / f".{target.name}.lock"):
+        if _complete(target):  # another process trained it while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            train_reference(name, tmp, seed=get_spec(name).default_seed if seed is None else seed,
+                            progress=progress)
+            if target.exists():  # an incomplete leftover from an older layout
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+__all__ = ["REFERENCE_MODELS", "HeadScores", "ReferenceSpec", "TrainingReport", "build_tokenizer",
+           "cache_root", "ensure_reference_model", "get_spec", "head_scores", "reference_dir",
+           "train_reference"]

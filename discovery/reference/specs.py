@@ -1,0 +1,116 @@
+"""The reference models: what each is trained on, its shape, and how its held-out accuracy is measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from discovery.reference import data
+from discovery.reference.data import Batch
+from discovery.reference.training import ReferenceSpec
+
+# --- induction ------------------------------------------------------------------------------------
+
+INDUCTION_SEQ_LEN = 48
+
+
+def _induction_batch(rng: np.random.Generator, _tokenizer: Any, batch_size: int) -> Batch:
+    return data.induction_batch(rng, batch_size, INDUCTION_SEQ_LEN, len(data.INDUCTION_WORDS))
+
+
+@torch.no_grad()
+def _top1(model: Any, ids: np.ndarray, mask: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy of next-token predictions at the positions ``mask`` marks."""
+    correct = total = 0
+    for start in range(0, len(ids), batch_size):
+        x = torch.from_numpy(ids[start:start + batch_size])
+        m = torch.from_numpy(mask[start:start + batch_size])
+        logits = model(input_ids=x).logits
+        pred = logits[:, :-1].argmax(-1)
+        hit = (pred == x[:, 1:]) & m[:, :-1]
+        correct += int(hit.sum())
+        total += int(m[:, :-1].sum())
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def _task_accuracy(model: Any, tokenizer: Any, task_name: str, n: int, seed: int, **params: Any) -> float:
+    """Top-1 accuracy on a task's clean prompts: the argmax at the last position is the correct answer."""
+    from discovery.tasks import build_dataset, get_task
+
+    dataset = build_dataset(get_task(task_name, **params), tokenizer, n=n, seed=seed)
+    logits = model(input_ids=dataset.clean_ids).logits[:, -1]
+    pred = logits.argmax(-1)
+    correct_ids = torch.tensor([tokenizer(ex.correct[0], add_special_tokens=False)["input_ids"][0]
+                                for ex in dataset.examples])
+    return float((pred == correct_ids).float().mean())
+
+
+def _induction_evaluate(model: Any, tokenizer: Any, seed: int) -> dict[str, float]:
+    batch, _ = data.heldout_segments(seed, 500, INDUCTION_SEQ_LEN, len(data.INDUCTION_WORDS))
+    out = {"repeated-segment": _top1(model, batch.ids, batch.loss_mask)}
+    out["induction"] = _task_accuracy(model, tokenizer, "induction", 200, seed=10_000 + seed)
+    return out
+
+
+INDUCTION = ReferenceSpec(
+    name="induction",
+    description="2 layers; random words with a repeated segment: previous-token heads (layer 0) "
+                "and induction heads (layer 1)",
+    version=1,
+    words=data.INDUCTION_WORDS,
+    n_layer=2, n_head=4, d_model=64, n_positions=INDUCTION_SEQ_LEN,
+    steps=2000, batch_size=64, lr=1e-3,
+    make_batch=_induction_batch,
+    evaluate=_induction_evaluate,
+    targets={"repeated-segment": 0.9, "induction": 0.9},
+)
+
+# --- sequences ------------------------------------------------------------------------------------
+
+SEQUENCES_POOL = 20_000
+SEQUENCE_EVAL_LENGTHS = (3, 4, 5)
+
+
+def _sequences_prepare(rng: np.random.Generator, tokenizer: Any) -> list[np.ndarray]:
+    texts = data.sequence_texts(rng, SEQUENCES_POOL, tokenizer)
+    bos = tokenizer.bos_token_id
+    return [np.array([bos] + tokenizer(t, add_special_tokens=False)["input_ids"], dtype=np.int64) for t in texts]
+
+
+def _sequences_batch(rng: np.random.Generator, pool: list[np.ndarray], batch_size: int) -> Batch:
+    pad_id = 0  # <|endoftext|>; padded positions are never targets
+    rows = [pool[int(i)] for i in rng.integers(len(pool), size=batch_size)]
+    width = max(len(r) for r in rows)
+    ids = np.full((batch_size, width), pad_id, dtype=np.int64)
+    mask = np.zeros((batch_size, width), dtype=bool)
+    for b, r in enumerate(rows):
+        ids[b, :len(r)] = r
+        mask[b, :len(r) - 1] = True
+    return Batch(ids, mask)
+
+
+def _sequences_evaluate(model: Any, tokenizer: Any, seed: int) -> dict[str, float]:
+    out = {}
+    for task in data.SEQUENCE_TASKS:
+        accs = [_task_accuracy(model, tokenizer, task, 100, seed=seed + 17 * length, length=length, template=template)
+                for template in data.SEQUENCE_TEMPLATES for length in SEQUENCE_EVAL_LENGTHS]
+        out[task] = float(np.mean(accs))
+    return out
+
+
+SEQUENCES = ReferenceSpec(
+    name="sequences",
+    description="4 layers; digits, number words and months in lists and 'X done in N.' sentences, "
+                "with distractor text: the tasks digits, number-words, months",
+    version=1,
+    words=data.sequence_words(),
+    n_layer=4, n_head=4, d_model=64, n_positions=96,
+    steps=1500, batch_size=32, lr=2e-3,
+    make_batch=_sequences_batch,
+    prepare=_sequences_prepare,
+    evaluate=_sequences_evaluate,
+    targets={task: 0.95 for task in data.SEQUENCE_TASKS},
+)

@@ -1,0 +1,173 @@
+"""Training a reference model: one deterministic loop shared by every spec.
+
+Determinism: the weights are initialised after ``torch.manual_seed(seed)``, the data come from
+``numpy.random.default_rng([seed, ...])`` streams, and the loop runs under
+``torch.use_deterministic_algorithms(True)`` with dropout off, so the same seed on the same
+machine (and torch build, and thread count) gives bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from discovery.reference.data import Batch
+
+ProgressCallback = Callable[[int, "int | None", str], None]
+"""``(done, total, message)``, the project's progress convention (:mod:`discovery.progress`)."""
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """Everything that determines a reference model (bump ``version`` when any of it changes)."""
+
+    name: str
+    description: str
+    version: int
+    words: tuple[str, ...]
+    """The tokenizer's vocabulary (each word bare and after a space, plus the special tokens)."""
+    n_layer: int
+    n_head: int
+    d_model: int
+    n_positions: int
+    steps: int
+    batch_size: int
+    lr: float
+    make_batch: Callable[[np.random.Generator, Any, int], Batch]
+    """``(rng, tokenizer or prepared state, batch_size) -> Batch`` of training data."""
+    evaluate: Callable[[Any, Any, int], dict[str, float]]
+    """``(model, tokenizer, seed) -> {task: held-out top-1 accuracy}``."""
+    targets: dict[str, float]
+    """The accuracy each held-out task must reach (checked by the tests, reported by the CLI)."""
+    d_mlp: int | None = None
+    warmup: int = 100
+    weight_decay: float = 0.01
+    prepare: Callable[[np.random.Generator, Any], Any] | None = None
+    """Optional ``(rng, tokenizer) -> state`` computed once before training (a pool of texts);
+    then ``make_batch`` receives ``(rng, state)`` instead of the tokenizer."""
+    default_seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What one training run did and reached."""
+
+    name: str
+    seed: int
+    steps: int
+    seconds: float
+    heldout_accuracy: dict[str, float]
+    out_dir: Path
+    final_loss: float = float("nan")
+    targets: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def meets_targets(self) -> bool:
+        return all(self.heldout_accuracy.get(k, 0.0) >= v for k, v in self.targets.items())
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out_dir"] = str(self.out_dir)
+        return d
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` for the block, restored afterwards."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers warnings or progress bars for the block (the library prints nothing)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def build_model(spec: ReferenceSpec, tokenizer: Any, seed: int) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.d_model,
+        n_layer=spec.n_layer, n_head=spec.n_head, n_inner=spec.d_mlp,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    return model
+
+
+def train_model(spec: ReferenceSpec, tokenizer: Any, seed: int, steps: int | None = None,
+                progress: ProgressCallback | None = None) -> tuple[Any, float, float]:
+    """Train ``spec``'s model; returns ``(model in eval mode, seconds, final loss)``."""
+    steps = spec.steps if steps is None else steps
+    start = time.perf_counter()
+    with deterministic():
+        model = build_model(spec, tokenizer, seed)
+        model.train()
+        data_rng = np.random.default_rng([seed, 1])
+        state = spec.prepare(np.random.default_rng([seed, 2]), tokenizer) if spec.prepare else tokenizer
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr)
+        warmup = min(spec.warmup, max(1, steps // 10))
+
+        def schedule(step: int) -> float:  # linear warm-up, then linear decay to zero
+            return min(1.0, (step + 1) / warmup) * max(0.0, 1.0 - step / steps)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        loss_value = float("nan")
+        report_every = max(1, steps // 100)
+        for step in range(steps):
+            batch = spec.make_batch(data_rng, state, spec.batch_size)
+            ids = torch.from_numpy(batch.ids)
+            mask = torch.from_numpy(batch.loss_mask)
+            logits = model(input_ids=ids).logits
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, :-1]], ids[:, 1:][mask[:, :-1]])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if progress is not None and ((step + 1) % report_every == 0 or step + 1 == steps):
+                loss_value = float(loss.detach())
+                progress(step + 1, steps, f"training {spec.name}: loss {loss_value:.3f}")
+        loss_value = float(loss.detach()) if steps else loss_value
+    model.eval()
+    return model, time.perf_counter() - start, loss_value
+
+
+def save(model: Any, tokenizer: Any, out_dir: Path, report: TrainingReport) -> None:
+    """Write the Hugging Face directory: config, safetensors weights, tokenizer, and our report."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    record = report.to_json()
+    record.pop("out_dir")  # the directory may be renamed (the cache trains into a temporary one)
+    (out_dir / "reference.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
