@@ -62,7 +62,7 @@ def run_workers(model: Path, args: argparse.Namespace, count: int, log_dir: Path
     from discovery.store.repository import open_store
 
     with fresh_postgres_database() as url, isolated_redis() as broker:
-        env = {**broker, "CIRCUITS_DATABASE_URL": url, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // count))}
+        env = {**broker, "CIRCUITS_DATABASE_URL": url, "OMP_NUM_THREADS": str(args.threads)}
         os.environ.update(env)
         store = open_store(url)
         started: list[Worker] = []
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--k", type=int, default=4, help="exhaustive subset size (16 heads: k=4 is 2,516 circuits)")
     parser.add_argument("--n", type=int, default=10, help="prompts per dataset")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (every mode alike)")
     args = parser.parse_args()
     reason = services_available()
     if reason:
@@ -104,12 +105,12 @@ def main() -> None:
         return
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         model = save_tiny_model(Path(tmp) / "tiny44", n_layers=4, n_heads=4, seed=3)
         result = {"bench": "service", "workload": f"{args.jobs} exhaustive k={args.k} jobs, digits n={args.n}, "
                                                   "random GPT-2 4 layers x 4 heads d64",
-                  "cpu_cores": os.cpu_count(), "in_process": run_in_process(model, args)}
+                  "cpu_cores": os.cpu_count(), "torch_threads_per_process": args.threads, "in_process": run_in_process(model, args)}
         for count in (1, 2):
             result[f"workers_{count}"] = run_workers(model, args, count, Path(tmp))
         base = result["in_process"]["jobs_per_min"]
