@@ -31,9 +31,9 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from discovery.circuit import Circuit
 from discovery.errors import CircuitsError, UsageError
@@ -540,20 +540,22 @@ def compare_jobs(store: Any, job_ids: Sequence[int], compare_job_id: int | None 
                  progress: ProgressCallback | None = None, device: str | None = None) -> dict[str, Any]:
     """Overlap matrix and cross-task scores of finished jobs' circuits.
 
-    ``overlap[i][j]``: Jaccard similarity of circuit i's and circuit j's heads and MLPs;
+    ``overlap[i][j]``: Jaccard similarity of circuit i's and circuit j's heads and MLPs
+    (:func:`discovery.compare.overlap_matrix`; ``edge_overlap`` likewise for edge-level circuits);
     ``cross_scores[i][j]``: circuit i's normalised score on task j's dataset (the diagonal is each
     job's own score), every score through the store (persisted, served if already there). Jobs that
     did not succeed are listed in ``missing`` and left out.
     """
+    from discovery.compare import compare, overlap_matrix
     from discovery.store.evaluator import StoredEvaluator
 
     jobs = [store.get_job(j) for j in job_ids]
     done = [j for j in jobs if _status(j) == "succeeded" and j.result_circuit is not None]
     missing = [{"job": j.id, "task": j.task, "status": _status(j)} for j in jobs if j not in done]
     circuits = [j.result_circuit for j in done]
-    overlap = [[_jaccard(a, b) for b in circuits] for a in circuits]
-    shared = [[sorted(n.name for n in a.nodes & b.nodes if n.kind in ("head", "mlp")) for b in circuits]
-              for a in circuits]
+    overlap = overlap_matrix(circuits, on="nodes")[1].tolist()
+    edge_overlap = overlap_matrix(circuits, on="edges")[1].tolist() if any(c.edges for c in circuits) else None
+    shared = [[list(compare(a, b).shared_nodes) for b in circuits] for a in circuits]
     cross: list[list[float | None]] = [[None] * len(done) for _ in done]
     for j, target in enumerate(done):
         scorer = StoredEvaluator(build_evaluator(_job_request(target), device), store, job_id=compare_job_id)
@@ -563,7 +565,8 @@ def compare_jobs(store: Any, job_ids: Sequence[int], compare_job_id: int | None 
             progress(j + 1, len(done), f"scored every circuit on {target.task}")
     common = frozenset.intersection(*(frozenset(c.nodes) for c in circuits)) if circuits else frozenset()
     return {"kind": "comparison", "jobs": [j.id for j in done], "tasks": [j.task for j in done],
-            "circuits": [c.canonical for c in circuits], "overlap": overlap, "shared_components": shared,
+            "circuits": [c.canonical for c in circuits], "overlap": overlap, "edge_overlap": edge_overlap,
+            "shared_components": shared,
             "cross_scores": cross, "common": Circuit(common).canonical, "missing": missing}
 
 
@@ -580,13 +583,6 @@ def comparison_result(comparison: dict[str, Any]) -> Any:
     score = Score(common, nan, nan, nan, nan, method)
     return SearchResult(COMPARE_METHOD, {"jobs": comparison["jobs"]}, common, score, 0, 0.0, (),
                         {"comparison": comparison})
-
-
-def _jaccard(a: Circuit, b: Circuit) -> float:
-    na = {n for n in a.nodes if n.kind in ("head", "mlp")}
-    nb = {n for n in b.nodes if n.kind in ("head", "mlp")}
-    union = na | nb
-    return 1.0 if not union else len(na & nb) / len(union)
 
 
 # --------------------------------------------------------------------------------------------

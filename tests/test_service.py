@@ -8,7 +8,6 @@ real ``celery -A workers worker`` subprocesses, always killed in ``finally``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path

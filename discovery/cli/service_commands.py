@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from typing import Any, Optional
 
@@ -16,7 +15,7 @@ import typer
 from rich.table import Table
 
 from discovery.cli import common
-from discovery.cli.common import console, err_console
+from discovery.cli.common import console
 from discovery.errors import UsageError
 
 
