@@ -316,3 +316,39 @@ def test_broker_away_for_a_few_seconds_loses_no_job(service_env, store, long_mod
     finally:
         worker.kill()
         proxy.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_submit_waits_out_a_short_broker_outage_and_reports_a_long_one(service_env, store, model_dir, monkeypatch):
+    """Publishing is retried: a broker that comes up within the retry window gets the job; one that
+    stays away makes submit fail with a clear error and the job row marked failed (nothing silently lost)."""
+    import threading
+
+    from discovery.service import EnqueueError
+
+    host, port = REDIS_BASE.split("//", 1)[1].split(":")
+    db = service_env["CIRCUITS_BROKER_URL"].rsplit("/", 1)[1]
+    proxy = TcpProxy(host, int(port))
+    monkeypatch.setenv("CIRCUITS_BROKER_URL", f"redis://127.0.0.1:{proxy.port}/{db}")
+    monkeypatch.setenv("CIRCUITS_RESULT_BACKEND", service_env["CIRCUITS_BROKER_URL"])
+    before = queue_length(service_env)
+    opener = threading.Timer(2.0, proxy.start)
+    try:
+        opener.start()
+        started = time.monotonic()
+        job_id = submit(request(model_dir), store).job_ids[0]
+        assert time.monotonic() - started >= 1.5  # it did wait for the broker
+        assert queue_length(service_env) == before + 1
+        assert store.get_job(job_id).status.value == "queued"
+        store.cancel_job(job_id)  # nobody needs to run it
+    finally:
+        opener.cancel()
+        proxy.stop()
+    monkeypatch.setenv("CIRCUITS_PUBLISH_RETRIES", "1")
+    jobs_before = len(store.list_jobs(limit=10_000))
+    with pytest.raises(EnqueueError, match="could not enqueue"):
+        submit(request(model_dir), store)
+    failed = store.list_jobs(limit=1)[0]
+    assert len(store.list_jobs(limit=10_000)) == jobs_before + 1
+    assert failed.status.value == "failed" and "could not enqueue" in failed.error_message
