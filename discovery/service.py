@@ -588,6 +588,45 @@ def comparison_result(comparison: dict[str, Any]) -> Any:
 # --------------------------------------------------------------------------------------------
 # inspecting and cancelling
 # --------------------------------------------------------------------------------------------
+def requeue(store: Any, job_ids: Sequence[int] | None = None) -> list[int]:
+    """Publish the messages of jobs again: the given ones (queued or running), or every running job
+    whose heartbeat is stale (older than ``CIRCUITS_STALE_AFTER``). For a broker that lost its data
+    (a Redis restarted without its append-only file): the job rows are the truth, and a duplicate
+    message is harmless (the claim lets one delivery run, the store serves what was computed)."""
+    if job_ids is None:
+        jobs = store.stale_jobs(stale_after())
+    else:
+        jobs = [store.get_job(j) for j in job_ids]
+        ended = [j.id for j in jobs if _finished(j)]
+        if ended:
+            raise UsageError(f"job(s) {', '.join(map(str, ended))} already ended; submit them again instead")
+    if not os.environ.get("CIRCUITS_BROKER_URL"):
+        raise UsageError("CIRCUITS_BROKER_URL is not set: nothing to requeue on")
+    from workers.app import app_for_environment
+
+    app = app_for_environment()
+    for job in jobs:
+        name = COMPARE_TASK if job.method == COMPARE_METHOD else RUN_TASK
+        app.signature(name, args=(job.id,), immutable=True).set(task_id=task_id(job.id)).apply_async()
+    return [j.id for j in jobs]
+
+
+def wait(job_ids: Sequence[int], store: Any, timeout: float | None = None, poll: float = 1.0,
+         progress: ProgressCallback | None = None) -> list[Any]:
+    """Poll until every job has ended (or ``timeout`` seconds); returns their records."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        jobs = [store.get_job(j) for j in job_ids]
+        if progress:
+            running = [j for j in jobs if not _finished(j)]
+            current = running[0] if running else jobs[-1]
+            progress(current.progress_done, current.progress_total,
+                     f"job {current.id} {_status(current)}: {current.progress_message or ''}")
+        if all(_finished(j) for j in jobs) or (deadline is not None and time.monotonic() > deadline):
+            return jobs
+        time.sleep(poll)
+
+
 def cancel(job_id: int, store: Any = None) -> Any:
     """Mark a job cancelled: a queued job never starts, a running one stops at its next progress
     report (or heartbeat). Returns the job's record; an ended job is left as it was."""

@@ -352,3 +352,24 @@ def test_submit_waits_out_a_short_broker_outage_and_reports_a_long_one(service_e
     failed = store.list_jobs(limit=1)[0]
     assert len(store.list_jobs(limit=10_000)) == jobs_before + 1
     assert failed.status.value == "failed" and "could not enqueue" in failed.error_message
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_message_the_broker_lost_is_requeued_from_the_job_row(service_env, store, model_dir, tmp_path):
+    import redis
+
+    job_id = submit(request(model_dir, task="months"), store).job_ids[0]
+    client = redis.Redis.from_url(service_env["CIRCUITS_BROKER_URL"])
+    client.delete(service_env["CIRCUITS_REDIS_PREFIX"] + service_env["CIRCUITS_QUEUE"])  # the broker loses it
+    client.close()
+    assert queue_length(service_env) == 0
+    out = run_cli(["requeue", str(job_id)], service_env)
+    assert out.returncode == 0 and f"requeued 1 job(s): {job_id}" in out.stdout, out.stderr
+    with workers(service_env, tmp_path, 1):
+        assert wait_done(store, job_id).status.value == "succeeded"
+        # and the CLI's --wait follows a queued job to its result
+        waited = run_cli(["submit", "--task", "digits", "--method", "greedy", "--target", "0.8", "--model",
+                          str(model_dir), "--n", str(N_PROMPTS), "--wait"], service_env, timeout=240)
+    assert waited.returncode == 0, waited.stderr
+    assert "succeeded" in waited.stdout and "circuit" in waited.stdout

@@ -1,4 +1,4 @@
-"""``circuits submit``, ``jobs``, ``status``, ``cancel`` and ``worker``: the service's shell.
+"""``circuits submit``, ``jobs``, ``status``, ``cancel``, ``requeue`` and ``worker``: the service's shell.
 
 With ``CIRCUITS_BROKER_URL`` set, ``submit`` enqueues and prints job ids for workers to run; without
 it, ``submit`` runs the job in this process and prints the result (no server needed).
@@ -59,6 +59,7 @@ def submit(
     task_param: Optional[list[str]] = common.TaskParamOpt,
     database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
     in_process: bool = typer.Option(False, "--in-process", help="run here even if a broker is configured"),
+    wait: bool = typer.Option(False, "--wait", help="with a broker: wait for the jobs and print their results"),
 ) -> None:
     """Submit a discovery job (several --task: a sweep); print its id, or run it here when no broker is set."""
     from discovery.service import JobRequest, submit as submit_jobs
@@ -84,6 +85,15 @@ def submit(
         console.print(f"{job_id}\tqueued\t{method} on {t}")
     if sub.compare_job_id is not None:
         console.print(f"{sub.compare_job_id}\tqueued\tcompare {', '.join(task)}")
+    if wait:
+        from discovery.service import wait as wait_for_jobs
+
+        with common.progress_bar("waiting for workers") as bar:
+            done = wait_for_jobs(sub.all_ids, store, progress=bar)
+        for job in done:
+            _print_job(job, store)
+        if any(_get(j, "status") == "failed" for j in done):
+            raise typer.Exit(1)
 
 
 def jobs(
@@ -131,6 +141,17 @@ def cancel(
 
     job = cancel_job(_job_key(job_id), _store(database))
     console.print(f"{job.id}\t{_get(job, 'status')}")
+
+
+def requeue(
+    job_id: Optional[list[str]] = typer.Argument(None, help="job ids (default: every running job with a stale heartbeat)"),
+    database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+) -> None:
+    """Publish jobs' messages again (after a broker lost its data); duplicates are harmless."""
+    from discovery.service import requeue as requeue_jobs
+
+    ids = requeue_jobs(_store(database), [_job_key(j) for j in job_id] if job_id else None)
+    console.print(f"requeued {len(ids)} job(s){': ' + ', '.join(map(str, ids)) if ids else ''}")
 
 
 def worker(
@@ -215,4 +236,5 @@ def register(app: typer.Typer) -> None:
     app.command()(jobs)
     app.command()(status)
     app.command()(cancel)
+    app.command()(requeue)
     app.command()(worker)
