@@ -50,6 +50,7 @@ def request(model: Path, task: str = "digits", method: str = "greedy", **params)
     ({"params": {"target": "high"}}, "target='high' is not a float"),
     ({"params": {"k": 3}}, "has no parameter k"),
     ({"model": "/nonexistent/model/dir"}, "does not exist"),
+    ({"model": "ref:no-such-model"}, "unknown reference model 'ref:no-such-model'"),
     ({"ablation": "median"}, "unknown ablation 'median'"),
     ({"corruption": "nonsense"}, "has no corruption 'nonsense'"),
     ({"n": 0}, "at least 1"),
