@@ -12,14 +12,17 @@ A job is a row in the store (:mod:`discovery.store`), not a Celery object. Its l
    in the store's ``StoredEvaluator`` tied to the job, so every evaluated circuit is persisted and a
    redelivered job (its worker was killed) is served what the first run stored instead of computing
    it again; runs the search with a progress callback that writes progress rows, beats the heart and
-   stops the search when the job was cancelled; and finishes or fails the row (error type, message
-   and traceback stored).
+   stops the search when the job was cancelled (a heartbeat thread keeps the row fresh meanwhile);
+   and finishes or fails the row (error type, message and traceback stored). A running job whose
+   heartbeat is older than ``CIRCUITS_STALE_AFTER`` seconds may be claimed by another delivery.
 3. A sweep (several tasks) is one job per task plus a ``compare`` job run after them (a Celery
    chord; sequentially in-process) whose result is the circuits' overlap matrix and cross-task
    scores (every circuit scored on every task).
 
-Nothing here imports Celery at module level; :mod:`workers.tasks` are thin wrappers over
-:func:`run_job` and :func:`run_compare`.
+The job rows are the truth, the broker only carries job ids: :func:`requeue` publishes a job's
+message again if a broker lost it, and a duplicate delivery is harmless. Nothing here imports
+Celery at module level; :mod:`workers.tasks` are thin wrappers over :func:`run_job` and
+:func:`run_compare`.
 """
 
 from __future__ import annotations
@@ -225,13 +228,15 @@ class Submission:
         return self.job_ids + ([self.compare_job_id] if self.compare_job_id is not None else [])
 
 
-def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, broker: str | None | bool = None,
+def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, broker: bool | None = None,
            progress: ProgressCallback | None = None) -> Submission:
     """Validate, create and enqueue (or run in-process) one job per request.
 
-    Several requests form a sweep: a ``compare`` job follows them. ``broker``: None reads
-    ``CIRCUITS_BROKER_URL``; False forces in-process. Every request is validated before any row is
-    created or any message sent, so a bad sweep leaves no trace.
+    Several requests form a sweep: a ``compare`` job follows them. ``broker``: None queues when
+    ``CIRCUITS_BROKER_URL`` is set and runs in-process otherwise; False forces in-process; True
+    forces the queue (the broker and queue are always the environment's, see :mod:`workers.app`).
+    Every request is validated before any row is created or any message sent, so a bad sweep leaves
+    no trace. ``progress`` (in-process only) receives the searches' progress.
     """
     reqs = [requests] if isinstance(requests, JobRequest) else list(requests)
     if not reqs:
@@ -241,7 +246,9 @@ def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, br
         raise UsageError("a sweep names a task twice: "
                          f"{', '.join(r.task for r in checked)}")
     if broker is None:
-        broker = os.environ.get("CIRCUITS_BROKER_URL") or None
+        broker = bool(os.environ.get("CIRCUITS_BROKER_URL"))
+    if broker and not os.environ.get("CIRCUITS_BROKER_URL"):
+        raise UsageError("no broker: set CIRCUITS_BROKER_URL (e.g. redis://localhost:6379/0) or run in-process")
     store = store if store is not None else open_default_store()
     ids = [_create_job(store, r) for r in checked]
     compare_id = None
