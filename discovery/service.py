@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from discovery.circuit import Circuit
-from discovery.errors import CircuitsError, UsageError
+from discovery.errors import CircuitsError, StoreError, UsageError
 from discovery.evaluator import Ablation, Evaluator, Score
 from discovery.progress import ProgressCallback
 
@@ -358,8 +358,12 @@ class JobProgress:
         if self.calls > 1 and not last and now - self._last < self.interval and not self.stopped.is_set():
             return
         self._last = now
-        if not self.store.update_progress(self.job_id, int(done), None if total is None else int(total),
-                                          self.message(message), worker_id=self.worker_id):
+        try:
+            running = self.store.update_progress(self.job_id, int(done), None if total is None else int(total),
+                                                 self.message(message), worker_id=self.worker_id)
+        except StoreError:
+            return  # a missed progress row is not worth the job; the evaluations' writes will tell
+        if not running:
             self.raise_stopped()
 
     def raise_stopped(self) -> None:
@@ -475,6 +479,8 @@ def run_job(job_id: int, store: Any, worker_id: str | None = None, progress: Pro
     ``busy``: another worker holds it with a fresh heartbeat (retry later: if that worker died, its
     heartbeat goes stale after ``CIRCUITS_STALE_AFTER`` seconds and the job can be claimed again).
     ``device`` overrides the job's device (a GPU worker: ``circuits worker --device cuda``).
+    Raises :class:`~discovery.errors.StoreError` when the database fails: the job is then neither
+    failed nor finished (its row cannot be written) and should be retried.
     """
     from discovery.search import run_search
     from discovery.store.evaluator import StoredEvaluator
@@ -506,6 +512,10 @@ def run_job(job_id: int, store: Any, worker_id: str | None = None, progress: Pro
             return "cancelled"
         except JobLost:
             return "skipped"
+        except StoreError:
+            # the database itself failed (unreachable?): not the job's fault, and the row cannot be
+            # written anyway. The caller retries (a worker: later, resuming from what was stored).
+            raise
         except Exception as e:
             store.fail_job(job_id, type(e).__name__, str(e), traceback.format_exc())
             return "failed"
@@ -546,6 +556,8 @@ def _run_compare_claimed(job: Any, store: Any, worker_id: str, progress: Progres
             return "cancelled"
         except JobLost:
             return "skipped"
+        except StoreError:
+            raise  # as in run_job: the caller retries
         except Exception as e:
             store.fail_job(job.id, type(e).__name__, str(e), traceback.format_exc())
             return "failed"

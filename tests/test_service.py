@@ -374,3 +374,40 @@ def test_a_message_the_broker_lost_is_requeued_from_the_job_row(service_env, sto
                           str(model_dir), "--n", str(N_PROMPTS), "--wait"], service_env, timeout=240)
     assert waited.returncode == 0, waited.stderr
     assert "succeeded" in waited.stdout and "circuit" in waited.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(400)
+def test_database_away_mid_job_is_retried_and_resumed(service_env, store, long_model_dir, tmp_path):
+    """The worker reaches PostgreSQL through a proxy we drop for a few seconds mid-job: the task
+    retries, takes its job over once the heartbeat is stale and finishes it from the stored evaluations."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(service_env["CIRCUITS_DATABASE_URL"])
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
+    via_proxy = {**service_env, "CIRCUITS_DATABASE_URL": url.set(host="127.0.0.1", port=proxy.port)
+                 .render_as_string(hide_password=False)}
+    # its own dataset (seed 7): nothing stored by other tests serves it
+    req = JobRequest(task="digits", method="exhaustive", model=str(long_model_dir), params=LONG_PARAMS, n=N_PROMPTS,
+                     seed=7)
+    worker = Worker(via_proxy, tmp_path, "db-behind-proxy").start()
+    try:
+        job_id = submit(req, store).job_ids[0]
+        wait_for(lambda: store.job_evaluation_count(job_id) >= 1000, 240, interval=0.05, what="1000 evaluations")
+        proxy.stop()  # the database disappears mid-job ...
+        time.sleep(3)
+        proxy.start()  # ... and comes back
+        job = wait_done(store, job_id, timeout=300)
+        log = worker.log()
+    finally:
+        worker.kill()
+        proxy.stop()
+    assert job.status.value == "succeeded", (job.error_type, job.error_message, log[-3000:])
+    assert "Retry in" in log and "StoreError" in log  # the task was retried after the store failed
+    assert job.attempts >= 2
+    rows, keys = evaluation_rows(store)
+    assert rows == keys
+    ref, ref_sub = in_process(req, tmp_path)
+    ref_job = ref.get_job(ref_sub.job_ids[0])
+    assert job.result_circuit == ref_job.result_circuit
+    assert set(job_circuits(store, job_id)) == set(job_circuits(ref, ref_job.id))

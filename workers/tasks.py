@@ -6,7 +6,9 @@ All state is in the job's row (claimed with a conditional update), so a task may
 - the job already ended -> nothing to do;
 - another worker holds it with a fresh heartbeat -> retry later (if that worker dies, its heartbeat
   goes stale and the retry claims the job, resuming from the evaluations the store kept);
-- otherwise this worker claims it and runs it.
+- otherwise this worker claims it and runs it;
+- the database fails mid-job -> retry later: the retry takes the job over once its heartbeat is
+  stale and resumes from the evaluations stored before the failure.
 """
 
 from __future__ import annotations
@@ -42,15 +44,43 @@ def _worker_id(task) -> str:
     return f"{task.request.hostname or socket.gethostname()}:{os.getpid()}"
 
 
+def _store_retries() -> int:
+    return int(os.environ.get("CIRCUITS_STORE_RETRIES", "40"))
+
+
+def _run(task, runner, job_id):
+    """Run ``runner(job_id, store, ...)``; busy -> retry later; the database failing -> retry later
+    (the job resumes from the evaluations stored before), up to ``CIRCUITS_STORE_RETRIES`` times."""
+    from discovery.errors import StoreError
+
+    try:
+        outcome = runner(job_id, store(), worker_id=_worker_id(task), device=os.environ.get("CIRCUITS_DEVICE") or None)
+    except StoreError as e:
+        if task.request.retries >= _store_retries():
+            _fail_quietly(job_id, e)
+            raise
+        raise task.retry(exc=e, countdown=_retry_delay())
+    if outcome == "busy":
+        raise task.retry(countdown=_retry_delay())
+    return outcome
+
+
+def _fail_quietly(job_id, error) -> None:
+    import traceback
+
+    try:
+        store().fail_job(job_id, type(error).__name__, f"gave up after {_store_retries()} retries: {error}",
+                         "".join(traceback.format_exception(error)))
+    except Exception:
+        pass  # still no database: the row stays running, its heartbeat goes stale (circuits requeue)
+
+
 @app.task(bind=True, name="circuits.run_job", acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_discovery_job(self, job_id):
     """Run discovery job ``job_id`` (see :func:`discovery.service.run_job`); returns its outcome."""
     from discovery.service import run_job
 
-    outcome = run_job(job_id, store(), worker_id=_worker_id(self), device=os.environ.get("CIRCUITS_DEVICE") or None)
-    if outcome == "busy":
-        raise self.retry(countdown=_retry_delay())
-    return outcome
+    return _run(self, run_job, job_id)
 
 
 @app.task(bind=True, name="circuits.compare", acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -58,7 +88,4 @@ def compare_jobs(self, job_id):
     """A sweep's final job: overlap matrix and cross-task scores (:func:`discovery.service.run_compare`)."""
     from discovery.service import run_compare
 
-    outcome = run_compare(job_id, store(), worker_id=_worker_id(self), device=os.environ.get("CIRCUITS_DEVICE") or None)
-    if outcome == "busy":
-        raise self.retry(countdown=_retry_delay())
-    return outcome
+    return _run(self, run_compare, job_id)
