@@ -21,6 +21,26 @@ Environment
     twice, but set it above your longest job. The kill test sets it to a few seconds.
 ``CIRCUITS_REDIS_PREFIX``
     Prefix for every Redis key kombu and the result backend write (tests isolate themselves with it).
+``CIRCUITS_PUBLISH_RETRIES``
+    Times ``submit`` retries publishing while the broker is unreachable (default 10, ~15 s); then the
+    submit fails with a message and its job rows are marked failed.
+
+Read by :mod:`discovery.service` and :mod:`workers.tasks`:
+
+``CIRCUITS_STALE_AFTER``
+    Seconds without a heartbeat after which a running job counts as abandoned and another delivery
+    may take it over (default 120).
+``CIRCUITS_HEARTBEAT_INTERVAL``
+    Seconds between a running job's heartbeats (default 10; keep it well under the stale time).
+``CIRCUITS_PROGRESS_INTERVAL``
+    Least seconds between progress rows (default 0.5).
+``CIRCUITS_BUSY_RETRY``
+    Seconds before a delivery that found its job held by a live worker tries again (default 15,
+    capped at a third of the visibility timeout).
+``CIRCUITS_STORE_RETRIES``
+    Times a job whose database failed is retried (default 40, one every ``CIRCUITS_BUSY_RETRY``).
+``CIRCUITS_DEVICE``
+    Device every job of this worker runs on (``circuits worker --device cuda`` sets it).
 
 Habits (Celery docs, "Tasks: acks_late / Idempotence"; Redis transport, "visibility timeout"):
 late acknowledgement, ``task_reject_on_worker_lost``, prefetch multiplier 1 (a worker reserves one
