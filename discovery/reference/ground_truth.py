@@ -138,7 +138,8 @@ def head_scores(model_dir_or_hf_model: Any, tokenizer: Any = None, n: int = 200,
         with _eager_attention(model):
             for start in range(0, n, batch_size):
                 batch = torch.from_numpy(ids[start:start + batch_size]).to(device)
-                attentions = model(input_ids=batch, output_attentions=True).attentions
+                attentions = model(input_ids=batch, attention_mask=torch.ones_like(batch),
+                                   output_attentions=True).attentions
                 pattern = torch.stack([a.float() for a in attentions]).cpu().numpy()  # [L, B, H, T, T]
                 prev = pattern[:, :, :, positions, positions - 1].sum(axis=(1, 3))
                 ind = pattern[:, :, :, query, key].sum(axis=(1, 3))

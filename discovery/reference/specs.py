@@ -27,7 +27,7 @@ def _top1(model: Any, ids: np.ndarray, mask: np.ndarray, batch_size: int = 256) 
     for start in range(0, len(ids), batch_size):
         x = torch.from_numpy(ids[start:start + batch_size])
         m = torch.from_numpy(mask[start:start + batch_size])
-        logits = model(input_ids=x).logits
+        logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
         pred = logits[:, :-1].argmax(-1)
         hit = (pred == x[:, 1:]) & m[:, :-1]
         correct += int(hit.sum())
@@ -41,7 +41,8 @@ def _task_accuracy(model: Any, tokenizer: Any, task_name: str, n: int, seed: int
     from discovery.tasks import build_dataset, get_task
 
     dataset = build_dataset(get_task(task_name, **params), tokenizer, n=n, seed=seed)
-    logits = model(input_ids=dataset.clean_ids).logits[:, -1]
+    ids = dataset.clean_ids
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
     pred = logits.argmax(-1)
     correct_ids = torch.tensor([tokenizer(ex.correct[0], add_special_tokens=False)["input_ids"][0]
                                 for ex in dataset.examples])
@@ -62,7 +63,7 @@ INDUCTION = ReferenceSpec(
     version=1,
     words=data.INDUCTION_WORDS,
     n_layer=2, n_head=4, d_model=64, n_positions=INDUCTION_SEQ_LEN,
-    steps=2000, batch_size=64, lr=1e-3,
+    steps=2500, batch_size=64, lr=1e-3,
     make_batch=_induction_batch,
     evaluate=_induction_evaluate,
     targets={"repeated-segment": 0.9, "induction": 0.9},

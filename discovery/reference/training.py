@@ -132,10 +132,7 @@ def train_model(spec: ReferenceSpec, tokenizer: Any, seed: int, steps: int | Non
         model.train()
         data_rng = np.random.default_rng([seed, 1])
         state = spec.prepare(np.random.default_rng([seed, 2]), tokenizer) if spec.prepare else tokenizer
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr)
+        opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
         warmup = min(spec.warmup, max(1, steps // 10))
 
         def schedule(step: int) -> float:  # linear warm-up, then linear decay to zero
@@ -148,11 +145,10 @@ def train_model(spec: ReferenceSpec, tokenizer: Any, seed: int, steps: int | Non
             batch = spec.make_batch(data_rng, state, spec.batch_size)
             ids = torch.from_numpy(batch.ids)
             mask = torch.from_numpy(batch.loss_mask)
-            logits = model(input_ids=ids).logits
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
             loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, :-1]], ids[:, 1:][mask[:, :-1]])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             if progress is not None and ((step + 1) % report_every == 0 or step + 1 == steps):

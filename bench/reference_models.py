@@ -1,0 +1,56 @@
+"""Train every reference model fresh (into a temporary directory) and print ONE JSON line:
+training seconds, steps and held-out top-1 accuracy per model, plus the induction model's
+strongest previous-token (layer 0) and induction (layer 1) head scores.
+
+    python bench/reference_models.py [--threads 2] [--seed 0] [--only induction]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", action="append", default=None, help="train only this model (repeatable)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from discovery.reference import REFERENCE_MODELS, head_scores, train_reference
+
+    result: dict = {
+        "bench": "reference_models", "seed": args.seed, "threads": args.threads,
+        "torch": torch.__version__, "machine": platform.machine(), "models": {},
+        # the README's main-job timing (a full discovery job on ref:sequences) is filled in by the
+        # main-job benchmark, not measured here
+        "main_job_seconds": None,
+    }
+    total = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only or list(REFERENCE_MODELS):
+            report = train_reference(name, Path(tmp) / name, seed=args.seed)
+            entry = {"seconds": report.seconds, "steps": report.steps, "final_loss": report.final_loss,
+                     "heldout_accuracy": report.heldout_accuracy, "targets": report.targets,
+                     "meets_targets": report.meets_targets}
+            if name == "induction":
+                scores = head_scores(Path(tmp) / name)
+                entry["max_previous_token_score_layer0"] = round(float(scores.previous_token[0].max()), 3)
+                entry["max_induction_score_layer1"] = round(float(scores.induction[1].max()), 3)
+                entry["previous_token_heads"] = [f"{l}.{h}" for l, h in scores.previous_token_heads()]
+                entry["induction_heads"] = [f"{l}.{h}" for l, h in scores.induction_heads()]
+            result["models"][name] = entry
+    result["total_seconds"] = round(time.perf_counter() - total, 1)
+    print(json.dumps(result, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Reference models: accuracy, ground-truth heads, determinism, the HF directory round trip, the cache.
+
+The two full trainings happen once per session (``tests/reference_fixtures.py``) and are marked
+``slow``; the rest trains a few dozen steps at most.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import discovery.reference as reference
+from discovery.errors import UsageError
+from discovery.reference import REFERENCE_MODELS, build_tokenizer, ensure_reference_model, head_scores, train_reference
+from discovery.reference.training import save, train_model, TrainingReport
+from tests.reference_fixtures import TrainedReference, induction_reference, sequences_reference  # noqa: F401
+
+torch.set_num_threads(2)
+
+
+# --- the tokenizer ---------------------------------------------------------------------------------
+
+def test_tokenizer_splits_like_gpt2_and_loads_with_auto_tokenizer(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = build_tokenizer(["1", "2", "3", "4", "5", "done", "in", "."])
+    ids = tok("1 2 3 4", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["1", "\u01202", "\u01203", "\u01204"]
+    assert tok.convert_ids_to_tokens(tok(" 5", add_special_tokens=False)["input_ids"]) == ["\u01205"]
+    assert tok.convert_ids_to_tokens(tok("in 4.", add_special_tokens=False)["input_ids"]) == ["in", "\u01204", "."]
+    assert tok("zebra", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
+    assert tok.bos_token == "<|endoftext|>"
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again("1 2 3 4", add_special_tokens=False)["input_ids"] == ids
+    assert again.bos_token_id == tok.bos_token_id
+
+
+# --- short runs: determinism, the saved directory, the cache -----------------------------------------
+
+@pytest.mark.parametrize("name", ["induction", "sequences"])
+def test_same_seed_gives_identical_weights(tmp_path: Path, name: str) -> None:
+    a = train_reference(name, tmp_path / "a", seed=3, steps=30)
+    b = train_reference(name, tmp_path / "b", seed=3, steps=30)
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    assert a.heldout_accuracy == b.heldout_accuracy
+    c = train_reference(name, tmp_path / "c", seed=4, steps=30)
+    wc = load_file(tmp_path / "c" / "model.safetensors")
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_saved_directory_loads_with_the_same_logits(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = REFERENCE_MODELS["induction"]
+    tok = build_tokenizer(spec.words)
+    model, _, _ = train_model(spec, tok, seed=0, steps=20)
+    save(model, tok, tmp_path, TrainingReport("induction", 0, 20, 0.0, {}, tmp_path))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    loaded_tok = AutoTokenizer.from_pretrained(tmp_path)
+    ids = torch.tensor([loaded_tok("<|endoftext|>king ship road fish bird king ship road")["input_ids"]])
+    assert ids.shape[1] == 9 and loaded_tok.unk_token_id not in ids[0].tolist()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        got = loaded(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert type(loaded).__name__ == "GPT2LMHeadModel"
+
+
+def test_ensure_reference_model_trains_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRCUITS_CACHE_DIR", str(tmp_path))
+    calls = []
+    real = reference.train_reference
+
+    def short(name, out_dir, seed=0, progress=None, steps=None):
+        calls.append(name)
+        return real(name, out_dir, seed=seed, progress=progress, steps=5)
+
+    monkeypatch.setattr(reference, "train_reference", short)
+    seen = []
+    path = ensure_reference_model("induction", progress=lambda done, total, message: seen.append(done))
+    spec = REFERENCE_MODELS["induction"]
+    assert path == tmp_path / "reference" / f"induction-seed0-v{spec.version}"
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert seen, "progress was never reported"
+    assert ensure_reference_model("induction") == path
+    assert calls == ["induction"]
+    assert [p.name for p in (tmp_path / "reference").iterdir() if not p.name.endswith(".lock")] == [path.name]
+
+
+def test_a_crash_while_training_leaves_no_model_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRCUITS_CACHE_DIR", str(tmp_path))
+
+    def crash(name, out_dir, seed=0, progress=None, steps=None):
+        (Path(out_dir) / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reference, "train_reference", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_reference_model("induction")
+    assert [p for p in (tmp_path / "reference").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_unknown_reference_model_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIRCUITS_CACHE_DIR", str(tmp_path))
+    with pytest.raises(UsageError, match="unknown reference model 'nope'"):
+        ensure_reference_model("nope")
+    with pytest.raises(UsageError):
+        train_reference("nope", tmp_path / "x")
+
+
+def test_induction_task_prompts(tmp_path: Path) -> None:
+    from discovery.model import gpt2_tokenizer
+    from discovery.tasks import build_dataset, get_task
+
+    for tok in (build_tokenizer(REFERENCE_MODELS["induction"].words), gpt2_tokenizer()):
+        ds = build_dataset(get_task("induction"), tok, n=20, seed=0)
+        assert ds.clean_ids.shape == (20, 1 + 4 + 6 + 4 + 5)
+        clean, corrupt = ds.clean_ids, ds.corrupt_ids
+        assert torch.equal(clean[:, :15], corrupt[:, :15])  # BOS, prefix, segment, gap unchanged
+        assert torch.equal(clean[:, 5:10], clean[:, 15:20])  # the segment repeats
+        assert not (corrupt[:, 15:, None] == clean[:, None, :]).any()  # fresh words only
+        ex = ds.examples[0]
+        words = ex.clean.split()
+        assert ex.correct == (" " + words[9],) and ex.wrong == (" " + words[3],)
+
+
+# --- the full models ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_induction_model_reaches_its_accuracy(induction_reference: TrainedReference) -> None:
+    report = induction_reference.report
+    assert report.heldout_accuracy["repeated-segment"] >= 0.9, report
+    assert report.heldout_accuracy["induction"] >= 0.9, report
+    assert report.meets_targets
+
+
+@pytest.mark.slow
+def test_induction_model_has_previous_token_and_induction_heads(induction_reference: TrainedReference) -> None:
+    scores = head_scores(induction_reference.path)
+    assert scores.previous_token.shape == scores.induction.shape == (2, 4)
+    assert any(layer == 0 for layer, _ in scores.previous_token_heads(0.5)), scores.previous_token
+    assert any(layer == 1 for layer, _ in scores.induction_heads(0.5)), scores.induction
+    # and they are specific: no layer-1 head is a previous-token head, no layer-0 head an induction head
+    assert scores.previous_token[1].max() < 0.3 and scores.induction[0].max() < 0.3
+
+
+@pytest.mark.slow
+def test_induction_task_runs_on_the_loaded_model(induction_reference: TrainedReference) -> None:
+    from discovery.model import load_model
+    from discovery.tasks import build_dataset, get_task
+
+    loaded = load_model(str(induction_reference.path))
+    ds = build_dataset(get_task("induction"), loaded.tokenizer, n=50, seed=1)
+    with torch.no_grad():
+        clean = loaded.hf_model(ds.clean_ids).logits[:, -1]
+        corrupt = loaded.hf_model(ds.corrupt_ids).logits[:, -1]
+    idx = ds.answer_tokens
+    diff_clean = (clean[:, idx] * ds.answer_weights).sum(-1).mean()
+    diff_corrupt = (corrupt[:, idx] * ds.answer_weights).sum(-1).mean()
+    assert diff_clean > 3.0 and abs(float(diff_corrupt)) < 1.0, (diff_clean, diff_corrupt)
+
+
+@pytest.mark.slow
+def test_sequences_model_reaches_its_accuracy(sequences_reference: TrainedReference) -> None:
+    report = sequences_reference.report
+    for task in ("digits", "number-words", "months"):
+        assert report.heldout_accuracy[task] >= 0.95, report
+
+
+@pytest.mark.slow
+def test_sequence_tasks_run_unchanged_on_the_loaded_model(sequences_reference: TrainedReference) -> None:
+    from discovery.model import load_model
+    from discovery.tasks import build_dataset, get_task
+
+    loaded = load_model(str(sequences_reference.path))
+    for task in ("digits", "number-words", "months"):
+        for template in ("plain", "done-in"):
+            ds = build_dataset(get_task(task, template=template), loaded.tokenizer, n=50, seed=123)
+            with torch.no_grad():
+                logits = loaded.hf_model(ds.clean_ids).logits[:, -1]
+            correct = torch.tensor([loaded.tokenizer(ex.correct[0], add_special_tokens=False)["input_ids"][0]
+                                    for ex in ds.examples])
+            accuracy = float((logits.argmax(-1) == correct).float().mean())
+            assert accuracy >= 0.9, (task, template, accuracy)
