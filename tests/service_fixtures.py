@@ -131,18 +131,25 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subpr
 class Worker:
     """A ``celery -A workers worker`` subprocess (solo pool) with its log in a file."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str | None = None) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str | None = None, via_cli: bool = False) -> None:
         self.name = name or unique("w")
+        self.via_cli = via_cli
+        """Start it as ``circuits worker`` (the supervised entry point) instead of ``celery -A workers worker``."""
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.log_path = log_dir / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, ready_timeout: float = 90, wait_ready: bool = True) -> "Worker":
         self._log = open(self.log_path, "w")
+        if self.via_cli:
+            command = [sys.executable, "-c", "import sys; from discovery.cli import main; main(sys.argv[1:])",
+                       "worker", "--loglevel", "info", "--hostname", f"{self.name}@%h"]
+        else:
+            command = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo", "--loglevel",
+                       "info", "--without-gossip", "--without-mingle", "--without-heartbeat",
+                       "--hostname", f"{self.name}@%h"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo", "--loglevel", "info",
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "--hostname", f"{self.name}@%h"],
-            env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            command, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         if not wait_ready:
             return self
         deadline = time.monotonic() + ready_timeout

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from discovery.cli import common
-from discovery.cli.common import console
+from discovery.cli.common import console, err_console
 from discovery.errors import UsageError
 
 
@@ -160,8 +160,11 @@ def worker(
     queue: Optional[str] = typer.Option(None, "--queue", "-Q", help="queue (default: CIRCUITS_QUEUE or circuits)"),
     device: Optional[str] = typer.Option(None, "--device", help="run every job on this device (e.g. cuda)"),
     loglevel: str = typer.Option("info", "--loglevel", "-l"),
+    hostname: Optional[str] = typer.Option(None, "--hostname", "-n", help="node name, e.g. gpu1@%h"),
+    restart: bool = typer.Option(True, "--restart/--no-restart",
+                                 help="start Celery again if it dies (SIGTERM or Ctrl-C stop the worker for good)"),
 ) -> None:
-    """Start a Celery worker (same as ``celery -A workers worker``) with the service's settings."""
+    """Start a Celery worker (``celery -A workers worker`` with the service's settings), kept running."""
     if not os.environ.get("CIRCUITS_BROKER_URL"):
         raise UsageError("CIRCUITS_BROKER_URL is not set: a worker needs a broker, e.g. redis://localhost:6379/0 "
                          "(without one, circuits submit runs jobs in-process)")
@@ -173,8 +176,49 @@ def worker(
     args += ["--pool", "solo"] if concurrency == 1 else ["--pool", "prefork", "--concurrency", str(concurrency)]
     if queue:
         args += ["--queues", queue]
-    # exec: signals (SIGTERM for a warm shutdown, SIGKILL) reach celery itself
-    os.execvpe(args[0], args, env)
+    if hostname:
+        args += ["--hostname", hostname]
+    if not restart:
+        os.execvpe(args[0], args, env)  # signals reach celery itself
+    sys.exit(_supervise(args, env))
+
+
+def _supervise(args: list[str], env: dict[str, str]) -> int:
+    """Run ``args`` until it exits cleanly or we are told to stop; start it again when it dies.
+
+    Why: Celery's consumer can die on an unrecoverable error while the broker is away (seen with
+    kombu 5.7: an acknowledgement that fails while Redis is unreachable ends in an AttributeError
+    on reconnect). Its job is safe (its message is unacknowledged, its row in SQL), but the worker
+    must come back. SIGTERM and SIGINT are passed on as SIGTERM (Celery's warm shutdown: the
+    running job finishes) and end the loop. Docker's ``restart: unless-stopped`` is a second net.
+    """
+    import signal
+    import subprocess
+    import time
+
+    state: dict[str, Any] = {"stopping": False, "child": None}
+
+    def stop(signum: int, frame: Any) -> None:
+        state["stopping"] = True
+        child = state["child"]
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        backoff = 1.0
+        while True:
+            started = time.monotonic()
+            state["child"] = subprocess.Popen(args, env=env)
+            rc = state["child"].wait()
+            if state["stopping"] or rc == 0:
+                return rc
+            err_console.print(f"circuits worker: celery exited with status {rc}; starting it again in {backoff:.0f}s")
+            time.sleep(backoff)
+            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _job_key(text: str) -> int:
