@@ -58,7 +58,7 @@ def train_reference(name: str, out_dir: Path, seed: int = 0, progress: ProgressC
             progress(0, None, f"evaluating {name} on held-out prompts")
         accuracy = spec.evaluate(model, tokenizer, seed)
         report = TrainingReport(
-            name=name, seed=seed, steps=spec.steps if steps is None else steps, seconds=round(seconds, 2),
+            name=name, seed=seed, steps=spec.steps + spec.polish_steps if steps is None else steps, seconds=round(seconds, 2),
             heldout_accuracy={k: round(v, 4) for k, v in accuracy.items()}, out_dir=out_dir,
             final_loss=round(loss, 4), targets=dict(spec.targets),
         )

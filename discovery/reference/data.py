@@ -14,6 +14,14 @@ Induction data (token ids over :data:`INDUCTION_WORDS`, always in their ``Ġword
   that followed this word last time" does. Mixing it in (70%) is what makes textbook previous-token
   heads (layer 0) and induction heads (layer 1) appear.
 
+Which mechanism a run finds is still sensitive to the seed and the schedule (measured on this
+data, d_model 64, 4 heads, lr 1e-3, batch 64: seed 0 with 2500 steps gave a layer-0 head at 0.55
+previous-token score and layer-1 heads at 0.78 induction score; the same seed with 3500 steps, or
+lr 2e-3, or sinusoidal position embeddings, found a solution with no such heads at all). So the
+``induction`` spec keeps the 2500-step schedule that finds them and then *polishes* at a low
+learning rate (:attr:`~discovery.reference.training.ReferenceSpec.polish_steps`), which sharpens
+the heads without the risk of switching mechanism; the tests check the heads, not just accuracy.
+
 Held-out sequences (``clean=True``) draw the noise from words outside the segment, so the answer is
 unambiguous. Sequence data for the ``sequences`` model is text, generated with the tasks' own
 generators (:mod:`discovery.tasks`) plus variations (longer and shorter lists, continuation past the

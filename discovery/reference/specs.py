@@ -17,7 +17,7 @@ INDUCTION_SEQ_LEN = 48
 
 
 def _induction_batch(rng: np.random.Generator, _tokenizer: Any, batch_size: int) -> Batch:
-    return data.induction_batch(rng, batch_size, INDUCTION_SEQ_LEN, len(data.INDUCTION_WORDS))
+    return data.induction_batch(rng, batch_size, INDUCTION_SEQ_LEN, len(data.INDUCTION_WORDS), p_segment=0.3)
 
 
 @torch.no_grad()
@@ -63,7 +63,7 @@ INDUCTION = ReferenceSpec(
     version=1,
     words=data.INDUCTION_WORDS,
     n_layer=2, n_head=4, d_model=64, n_positions=INDUCTION_SEQ_LEN,
-    steps=2500, batch_size=64, lr=1e-3,
+    steps=2500, batch_size=64, lr=1e-3, polish_steps=1000, polish_lr=3e-4,
     make_batch=_induction_batch,
     evaluate=_induction_evaluate,
     targets={"repeated-segment": 0.9, "induction": 0.9},
@@ -72,11 +72,13 @@ INDUCTION = ReferenceSpec(
 # --- sequences ------------------------------------------------------------------------------------
 
 SEQUENCES_POOL = 20_000
+SEQUENCES_BATCH = 32
 SEQUENCE_EVAL_LENGTHS = (3, 4, 5)
 
 
-def _sequences_prepare(rng: np.random.Generator, tokenizer: Any) -> list[np.ndarray]:
-    texts = data.sequence_texts(rng, SEQUENCES_POOL, tokenizer)
+def _sequences_prepare(rng: np.random.Generator, tokenizer: Any, steps: int) -> list[np.ndarray]:
+    # a pool of texts the batches are drawn from (smaller for a short run: never more than it can use)
+    texts = data.sequence_texts(rng, min(SEQUENCES_POOL, steps * SEQUENCES_BATCH), tokenizer)
     bos = tokenizer.bos_token_id
     return [np.array([bos] + tokenizer(t, add_special_tokens=False)["input_ids"], dtype=np.int64) for t in texts]
 
@@ -109,7 +111,7 @@ SEQUENCES = ReferenceSpec(
     version=1,
     words=data.sequence_words(),
     n_layer=4, n_head=4, d_model=64, n_positions=96,
-    steps=1500, batch_size=32, lr=2e-3,
+    steps=1500, batch_size=SEQUENCES_BATCH, lr=2e-3,
     make_batch=_sequences_batch,
     prepare=_sequences_prepare,
     evaluate=_sequences_evaluate,

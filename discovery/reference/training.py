@@ -49,10 +49,14 @@ class ReferenceSpec:
     d_mlp: int | None = None
     warmup: int = 100
     weight_decay: float = 0.01
-    prepare: Callable[[np.random.Generator, Any], Any] | None = None
-    """Optional ``(rng, tokenizer) -> state`` computed once before training (a pool of texts);
-    then ``make_batch`` receives ``(rng, state)`` instead of the tokenizer."""
+    prepare: Callable[[np.random.Generator, Any, int], Any] | None = None
+    """Optional ``(rng, tokenizer, steps) -> state`` computed once before training (a pool of
+    texts); then ``make_batch`` receives the state instead of the tokenizer."""
     default_seed: int = 0
+    polish_steps: int = 0
+    """Extra steps after the main schedule, at ``polish_lr`` decaying linearly to zero: sharpens
+    the mechanism the main phase found without the risk of a high learning rate switching it."""
+    polish_lr: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -125,18 +129,22 @@ def build_model(spec: ReferenceSpec, tokenizer: Any, seed: int) -> Any:
 def train_model(spec: ReferenceSpec, tokenizer: Any, seed: int, steps: int | None = None,
                 progress: ProgressCallback | None = None) -> tuple[Any, float, float]:
     """Train ``spec``'s model; returns ``(model in eval mode, seconds, final loss)``."""
-    steps = spec.steps if steps is None else steps
+    main_steps = spec.steps if steps is None else steps
+    polish = spec.polish_steps if steps is None else 0
+    steps = main_steps + polish
     start = time.perf_counter()
     with deterministic():
         model = build_model(spec, tokenizer, seed)
         model.train()
         data_rng = np.random.default_rng([seed, 1])
-        state = spec.prepare(np.random.default_rng([seed, 2]), tokenizer) if spec.prepare else tokenizer
+        state = spec.prepare(np.random.default_rng([seed, 2]), tokenizer, steps) if spec.prepare else tokenizer
         opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-        warmup = min(spec.warmup, max(1, steps // 10))
+        warmup = min(spec.warmup, max(1, main_steps // 10))
 
-        def schedule(step: int) -> float:  # linear warm-up, then linear decay to zero
-            return min(1.0, (step + 1) / warmup) * max(0.0, 1.0 - step / steps)
+        def schedule(step: int) -> float:
+            if step < main_steps:  # linear warm-up, then linear decay to zero
+                return min(1.0, (step + 1) / warmup) * max(0.0, 1.0 - step / main_steps)
+            return spec.polish_lr / spec.lr * max(0.0, 1.0 - (step - main_steps) / polish)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         loss_value = float("nan")
