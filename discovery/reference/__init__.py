@@ -66,6 +66,11 @@ def train_reference(name: str, out_dir: Path, seed: int = 0, progress: ProgressC
     return report
 
 
+def reference_tokenizer(name: str):
+    """The tokenizer of reference model ``name``, built without training it (same as the saved one)."""
+    return build_tokenizer(get_spec(name).words)
+
+
 def cache_root() -> Path:
     """Where reference models are cached: ``$CIRCUITS_CACHE_DIR/reference`` or the user cache."""
     if env := os.environ.get("CIRCUITS_CACHE_DIR"):
@@ -126,5 +131,5 @@ def ensure_reference_model(name: str, progress: ProgressCallback | None = None, 
 
 
 __all__ = ["REFERENCE_MODELS", "HeadScores", "ReferenceSpec", "TrainingReport", "build_tokenizer",
-           "cache_root", "ensure_reference_model", "get_spec", "head_scores", "reference_dir",
+           "cache_root", "ensure_reference_model", "get_spec", "head_scores", "reference_dir", "reference_tokenizer",
            "train_reference"]
