@@ -5,7 +5,8 @@ Each mode gets a fresh PostgreSQL database (so no mode is served another's store
 the same jobs: ``--jobs`` exhaustive searches (subsets of 16 heads up to size ``--k``, 2,517 circuits
 for k=4) on a random
 4-layer, 4-head GPT-2, one dataset seed per job. Workers are started (and have imported torch)
-before the clock starts; their start-up time is reported separately. Needs PostgreSQL and Redis on
+before the clock starts; their start-up time is reported separately. Then ``--small-jobs`` jobs of
+17 circuits each, where the per-job cost (submit-time checks, enqueue, claim, dataset, rows) dominates. Needs PostgreSQL and Redis on
 localhost (as the integration tests: ``CIRCUITS_TEST_PG``, ``CIRCUITS_TEST_REDIS``).
 
     python bench/service.py [--jobs 8] [--k 4] [--n 10]
@@ -53,6 +54,10 @@ def run_in_process(model: Path, args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         ids = [submit(r, store, broker=False).job_ids[0] for r in requests(model, args.jobs, args.k, args.n)]
         out = summarise(store, ids, time.perf_counter() - start)
+        start = time.perf_counter()
+        ids = [submit(r, store, broker=False).job_ids[0]
+               for r in requests(model, args.small_jobs, 1, args.n, first_seed=1000)]
+        out["small_jobs"] = summarise(store, ids, time.perf_counter() - start)
         store.close()
     return out
 
@@ -79,6 +84,10 @@ def run_workers(model: Path, args: argparse.Namespace, count: int, log_dir: Path
             wait_for(lambda: all(store.get_job(j).is_finished() for j in ids), 1800, interval=0.05, what="all jobs")
             out = summarise(store, ids, time.perf_counter() - start)
             out["worker_startup_s"] = round(startup, 2)
+            start = time.perf_counter()
+            ids = [submit(r, store).job_ids[0] for r in requests(model, args.small_jobs, 1, args.n, first_seed=1000)]
+            wait_for(lambda: all(store.get_job(j).is_finished() for j in ids), 1800, interval=0.05, what="small jobs")
+            out["small_jobs"] = summarise(store, ids, time.perf_counter() - start)
             return out
         except Exception:
             for w in started:
@@ -98,6 +107,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="exhaustive subset size (16 heads: k=4 is 2,516 circuits)")
     parser.add_argument("--n", type=int, default=10, help="prompts per dataset")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (every mode alike)")
+    parser.add_argument("--small-jobs", type=int, default=16,
+                        help="then this many k=1 jobs (17 circuits each): the per-job overhead dominates")
     args = parser.parse_args()
     reason = services_available()
     if reason:
@@ -109,7 +120,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = save_tiny_model(Path(tmp) / "tiny44", n_layers=4, n_heads=4, seed=3)
         result = {"bench": "service", "workload": f"{args.jobs} exhaustive k={args.k} jobs, digits n={args.n}, "
-                                                  "random GPT-2 4 layers x 4 heads d64",
+                                                  "random GPT-2 4 layers x 4 heads d64; small_jobs: "
+                                                  f"{args.small_jobs} k=1 jobs",
                   "cpu_cores": os.cpu_count(), "torch_threads_per_process": args.threads, "in_process": run_in_process(model, args)}
         for count in (1, 2):
             result[f"workers_{count}"] = run_workers(model, args, count, Path(tmp))

@@ -27,6 +27,7 @@ Celery at module level; :mod:`workers.tasks` are thin wrappers over :func:`run_j
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -172,9 +173,7 @@ def check_model_spec(spec: str) -> Any:
             raise UsageError(f"model {spec!r} is a {', '.join(architectures)}; the evaluator supports "
                              f"{', '.join(SUPPORTED_ARCHITECTURES)}")
         try:
-            from transformers import AutoTokenizer
-
-            return AutoTokenizer.from_pretrained(str(path))
+            return _tokenizer(str(path.resolve()), (path / "config.json").stat().st_mtime)
         except (OSError, ValueError) as e:
             raise UsageError(f"model directory {spec!r}: its tokenizer does not load: {e}") from e
     if path.exists():
@@ -182,6 +181,14 @@ def check_model_spec(spec: str) -> Any:
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise UsageError(f"model directory {spec!r} does not exist")
     return None  # a hub name: the worker's machine may reach a hub this one cannot
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: str, mtime: float) -> Any:
+    """A model directory's tokenizer, loaded once per process (per version of the directory)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 # --------------------------------------------------------------------------------------------
