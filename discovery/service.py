@@ -151,15 +151,9 @@ def check_model_spec(spec: str) -> Any:
         if isinstance(known, dict) and name not in known:
             raise UsageError(f"unknown reference model {spec!r}; known: "
                              f"{', '.join('ref:' + k for k in sorted(known))}")
-        try:  # already trained here: its tokenizer lets the dataset be checked too
-            trained = Path(reference.reference_dir(name))
-            if (trained / "config.json").is_file() and (trained / "tokenizer.json").is_file():
-                from transformers import AutoTokenizer
-
-                return AutoTokenizer.from_pretrained(str(trained))
-        except Exception:  # not trained yet (the worker trains it on first use)
-            pass
-        return None
+        # its tokenizer (built without training the model) lets the dataset be checked too
+        make = getattr(reference, "reference_tokenizer", None)
+        return make(name) if make is not None else None
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
