@@ -253,6 +253,10 @@ def _print_job(job: Any, store: Any = None) -> None:
     console.print(f"circuit   {circuit or '(empty)'}  ({result.get('size')} components)")
     console.print(f"score     {'nan' if norm is None else f'{norm:.4f}'} normalised, metric {result['metric']:.4f} "
                   f"(full {result['full']:.4f}, ablated {result['ablated']:.4f})")
+    if result.get("evaluation_method"):
+        from discovery.evaluator import EvaluationMethod
+
+        console.print(f"scored by {EvaluationMethod(**result['evaluation_method']).describe()}")
     service = (result.get("extra") or {}).get("service", {})
     console.print(f"searched  {result.get('n_evaluations')} evaluations in {result.get('seconds', 0):.1f}s "
                   f"({service.get('computed', '?')} computed, {service.get('served_from_store', '?')} served "
