@@ -144,6 +144,8 @@ def train_model(spec: ReferenceSpec, tokenizer: Any, seed: int, steps: int | Non
         def schedule(step: int) -> float:
             if step < main_steps:  # linear warm-up, then linear decay to zero
                 return min(1.0, (step + 1) / warmup) * max(0.0, 1.0 - step / main_steps)
+            if polish == 0:  # LambdaLR evaluates one step past the end
+                return 0.0
             return spec.polish_lr / spec.lr * max(0.0, 1.0 - (step - main_steps) / polish)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
