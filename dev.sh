@@ -25,7 +25,9 @@ cmd=${1:-}
 shift || true
 case "$cmd" in
     setup) setup ;;
-    demo) setup; exec .venv/bin/circuits submit --model ref:sequences --task digits --method greedy --target 0.9 "$@" ;;
+    # done-in (Lan & Barez) ends in "... Sun done in": the answer needs attention to the last number;
+    # with the plain template the answer is the successor of the current token and MLPs alone give it
+    demo) setup; exec .venv/bin/circuits submit --model ref:sequences --task digits --task-param template=done-in --method greedy --target 0.9 "$@" ;;
     test) setup; exec .venv/bin/python -m pytest -q -ra "$@" ;;
     bench) setup; for b in bench/*.py; do echo "# $b" >&2; .venv/bin/python "$b"; done ;;
     *) echo "usage: bash dev.sh demo|test|bench|setup [args]" >&2; exit 2 ;;
