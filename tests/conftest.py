@@ -9,6 +9,10 @@ import torch
 
 from discovery.model import LoadedModel, gpt2_tokenizer, random_gpt2
 
+# registered here, once: a session fixture imported into several test modules becomes one fixture
+# per module, and each trained its own copy of the model
+from tests.reference_fixtures import induction_reference, sequences_reference  # noqa: E402,F401
+
 torch.set_num_threads(2)
 
 

@@ -1,6 +1,6 @@
 """Session fixtures for the reference models: each full model is trained once per test session.
 
-Import the fixtures into a test module (``from tests.reference_fixtures import ...``); they train
+Registered once in ``tests/conftest.py`` (importing them into several modules would train once per module); they train
 into a session temporary directory, never into the user's cache.
 """
 

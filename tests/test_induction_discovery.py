@@ -16,13 +16,12 @@ from discovery.model import load_model
 from discovery.reference import head_scores
 from discovery.search import run_search
 from discovery.tasks import build_dataset, get_task
-from tests.reference_fixtures import induction_reference  # noqa: F401 - the session fixture
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def setting(induction_reference):  # noqa: F811
+def setting(induction_reference):
     scores = head_scores(induction_reference.path)
     previous = {f"{l}.{h}" for l, h in scores.previous_token_heads(0.5) if l == 0}
     induction = {f"{l}.{h}" for l, h in scores.induction_heads(0.5) if l == 1}

@@ -18,7 +18,7 @@ import discovery.reference as reference
 from discovery.errors import UsageError
 from discovery.reference import REFERENCE_MODELS, build_tokenizer, ensure_reference_model, head_scores, train_reference
 from discovery.reference.training import save, train_model, TrainingReport
-from tests.reference_fixtures import TrainedReference, induction_reference, sequences_reference  # noqa: F401
+from tests.reference_fixtures import TrainedReference
 
 torch.set_num_threads(2)
 
