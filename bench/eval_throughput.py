@@ -4,7 +4,8 @@ Prints one JSON line. The model has GPT-2 small's exact shape (12 layers, 12 hea
 vocab 50257) with random weights: the cost is the real model's, the scores mean nothing.
 
 Workloads (50 digits prompts of 12 tokens; mean ablation over the corrupted prompts):
-- ``random``: 200 random head circuits (each head kept with probability 1/2): little shared work;
+- ``random``: 200 dense random head circuits (each head kept with probability 1/2): nothing to skip;
+- ``small``: 200 random circuits of 1 to 12 heads (the size of search candidates);
 - ``greedy_step``: the 144 circuits of one greedy step (a base circuit plus each other head),
   which share their layer prefixes.
 The naive loop is what a notebook does: one TransformerLens ``run_with_hooks`` forward per circuit,
@@ -17,15 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import sys
 import time
 
-import torch
+# run as a script, this folder comes first on sys.path and bench/discovery.py would shadow the package
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from discovery.circuit import Circuit
-from discovery.evaluator import Evaluator
-from discovery.model import random_gpt2
-from discovery.tasks import build_dataset, get_task
+import torch  # noqa: E402
+
+from discovery.circuit import Circuit  # noqa: E402
+from discovery.evaluator import Evaluator  # noqa: E402
+from discovery.model import random_gpt2  # noqa: E402
+from discovery.tasks import build_dataset, get_task  # noqa: E402
 
 
 def naive_scores(model, dataset, evaluator, circuits):
@@ -88,6 +94,7 @@ def main() -> None:
     heads = model.shape.all_heads()
     rng = random.Random(0)
     random_circuits = [Circuit.of([h for h in heads if rng.random() < 0.5]) for _ in range(args.circuits)]
+    small_circuits = [Circuit.of(rng.sample(heads, rng.randint(1, 12))) for _ in range(args.circuits)]
     base = Circuit.of(rng.sample(heads, 10))
     greedy_step = [base.with_nodes(h) for h in heads]
 
@@ -95,9 +102,11 @@ def main() -> None:
     _ = evaluator.full_metric, evaluator.ablated_metric, evaluator.replacement  # setup, not timed below
     ours_random, t_random = timed(lambda: evaluator.metric_values(random_circuits))
     ours_greedy, t_greedy = timed(lambda: evaluator.metric_values(greedy_step))
+    ours_small, t_small = timed(lambda: evaluator.metric_values(small_circuits))
     model.bridge  # noqa: B018 - build the bridge before timing the naive loop
     naive_random, t_naive = timed(lambda: naive_scores(model, dataset, evaluator, random_circuits[: args.naive]))
     naive_greedy, t_naive_greedy = timed(lambda: naive_scores(model, dataset, evaluator, greedy_step[: args.naive]))
+    naive_small, t_naive_small = timed(lambda: naive_scores(model, dataset, evaluator, small_circuits[: args.naive]))
     _, t_forward = timed(lambda: model.hf_model(dataset.clean_ids))
     gflop = forward_gflop(model.hf_model.config, dataset.n * dataset.seq_len, dataset.seq_len)
     peak = matmul_gflops()
@@ -115,12 +124,16 @@ def main() -> None:
         "ours_circuits_per_s": round(ours_rate, 3),
         "naive_circuits_per_s": round(naive_rate, 3),
         "speedup": round(ours_rate / naive_rate, 2),
+        "ours_small_circuits_per_s": round(args.circuits / t_small, 3),
+        "naive_small_circuits_per_s": round(args.naive / t_naive_small, 3),
+        "small_speedup": round((args.circuits / t_small) / (args.naive / t_naive_small), 2),
         "greedy_step_circuits": len(greedy_step),
         "ours_greedy_step_circuits_per_s": round(greedy_rate, 3),
         "naive_greedy_step_circuits_per_s": round(naive_greedy_rate, 3),
         "greedy_step_speedup": round(greedy_rate / naive_greedy_rate, 2),
         "max_abs_diff_vs_naive": max(abs(a - b) for a, b in zip(
-            list(ours_random[: args.naive]) + list(ours_greedy[: args.naive]), naive_random + naive_greedy)),
+            list(ours_random[: args.naive]) + list(ours_greedy[: args.naive]) + list(ours_small[: args.naive]),
+            naive_random + naive_greedy + naive_small)),
         "forward_gflop": round(gflop, 2),
         "hf_forward_s": round(t_forward, 3),
         "matmul_gflops_measured": round(peak, 1),
