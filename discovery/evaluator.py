@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,6 @@ from discovery.weights import GPT2Weights
 AblationKind = Literal["mean", "resample", "zero"]
 ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "resample", "zero")
 NORMALISER = "(circuit - ablated) / (full - ablated)"
-
 
 
 @dataclass(frozen=True)

@@ -42,14 +42,10 @@ def patch(
 
 
 def _persist(loaded, dataset, result) -> None:
-    """Keep the heatmap's cells in the store when the store offers it."""
-    try:
-        from discovery.store import open_store
-    except ImportError:
-        return
-    store = open_store()
-    if hasattr(store, "save_patching"):
-        store.save_patching(result, model=loaded.identity, dataset=dataset)
+    """Keep the heatmap's cells in the store, like every other result."""
+    from discovery.store import open_store
+
+    open_store().save_patching(result, model=loaded.identity, dataset=dataset)
 
 
 def register(app: typer.Typer) -> None:
