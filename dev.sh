@@ -4,6 +4,7 @@
 #   bash dev.sh demo    the main job: discover a circuit of the trained `sequences` reference model
 #                       for `digits`, stored in the embedded SQLite database, in-process worker
 #   bash dev.sh test    the test suite (unit + integration against PostgreSQL/Redis on localhost)
+#   bash dev.sh lint    ruff (lint and format check) and mypy
 #   bash dev.sh bench   every benchmark in bench/, one JSON line each
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,6 +30,7 @@ case "$cmd" in
     # with the plain template the answer is the successor of the current token and MLPs alone give it
     demo) setup; exec .venv/bin/circuits submit --model ref:sequences --task digits --task-param template=done-in --method greedy --target 0.9 "$@" ;;
     test) setup; exec .venv/bin/python -m pytest -q -ra "$@" ;;
+    lint) setup; .venv/bin/ruff check . && .venv/bin/ruff format --check . ;;
     bench) setup; for b in bench/*.py; do echo "# $b" >&2; .venv/bin/python "$b"; done ;;
-    *) echo "usage: bash dev.sh demo|test|bench|setup [args]" >&2; exit 2 ;;
+    *) echo "usage: bash dev.sh demo|test|lint|bench|setup [args]" >&2; exit 2 ;;
 esac

@@ -51,17 +51,34 @@ def main() -> None:
     for label, (key, params) in runs.items():
         result = run_search(key, evaluator, params)
         methods[label] = {
-            "seconds": round(result.seconds, 2), "evaluations": result.n_evaluations,
-            "params": result.params, "circuit_size": result.circuit.size, "edges": result.circuit.n_edges,
+            "seconds": round(result.seconds, 2),
+            "evaluations": result.n_evaluations,
+            "params": result.params,
+            "circuit_size": result.circuit.size,
+            "edges": result.circuit.n_edges,
         }
-    print(json.dumps({
-        "benchmark": "discovery", "weights": "random", "note": "random weights: timings only, circuits meaningless",
-        "model": {"n_layers": model.shape.n_layers, "n_heads": model.shape.n_heads,
-                  "d_model": model.hf_model.config.n_embd},
-        "task": "digits", "prompts": dataset.n, "seq_len": dataset.seq_len, "ablation": "mean",
-        "threads": torch.get_num_threads(), "device": str(model.device), "setup_seconds": round(setup, 2),
-        "methods": methods,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "discovery",
+                "weights": "random",
+                "note": "random weights: timings only, circuits meaningless",
+                "model": {
+                    "n_layers": model.shape.n_layers,
+                    "n_heads": model.shape.n_heads,
+                    "d_model": model.hf_model.config.n_embd,
+                },
+                "task": "digits",
+                "prompts": dataset.n,
+                "seq_len": dataset.seq_len,
+                "ablation": "mean",
+                "threads": torch.get_num_threads(),
+                "device": str(model.device),
+                "setup_seconds": round(setup, 2),
+                "methods": methods,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -115,31 +115,43 @@ def main() -> None:
     naive_rate = args.naive / t_naive
     greedy_rate = len(greedy_step) / t_greedy
     naive_greedy_rate = args.naive / t_naive_greedy
-    print(json.dumps({
-        "bench": "eval_throughput",
-        "model": "gpt2-small shape, random weights",
-        "device": str(model.device), "threads": args.threads,
-        "prompts": dataset.n, "seq_len": dataset.seq_len,
-        "random_circuits": args.circuits,
-        "ours_circuits_per_s": round(ours_rate, 3),
-        "naive_circuits_per_s": round(naive_rate, 3),
-        "speedup": round(ours_rate / naive_rate, 2),
-        "ours_small_circuits_per_s": round(args.circuits / t_small, 3),
-        "naive_small_circuits_per_s": round(args.naive / t_naive_small, 3),
-        "small_speedup": round((args.circuits / t_small) / (args.naive / t_naive_small), 2),
-        "greedy_step_circuits": len(greedy_step),
-        "ours_greedy_step_circuits_per_s": round(greedy_rate, 3),
-        "naive_greedy_step_circuits_per_s": round(naive_greedy_rate, 3),
-        "greedy_step_speedup": round(greedy_rate / naive_greedy_rate, 2),
-        "max_abs_diff_vs_naive": max(abs(a - b) for a, b in zip(
-            list(ours_random[: args.naive]) + list(ours_greedy[: args.naive]) + list(ours_small[: args.naive]),
-            naive_random + naive_greedy + naive_small)),
-        "forward_gflop": round(gflop, 2),
-        "hf_forward_s": round(t_forward, 3),
-        "matmul_gflops_measured": round(peak, 1),
-        "matmul_bound_s_per_forward": round(gflop / peak, 3),
-        "ours_s_per_circuit": round(t_random / args.circuits, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "eval_throughput",
+                "model": "gpt2-small shape, random weights",
+                "device": str(model.device),
+                "threads": args.threads,
+                "prompts": dataset.n,
+                "seq_len": dataset.seq_len,
+                "random_circuits": args.circuits,
+                "ours_circuits_per_s": round(ours_rate, 3),
+                "naive_circuits_per_s": round(naive_rate, 3),
+                "speedup": round(ours_rate / naive_rate, 2),
+                "ours_small_circuits_per_s": round(args.circuits / t_small, 3),
+                "naive_small_circuits_per_s": round(args.naive / t_naive_small, 3),
+                "small_speedup": round((args.circuits / t_small) / (args.naive / t_naive_small), 2),
+                "greedy_step_circuits": len(greedy_step),
+                "ours_greedy_step_circuits_per_s": round(greedy_rate, 3),
+                "naive_greedy_step_circuits_per_s": round(naive_greedy_rate, 3),
+                "greedy_step_speedup": round(greedy_rate / naive_greedy_rate, 2),
+                "max_abs_diff_vs_naive": max(
+                    abs(a - b)
+                    for a, b in zip(
+                        list(ours_random[: args.naive])
+                        + list(ours_greedy[: args.naive])
+                        + list(ours_small[: args.naive]),
+                        naive_random + naive_greedy + naive_small,
+                    )
+                ),
+                "forward_gflop": round(gflop, 2),
+                "hf_forward_s": round(t_forward, 3),
+                "matmul_gflops_measured": round(peak, 1),
+                "matmul_bound_s_per_forward": round(gflop / peak, 3),
+                "ours_s_per_circuit": round(t_random / args.circuits, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,21 @@ from pathlib import Path
 # run as a script, this folder comes first on sys.path and bench/discovery.py would shadow the package
 sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-import torch
+import torch  # noqa: E402 - after the sys.path fix above
 
-
-MAIN_JOB = ["submit", "--model", "ref:sequences", "--task", "digits", "--task-param", "template=done-in",
-            "--method", "greedy", "--target", "0.9"]
+MAIN_JOB = [
+    "submit",
+    "--model",
+    "ref:sequences",
+    "--task",
+    "digits",
+    "--task-param",
+    "template=done-in",
+    "--method",
+    "greedy",
+    "--target",
+    "0.9",
+]
 
 
 def main_job(threads: int) -> dict:
@@ -33,18 +43,28 @@ def main_job(threads: int) -> dict:
 
     out: dict = {"main_job": "circuits " + " ".join(MAIN_JOB)}
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, CIRCUITS_CACHE_DIR=tmp, CIRCUITS_DATABASE_URL=f"sqlite:///{tmp}/circuits.db",
-                   OMP_NUM_THREADS=str(threads))
+        env = dict(
+            os.environ,
+            CIRCUITS_CACHE_DIR=tmp,
+            CIRCUITS_DATABASE_URL=f"sqlite:///{tmp}/circuits.db",
+            OMP_NUM_THREADS=str(threads),
+        )
         env.pop("CIRCUITS_BROKER_URL", None)
         for key in ("main_job_seconds", "main_job_rerun_seconds"):
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "discovery.cli", *MAIN_JOB], env=env, capture_output=True,
-                                  text=True, timeout=1800)
+            done = subprocess.run(
+                [sys.executable, "-m", "discovery.cli", *MAIN_JOB],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
             if done.returncode != 0:
                 raise SystemExit(f"main job failed: {done.stderr[-2000:]}")
             out[key] = round(time.perf_counter() - start, 1)
-        out["main_job_circuit"] = next((line.split()[1] for line in done.stdout.splitlines()
-                                        if line.startswith("circuit ")), None)
+        out["main_job_circuit"] = next(
+            (line.split()[1] for line in done.stdout.splitlines() if line.startswith("circuit ")), None
+        )
     return out
 
 
@@ -59,16 +79,25 @@ def main() -> None:
     from discovery.reference import REFERENCE_MODELS, head_scores, train_reference
 
     result: dict = {
-        "bench": "reference_models", "seed": args.seed, "threads": args.threads,
-        "torch": torch.__version__, "machine": platform.machine(), "models": {},
+        "bench": "reference_models",
+        "seed": args.seed,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "models": {},
     }
     total = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(REFERENCE_MODELS):
             report = train_reference(name, Path(tmp) / name, seed=args.seed)
-            entry = {"seconds": report.seconds, "steps": report.steps, "final_loss": report.final_loss,
-                     "heldout_accuracy": report.heldout_accuracy, "targets": report.targets,
-                     "meets_targets": report.meets_targets}
+            entry = {
+                "seconds": report.seconds,
+                "steps": report.steps,
+                "final_loss": report.final_loss,
+                "heldout_accuracy": report.heldout_accuracy,
+                "targets": report.targets,
+                "meets_targets": report.meets_targets,
+            }
             if name == "induction":
                 scores = head_scores(Path(tmp) / name)
                 entry["max_previous_token_score_layer0"] = round(float(scores.previous_token[0].max()), 3)

@@ -6,8 +6,8 @@ the same jobs: ``--jobs`` exhaustive searches (subsets of 16 heads up to size ``
 for k=4) on a random
 4-layer, 4-head GPT-2, one dataset seed per job. Workers are started (and have imported torch)
 before the clock starts; their start-up time is reported separately. Then ``--small-jobs`` jobs of
-17 circuits each, where the per-job cost (submit-time checks, enqueue, claim, dataset, rows) dominates. Needs PostgreSQL and Redis on
-localhost (as the integration tests: ``CIRCUITS_TEST_PG``, ``CIRCUITS_TEST_REDIS``).
+17 circuits each, where the per-job cost (submit-time checks, enqueue, claim, dataset, rows)
+dominates. Needs PostgreSQL and Redis on localhost (as the integration tests: ``CIRCUITS_TEST_PG``, ``CIRCUITS_TEST_REDIS``).
 
     python bench/service.py [--jobs 8] [--k 4] [--n 10]
 """
@@ -25,23 +25,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.service_fixtures import (Worker, fresh_postgres_database, isolated_redis, save_tiny_model,  # noqa: E402
-                                    services_available, wait_for)
+from tests.service_fixtures import (  # noqa: E402
+    Worker,
+    fresh_postgres_database,
+    isolated_redis,
+    save_tiny_model,
+    services_available,
+    wait_for,
+)
 
 
 def requests(model: Path, jobs: int, k: int, n: int, first_seed: int = 0) -> list:
     from discovery.service import JobRequest
 
-    return [JobRequest(task="digits", method="exhaustive", model=str(model), params={"k": k, "target": 2.0},
-                       n=n, seed=seed) for seed in range(first_seed, first_seed + jobs)]
+    return [
+        JobRequest(task="digits", method="exhaustive", model=str(model), params={"k": k, "target": 2.0}, n=n, seed=seed)
+        for seed in range(first_seed, first_seed + jobs)
+    ]
 
 
 def summarise(store, job_ids: list[int], seconds: float) -> dict:
     jobs = [store.get_job(j) for j in job_ids]
     failed = [j.id for j in jobs if j.status.value != "succeeded"]
     computed = sum((j.result_score or {}).get("extra", {}).get("service", {}).get("computed", 0) for j in jobs)
-    return {"seconds": round(seconds, 2), "jobs_per_min": round(60 * len(jobs) / seconds, 1),
-            "evals_per_s": round(computed / seconds, 1), "evaluations": computed, "failed": failed}
+    return {
+        "seconds": round(seconds, 2),
+        "jobs_per_min": round(60 * len(jobs) / seconds, 1),
+        "evals_per_s": round(computed / seconds, 1),
+        "evaluations": computed,
+        "failed": failed,
+    }
 
 
 def run_in_process(model: Path, args: argparse.Namespace) -> dict:
@@ -55,8 +68,10 @@ def run_in_process(model: Path, args: argparse.Namespace) -> dict:
         ids = [submit(r, store, broker=False).job_ids[0] for r in requests(model, args.jobs, args.k, args.n)]
         out = summarise(store, ids, time.perf_counter() - start)
         start = time.perf_counter()
-        ids = [submit(r, store, broker=False).job_ids[0]
-               for r in requests(model, args.small_jobs, 1, args.n, first_seed=1000)]
+        ids = [
+            submit(r, store, broker=False).job_ids[0]
+            for r in requests(model, args.small_jobs, 1, args.n, first_seed=1000)
+        ]
         out["small_jobs"] = summarise(store, ids, time.perf_counter() - start)
         store.close()
     return out
@@ -107,8 +122,12 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="exhaustive subset size (16 heads: k=4 is 2,516 circuits)")
     parser.add_argument("--n", type=int, default=10, help="prompts per dataset")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (every mode alike)")
-    parser.add_argument("--small-jobs", type=int, default=16,
-                        help="then this many k=1 jobs (17 circuits each): the per-job overhead dominates")
+    parser.add_argument(
+        "--small-jobs",
+        type=int,
+        default=16,
+        help="then this many k=1 jobs (17 circuits each): the per-job overhead dominates",
+    )
     args = parser.parse_args()
     reason = services_available()
     if reason:
@@ -119,15 +138,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         model = save_tiny_model(Path(tmp) / "tiny44", n_layers=4, n_heads=4, seed=3)
-        result = {"bench": "service", "workload": f"{args.jobs} exhaustive k={args.k} jobs, digits n={args.n}, "
-                                                  "random GPT-2 4 layers x 4 heads d64; small_jobs: "
-                                                  f"{args.small_jobs} k=1 jobs",
-                  "cpu_cores": os.cpu_count(), "torch_threads_per_process": args.threads, "in_process": run_in_process(model, args)}
+        result = {
+            "bench": "service",
+            "workload": f"{args.jobs} exhaustive k={args.k} jobs, digits n={args.n}, "
+            "random GPT-2 4 layers x 4 heads d64; small_jobs: "
+            f"{args.small_jobs} k=1 jobs",
+            "cpu_cores": os.cpu_count(),
+            "torch_threads_per_process": args.threads,
+            "in_process": run_in_process(model, args),
+        }
         for count in (1, 2):
             result[f"workers_{count}"] = run_workers(model, args, count, Path(tmp))
         base = result["in_process"]["jobs_per_min"]
-        result["throughput_vs_in_process"] = {f"workers_{c}": round(result[f"workers_{c}"]["jobs_per_min"] / base, 2)
-                                              for c in (1, 2)}
+        result["throughput_vs_in_process"] = {
+            f"workers_{c}": round(result[f"workers_{c}"]["jobs_per_min"] / base, 2) for c in (1, 2)
+        }
     print(json.dumps(result))
 
 

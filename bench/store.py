@@ -61,8 +61,9 @@ def run_backend(url: str, n: int, batch: int) -> dict:
     writes = []
     datasets = {}
     for task in TASKS:
-        ds = SimpleNamespace(spec=DatasetSpec(task, "default", 50, 0), metric="logit_diff",
-                             prompt_hash=uuid.uuid4().hex)
+        ds = SimpleNamespace(
+            spec=DatasetSpec(task, "default", 50, 0), metric="logit_diff", prompt_hash=uuid.uuid4().hex
+        )
         dataset_id = store.get_or_create_dataset(ds).id
         datasets[task] = dataset_id
         method = EvaluationMethod("mean", f"{task}[n=50]:corrupt", "node", False, "logit_diff")
@@ -73,7 +74,7 @@ def run_backend(url: str, n: int, batch: int) -> dict:
     written = 0
     for dataset_id, scores in writes:
         for b in range(0, len(scores), batch):
-            written += store.save_scores(scores[b:b + batch], model_id, dataset_id)
+            written += store.save_scores(scores[b : b + batch], model_id, dataset_id)
     write_s = time.perf_counter() - start
     assert written == per_task * len(TASKS) == store.count_evaluations(), written
 
@@ -90,24 +91,34 @@ def run_backend(url: str, n: int, batch: int) -> dict:
     lookups = []
     for i in range(5):
         t0 = time.perf_counter()
-        found = store.lookup(circuits[i * 64:(i + 1) * 64], model_id, datasets[TASKS[0]], method)
+        found = store.lookup(circuits[i * 64 : (i + 1) * 64], model_id, datasets[TASKS[0]], method)
         lookups.append(time.perf_counter() - t0)
         assert len(found) == 64
     store.close()
-    return {"evaluations": written, "write_seconds": round(write_s, 2),
-            "writes_per_s": round(written / write_s), "overlap_query_ms": round(1000 * statistics.median(latencies), 1),
-            "lookup_64_ms": round(1000 * statistics.median(lookups), 2)}
+    return {
+        "evaluations": written,
+        "write_seconds": round(write_s, 2),
+        "writes_per_s": round(written / write_s),
+        "overlap_query_ms": round(1000 * statistics.median(latencies), 1),
+        "lookup_64_ms": round(1000 * statistics.median(lookups), 2),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--pg", default=os.environ.get("CIRCUITS_TEST_PG",
-                                                       "postgresql+psycopg2://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--pg", default=os.environ.get("CIRCUITS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+    )
     args = parser.parse_args()
-    out: dict = {"bench": "store", "synthetic_scores": True, "n_evaluations": args.n, "batch_size": args.batch,
-                 "cpus": os.cpu_count()}
+    out: dict = {
+        "bench": "store",
+        "synthetic_scores": True,
+        "n_evaluations": args.n,
+        "batch_size": args.batch,
+        "cpus": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         out["sqlite"] = run_backend(f"sqlite:///{tmp}/bench.db", args.n, args.batch)
     admin = sa.create_engine(args.pg, isolation_level="AUTOCOMMIT")
@@ -119,8 +130,9 @@ def main() -> None:
         out["postgresql"] = {"skipped": f"not reachable: {str(e.orig).strip().splitlines()[0]}"}
     else:
         try:
-            out["postgresql"] = run_backend(sa.engine.make_url(args.pg).set(database=name)
-                                            .render_as_string(hide_password=False), args.n, args.batch)
+            out["postgresql"] = run_backend(
+                sa.engine.make_url(args.pg).set(database=name).render_as_string(hide_password=False), args.n, args.batch
+            )
         finally:
             with admin.connect() as conn:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

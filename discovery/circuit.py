@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterable, Literal
+from typing import Literal
 
 import networkx as nx
 
@@ -97,8 +98,11 @@ class Edge:
 
     @property
     def sort_key(self) -> tuple:
-        return (self.receiver.sort_key, HEAD_INPUTS.index(self.receiver_input) if self.receiver_input else -1,
-                self.sender.sort_key)
+        return (
+            self.receiver.sort_key,
+            HEAD_INPUTS.index(self.receiver_input) if self.receiver_input else -1,
+            self.sender.sort_key,
+        )
 
     def __str__(self) -> str:
         return self.name
@@ -198,17 +202,17 @@ class Circuit:
     edges: frozenset[Edge] = field(default_factory=frozenset)
 
     @classmethod
-    def of(cls, nodes: Iterable[Node | str], edges: Iterable[Edge | str] = ()) -> "Circuit":
+    def of(cls, nodes: Iterable[Node | str], edges: Iterable[Edge | str] = ()) -> Circuit:
         node_set = frozenset(parse_node(n) if isinstance(n, str) else n for n in nodes)
         edge_set = frozenset(parse_edge(e) if isinstance(e, str) else e for e in edges)
         return cls(node_set | _edge_nodes(edge_set), edge_set)
 
     @classmethod
-    def from_edges(cls, edges: Iterable[Edge | str]) -> "Circuit":
+    def from_edges(cls, edges: Iterable[Edge | str]) -> Circuit:
         return cls.of((), edges)
 
     @classmethod
-    def parse(cls, text: str) -> "Circuit":
+    def parse(cls, text: str) -> Circuit:
         """Read the canonical spelling: ``0.1,4.4,m8`` or ``NODES | EDGES`` with comma-separated edges.
 
         The empty string (or ``-``) is the empty circuit: everything ablated.
@@ -264,15 +268,16 @@ class Circuit:
     def n_edges(self) -> int:
         return len(self.edges)
 
-    def with_nodes(self, *nodes: Node) -> "Circuit":
+    def with_nodes(self, *nodes: Node) -> Circuit:
         return Circuit(self.nodes | frozenset(nodes), self.edges)
 
-    def without_nodes(self, *nodes: Node) -> "Circuit":
+    def without_nodes(self, *nodes: Node) -> Circuit:
         gone = frozenset(nodes)
-        return Circuit(self.nodes - gone, frozenset(e for e in self.edges if e.sender not in gone
-                                                    and e.receiver not in gone))
+        return Circuit(
+            self.nodes - gone, frozenset(e for e in self.edges if e.sender not in gone and e.receiver not in gone)
+        )
 
-    def validate(self, shape: ModelShape) -> "Circuit":
+    def validate(self, shape: ModelShape) -> Circuit:
         """Raise :class:`UsageError` naming any component outside the model; return self."""
         for node in self.sorted_nodes():
             shape.check(node)

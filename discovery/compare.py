@@ -14,8 +14,8 @@ circuits are identical), and it is ``None`` for edges when neither circuit has a
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -60,11 +60,18 @@ class CircuitComparison:
     """None when neither circuit has edges."""
 
     def as_dict(self) -> dict:
-        return {"a": self.a.canonical, "b": self.b.canonical, "shared_nodes": list(self.shared_nodes),
-                "only_a_nodes": list(self.only_a_nodes), "only_b_nodes": list(self.only_b_nodes),
-                "shared_edges": list(self.shared_edges), "only_a_edges": list(self.only_a_edges),
-                "only_b_edges": list(self.only_b_edges), "node_jaccard": self.node_jaccard,
-                "edge_jaccard": self.edge_jaccard}
+        return {
+            "a": self.a.canonical,
+            "b": self.b.canonical,
+            "shared_nodes": list(self.shared_nodes),
+            "only_a_nodes": list(self.only_a_nodes),
+            "only_b_nodes": list(self.only_b_nodes),
+            "shared_edges": list(self.shared_edges),
+            "only_a_edges": list(self.only_a_edges),
+            "only_b_edges": list(self.only_b_edges),
+            "node_jaccard": self.node_jaccard,
+            "edge_jaccard": self.edge_jaccard,
+        }
 
 
 def compare(a: Circuit, b: Circuit) -> CircuitComparison:
@@ -72,12 +79,22 @@ def compare(a: Circuit, b: Circuit) -> CircuitComparison:
     na, nb = component_names(a), component_names(b)
     ea, eb = edge_names(a), edge_names(b)
     return CircuitComparison(
-        a, b, _sorted(na & nb), _sorted(na - nb), _sorted(nb - na), _sorted(ea & eb), _sorted(ea - eb),
-        _sorted(eb - ea), jaccard(na, nb), jaccard(ea, eb) if (ea or eb) else None,
+        a,
+        b,
+        _sorted(na & nb),
+        _sorted(na - nb),
+        _sorted(nb - na),
+        _sorted(ea & eb),
+        _sorted(ea - eb),
+        _sorted(eb - ea),
+        jaccard(na, nb),
+        jaccard(ea, eb) if (ea or eb) else None,
     )
 
 
-def overlap_matrix(circuits: Mapping[str, Circuit] | Sequence[Circuit], on: str = "nodes") -> tuple[list[str], np.ndarray]:
+def overlap_matrix(
+    circuits: Mapping[str, Circuit] | Sequence[Circuit], on: str = "nodes"
+) -> tuple[list[str], np.ndarray]:
     """Pairwise Jaccard indices: ``(labels, matrix)`` with ``matrix[i, j] = J(circuit_i, circuit_j)``.
 
     ``on``: ``nodes`` (components) or ``edges``. The matrix is symmetric with ones on the diagonal.

@@ -27,8 +27,9 @@ def _position(kind: str, layer: int, head: int, n_layers: int, n_heads: int) -> 
     return (float(layer), float(head))
 
 
-def draw_comparison(a: Circuit, b: Circuit, path: str | Path, title: str | None = None,
-                    labels: tuple[str, str] = ("A", "B")) -> Path:
+def draw_comparison(
+    a: Circuit, b: Circuit, path: str | Path, title: str | None = None, labels: tuple[str, str] = ("A", "B")
+) -> Path:
     """Write a PNG of ``a`` and ``b`` overlaid (see the module docstring); returns the path."""
     import matplotlib
 
@@ -43,14 +44,34 @@ def draw_comparison(a: Circuit, b: Circuit, path: str | Path, title: str | None 
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * n_layers + 3), max(4.0, 0.45 * n_heads + 3)))
     for s, r, d in graph.edges(data=True):
         (x0, y0), (x1, y1) = pos[s], pos[r]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                    arrowprops=dict(arrowstyle="->", color=COLOURS[d["membership"]], alpha=0.6, lw=1.2,
-                                    shrinkA=9, shrinkB=9, connectionstyle="arc3,rad=0.08"))
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            arrowprops=dict(
+                arrowstyle="->",
+                color=COLOURS[d["membership"]],
+                alpha=0.6,
+                lw=1.2,
+                shrinkA=9,
+                shrinkB=9,
+                connectionstyle="arc3,rad=0.08",
+            ),
+        )
     for n, d in graph.nodes(data=True):
         x, y = pos[n]
         ax.scatter([x], [y], s=420, color=COLOURS[d["membership"]], zorder=3, edgecolors="black", linewidths=0.6)
-        ax.text(x, y, {"embed": "emb", "logits": "out"}.get(n, n), ha="center", va="center", fontsize=7,
-                color="white", zorder=4, fontweight="bold")
+        ax.text(
+            x,
+            y,
+            {"embed": "emb", "logits": "out"}.get(n, n),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white",
+            zorder=4,
+            fontweight="bold",
+        )
     cmp = compare(a, b)
     ax.set_xlabel("layer")
     ax.set_ylabel("head (MLPs below)")
@@ -59,10 +80,13 @@ def draw_comparison(a: Circuit, b: Circuit, path: str | Path, title: str | None 
     ax.set_xticks(range(n_layers))
     ax.set_yticks(list(range(n_heads)) + [n_heads + 0.2], [str(h) for h in range(n_heads)] + ["MLP"])
     subtitle = f"node Jaccard {cmp.node_jaccard:.2f}" + (
-        f", edge Jaccard {cmp.edge_jaccard:.2f}" if cmp.edge_jaccard is not None else "")
+        f", edge Jaccard {cmp.edge_jaccard:.2f}" if cmp.edge_jaccard is not None else ""
+    )
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
-    handles = [Line2D([0], [0], marker="o", color="w", markerfacecolor=COLOURS[k], markersize=10, label=lab)
-               for k, lab in (("both", "both"), ("a", f"only {labels[0]}"), ("b", f"only {labels[1]}"))]
+    handles = [
+        Line2D([0], [0], marker="o", color="w", markerfacecolor=COLOURS[k], markersize=10, label=lab)
+        for k, lab in (("both", "both"), ("a", f"only {labels[0]}"), ("b", f"only {labels[1]}"))
+    ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     fig.tight_layout()
     out = Path(path)
@@ -86,8 +110,15 @@ def draw_overlap_matrix(labels: list[str], matrix, path: str | Path, title: str 
     ax.set_yticks(range(n), labels)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center",
-                    color="white" if matrix[i, j] < 0.6 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:.2f}",
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] < 0.6 else "black",
+                fontsize=8,
+            )
     fig.colorbar(im, ax=ax, label="Jaccard")
     if title:
         ax.set_title(title)

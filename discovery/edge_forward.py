@@ -23,14 +23,15 @@ the masks and (through ``probes``) in every receiver input: that is what EAP and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from discovery.circuit import EMBED, HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
+from discovery.circuit import HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
 from discovery.tasks.base import metric_from_logits
 
 Slot = tuple[Node, "str | None"]
@@ -190,9 +191,9 @@ def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | Non
         if buffer is None:
             pieces.append(delta)
         elif last_only:
-            buffer[:, filled:filled + delta.shape[1], :, -1:] = delta
+            buffer[:, filled : filled + delta.shape[1], :, -1:] = delta
         else:
-            buffer[:, filled:filled + delta.shape[1]] = delta
+            buffer[:, filled : filled + delta.shape[1]] = delta
         filled += delta.shape[1]
 
     def gather(rows: torch.Tensor | slice, count: int, last: bool = False) -> torch.Tensor:
@@ -271,9 +272,9 @@ def edge_metric_values(evaluator: Any, circuits: Sequence[Circuit]) -> np.ndarra
     values = np.empty(len(distinct), dtype=np.float64)
     chunk = _chunk_size(evaluator, graph)
     for start in range(0, len(distinct), chunk):
-        batch = distinct[start:start + chunk]
+        batch = distinct[start : start + chunk]
         out = edge_forward(evaluator, graph.mask(batch))
-        values[start:start + len(batch)] = out.mean(-1).double().cpu().numpy()
+        values[start : start + len(batch)] = out.mean(-1).double().cpu().numpy()
     return values[np.array(order, dtype=np.int64)]
 
 
@@ -290,7 +291,7 @@ def edge_attribution(evaluator: Any, steps: int = 1) -> tuple[list[Edge], np.nda
     w = evaluator.weights
     n, p = evaluator.dataset.clean_ids.shape
     d = w.W_E.shape[1]
-    R, S = len(graph.receivers), len(graph.senders)
+    R = len(graph.receivers)
     valid = graph.full_mask().to(w.W_E.device)
     grad_sum = torch.zeros(R, n, p, d, device=w.W_E.device)
     alphas = [1.0] if steps <= 1 else [(k + 0.5) / steps for k in range(steps)]

@@ -27,9 +27,10 @@ Edge-level circuits (with edges) are delegated to :mod:`discovery.edge_forward`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -77,8 +78,10 @@ class EvaluationMethod:
 
     def describe(self) -> str:
         mlps = "heads and MLPs ablated" if self.ablate_mlps else "heads ablated, MLPs kept"
-        return (f"{self.ablation} ablation over {self.source}; {self.level} level, {mlps}; "
-                f"metric {self.metric}; normalised {self.normaliser}")
+        return (
+            f"{self.ablation} ablation over {self.source}; {self.level} level, {mlps}; "
+            f"metric {self.metric}; normalised {self.normaliser}"
+        )
 
 
 @dataclass(frozen=True)
@@ -149,8 +152,14 @@ class Evaluator:
     which is how the store's tests prove a cache hit costs no forward pass.
     """
 
-    def __init__(self, model: LoadedModel, dataset: Dataset, ablation: Ablation = Ablation(),
-                 max_tokens_per_chunk: int = 32768, circuits_per_pass: int = 256) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        dataset: Dataset,
+        ablation: Ablation = Ablation(),
+        max_tokens_per_chunk: int = 32768,
+        circuits_per_pass: int = 256,
+    ) -> None:
         self.model = model
         self.dataset = dataset.to(model.device)
         self.ablation = ablation
@@ -160,8 +169,9 @@ class Evaluator:
         self.circuits_per_pass = circuits_per_pass
         self.forward_count = 0
         if self.dataset.seq_len > self.weights.W_pos.shape[0]:
-            raise UsageError(f"prompts of {self.dataset.seq_len} tokens exceed the model's context of "
-                             f"{self.weights.W_pos.shape[0]}")
+            raise UsageError(
+                f"prompts of {self.dataset.seq_len} tokens exceed the model's context of {self.weights.W_pos.shape[0]}"
+            )
 
     # --- what a score means ---------------------------------------------------------------
     def method(self, level: Literal["node", "edge"] = "node") -> EvaluationMethod:
@@ -217,8 +227,8 @@ class Evaluator:
         """The raw metric of each circuit (no normalisation), in passes of ``circuits_per_pass``."""
         out = np.empty(len(circuits), dtype=np.float64)
         for start in range(0, len(circuits), self.circuits_per_pass):
-            batch = circuits[start:start + self.circuits_per_pass]
-            out[start:start + len(batch)] = self._metric_values(batch)
+            batch = circuits[start : start + self.circuits_per_pass]
+            out[start : start + len(batch)] = self._metric_values(batch)
             if progress:
                 progress(start + len(batch), len(circuits), "circuits evaluated")
         return out
@@ -289,8 +299,15 @@ class Evaluator:
         self.forward_count += int(states.shape[0])
         return per_group.double().cpu().numpy()[group_of]
 
-    def _layer(self, layer: int, states: torch.Tensor, parents: torch.Tensor, head_mask: torch.Tensor,
-               mlp_mask: torch.Tensor, last_only: bool) -> torch.Tensor:
+    def _layer(
+        self,
+        layer: int,
+        states: torch.Tensor,
+        parents: torch.Tensor,
+        head_mask: torch.Tensor,
+        mlp_mask: torch.Tensor,
+        last_only: bool,
+    ) -> torch.Tensor:
         """Layer ``layer`` for each new group (state ``states[parents[g]]``, masks ``head_mask[g]``)."""
         n, positions = states.shape[1], states.shape[2]
         out_positions = 1 if last_only else positions
@@ -301,8 +318,9 @@ class Evaluator:
             out[sl] = self._layer_chunk(layer, states[parents[sl]], head_mask[sl], mlp_mask[sl], last_only)
         return out
 
-    def _layer_chunk(self, layer: int, x: torch.Tensor, head_mask: torch.Tensor, mlp_mask: torch.Tensor,
-                     last_only: bool) -> torch.Tensor:
+    def _layer_chunk(
+        self, layer: int, x: torch.Tensor, head_mask: torch.Tensor, mlp_mask: torch.Tensor, last_only: bool
+    ) -> torch.Tensor:
         w = self.weights.layers[layer]
         rep = self.replacement
         q_pos = slice(-1, None) if last_only else slice(None)

@@ -14,11 +14,11 @@ architecture and a sha256 of its weights, so a stored score names exactly the we
 from __future__ import annotations
 
 import hashlib
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -73,13 +73,15 @@ class LoadedModel:
             # state dict (and so its weight hash, save_pretrained output and GPT2Weights)
             self._bridge = TransformerBridge.boot_transformers(
                 str(self.source_dir) if self.source_dir else self.identity.name,
-                hf_model=copy.deepcopy(self.hf_model), tokenizer=self.tokenizer, device=str(self.device),
+                hf_model=copy.deepcopy(self.hf_model),
+                tokenizer=self.tokenizer,
+                device=str(self.device),
             )
             self._bridge.eval()
         return self._bridge
 
     @cached_property
-    def weights(self) -> "Any":
+    def weights(self) -> Any:
         from discovery.weights import GPT2Weights
 
         return GPT2Weights.from_hf(self.hf_model)
@@ -104,9 +106,14 @@ def _identity(name: str, hf_model: Any) -> ModelIdentity:
     cfg = hf_model.config
     architecture = type(hf_model).__name__
     return ModelIdentity(
-        name=name, architecture=architecture, weight_hash=weight_hash(hf_model),
-        n_layers=cfg.n_layer, n_heads=cfg.n_head, d_model=cfg.n_embd,
-        d_mlp=cfg.n_inner or 4 * cfg.n_embd, vocab_size=cfg.vocab_size,
+        name=name,
+        architecture=architecture,
+        weight_hash=weight_hash(hf_model),
+        n_layers=cfg.n_layer,
+        n_heads=cfg.n_head,
+        d_model=cfg.n_embd,
+        d_mlp=cfg.n_inner or 4 * cfg.n_embd,
+        vocab_size=cfg.vocab_size,
     )
 
 
@@ -118,8 +125,10 @@ def _check_architecture(hf_model: Any, name: str) -> None:
         )
     cfg = hf_model.config
     if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(cfg, "reorder_and_upcast_attn", False):
-        raise UsageError(f"model {name!r}: GPT-2 attention variants (scale_attn_by_inverse_layer_idx, "
-                         "reorder_and_upcast_attn) are not supported")
+        raise UsageError(
+            f"model {name!r}: GPT-2 attention variants (scale_attn_by_inverse_layer_idx, "
+            "reorder_and_upcast_attn) are not supported"
+        )
     if cfg.activation_function not in ("gelu_new", "gelu", "relu", "gelu_pytorch_tanh"):
         raise UsageError(f"model {name!r}: activation {cfg.activation_function!r} is not supported")
 
@@ -133,8 +142,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def load_model(spec: str, device: str | torch.device | None = "cpu",
-               progress: Callable[[int, int | None, str], None] | None = None) -> LoadedModel:
+def load_model(
+    spec: str, device: str | torch.device | None = "cpu", progress: Callable[[int, int | None, str], None] | None = None
+) -> LoadedModel:
     """Load ``spec`` (a local HF directory, a hub name, or ``ref:NAME``) onto ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -145,7 +155,7 @@ def load_model(spec: str, device: str | torch.device | None = "cpu",
     if spec.startswith("ref:"):
         from discovery.reference import ensure_reference_model
 
-        source = Path(ensure_reference_model(spec[len("ref:"):], progress=progress))
+        source = Path(ensure_reference_model(spec[len("ref:") :], progress=progress))
         location = str(source)
     elif Path(spec).expanduser().is_dir():
         source = Path(spec).expanduser().resolve()
@@ -172,42 +182,53 @@ def load_model(spec: str, device: str | torch.device | None = "cpu",
     return LoadedModel(hf_model, tokenizer, _identity(spec, hf_model), dev, source)
 
 
-def shared_dir() -> Path:
-    """The project's ``shared/`` folder (GPT-2's tokenizer and config): ``CIRCUITS_SHARED_DIR`` or ``../shared``."""
-    if env := os.environ.get("CIRCUITS_SHARED_DIR"):
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared"
+GPT2_ASSETS = Path(__file__).resolve().parent / "assets" / "gpt2"
+"""GPT-2 small's real tokenizer (vocab.json, merges.txt) and config, shipped as package data."""
 
 
 def gpt2_tokenizer() -> Any:
-    """GPT-2's real tokenizer from ``shared/gpt2`` (offline)."""
+    """GPT-2's real byte-level BPE tokenizer (50,257 tokens), from the package's own copy (offline)."""
     from transformers import AutoTokenizer
 
-    path = shared_dir() / "gpt2"
-    if not (path / "vocab.json").is_file():
-        raise UsageError(f"GPT-2's tokenizer is not at {path}; set CIRCUITS_SHARED_DIR to the folder holding gpt2/")
-    return AutoTokenizer.from_pretrained(str(path))
+    return AutoTokenizer.from_pretrained(str(GPT2_ASSETS))
 
 
-def random_gpt2(n_layers: int = 2, n_heads: int = 4, d_model: int = 64, seed: int = 0,
-                n_positions: int = 128, device: str | torch.device = "cpu", name: str | None = None,
-                tokenizer: Any = None, full_size: bool = False) -> LoadedModel:
+def random_gpt2(
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_model: int = 64,
+    seed: int = 0,
+    n_positions: int = 128,
+    device: str | torch.device = "cpu",
+    name: str | None = None,
+    tokenizer: Any = None,
+    full_size: bool = False,
+) -> LoadedModel:
     """A randomly initialised GPT-2-architecture model built in-process (no model files).
 
-    ``full_size=True`` gives GPT-2 small's exact shape and cost (from ``shared/gpt2/config.json``).
+    ``full_size=True`` gives GPT-2 small's exact shape and cost (the packaged ``assets/gpt2/config.json``).
     Weights are random: use it for tests and benchmarks, never for findings.
     """
     from transformers import AutoConfig, GPT2Config, GPT2LMHeadModel
 
     tokenizer = tokenizer or gpt2_tokenizer()
     if full_size:
-        config = AutoConfig.from_pretrained(str(shared_dir() / "gpt2"))
+        config = AutoConfig.from_pretrained(str(GPT2_ASSETS))
     else:
-        config = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, n_positions=n_positions,
-                            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                            eos_token_id=tokenizer.eos_token_id)
+        config = GPT2Config(
+            n_layer=n_layers,
+            n_head=n_heads,
+            n_embd=d_model,
+            n_positions=n_positions,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     torch.manual_seed(seed)
     hf_model = GPT2LMHeadModel(config).to(resolve_device(device)).eval()
-    label = name or (f"random-gpt2-small-seed{seed}" if full_size else
-                     f"random-gpt2-L{config.n_layer}H{config.n_head}D{config.n_embd}-seed{seed}")
+    label = name or (
+        f"random-gpt2-small-seed{seed}"
+        if full_size
+        else f"random-gpt2-L{config.n_layer}H{config.n_head}D{config.n_embd}-seed{seed}"
+    )
     return LoadedModel(hf_model, tokenizer, _identity(label, hf_model), resolve_device(device))

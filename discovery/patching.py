@@ -17,9 +17,10 @@ in one batch per layer: step 1 needs no attention at all (every head is frozen),
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class Receiver:
         return min(layer for layer, _, _ in self.heads)
 
     @classmethod
-    def parse(cls, text: str, shape: ModelShape) -> "Receiver":
+    def parse(cls, text: str, shape: ModelShape) -> Receiver:
         """``logits``, or comma-separated ``L.H.q`` / ``L.H.k`` / ``L.H.v`` / ``L.H`` (all three inputs)."""
         text = text.strip()
         if text == "logits":
@@ -92,8 +93,12 @@ class PatchingResult:
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The k senders with the largest |effect|."""
-        flat = [(f"{l}.{h}", float(self.effects[l, h])) for l in range(self.effects.shape[0])
-                for h in range(self.effects.shape[1]) if not np.isnan(self.effects[l, h])]
+        flat = [
+            (f"{l}.{h}", float(self.effects[l, h]))
+            for l in range(self.effects.shape[0])
+            for h in range(self.effects.shape[1])
+            if not np.isnan(self.effects[l, h])
+        ]
         return sorted(flat, key=lambda t: -abs(t[1]))[:k]
 
 
@@ -105,8 +110,9 @@ def _metric(w: GPT2Weights, dataset: Dataset, resid_last: torch.Tensor) -> torch
     return metric_from_logits(dataset, answer_logits, lse).mean(-1)
 
 
-def _attention(w: GPT2Weights, layer: int, x: torch.Tensor,
-               overrides: dict[tuple[int, str], torch.Tensor] | None = None) -> torch.Tensor:
+def _attention(
+    w: GPT2Weights, layer: int, x: torch.Tensor, overrides: dict[tuple[int, str], torch.Tensor] | None = None
+) -> torch.Tensor:
     """Attention output of ``layer`` on residual ``x`` [b, n, p, d]; ``overrides[(head, input)]`` is
     the LayerNorm-ed residual [b, n, p, d] that head's q, k or v reads instead of ``x``'s."""
     lw = w.layers[layer]
@@ -125,8 +131,9 @@ def _attention(w: GPT2Weights, layer: int, x: torch.Tensor,
 
 
 @torch.no_grad()
-def path_patching(model: LoadedModel, dataset: Dataset, receiver: Receiver | str = "logits",
-                  progress: ProgressCallback | None = None) -> PatchingResult:
+def path_patching(
+    model: LoadedModel, dataset: Dataset, receiver: Receiver | str = "logits", progress: ProgressCallback | None = None
+) -> PatchingResult:
     """The effect of every sender head on ``receiver`` (see the module docstring)."""
     progress = progress or no_progress
     w = model.weights
@@ -176,8 +183,14 @@ def path_patching(model: LoadedModel, dataset: Dataset, receiver: Receiver | str
     return PatchingResult(receiver.name, effects, clean_metric, corrupt_metric, dataset.description, dataset.metric)
 
 
-def _receiver_run(w: GPT2Weights, dataset: Dataset, receiver: Receiver, pre_at: dict[int, torch.Tensor],
-                  clean_pre: Sequence[torch.Tensor], batch: int) -> torch.Tensor:
+def _receiver_run(
+    w: GPT2Weights,
+    dataset: Dataset,
+    receiver: Receiver,
+    pre_at: dict[int, torch.Tensor],
+    clean_pre: Sequence[torch.Tensor],
+    batch: int,
+) -> torch.Tensor:
     """Step 2: a clean run where the receiver heads' inputs read the step-1 residuals ``pre_at``."""
     first = receiver.first_layer
     x = clean_pre[first].unsqueeze(0).expand(batch, -1, -1, -1)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from discovery.circuit import Circuit
 
@@ -28,8 +28,9 @@ def _positions(graph) -> dict[str, tuple[float, float]]:
     return pos
 
 
-def draw_circuit(circuit: Circuit, path: str | Path, title: str | None = None,
-                 highlight: Mapping[str, str] | None = None) -> Path:
+def draw_circuit(
+    circuit: Circuit, path: str | Path, title: str | None = None, highlight: Mapping[str, str] | None = None
+) -> Path:
     """Write a PNG of ``circuit.to_networkx()``; ``highlight`` maps node names to colours.
 
     Node-level circuits have no edges, so their nodes are drawn alone, layer by layer; edge-level
@@ -56,8 +57,16 @@ def draw_circuit(circuit: Circuit, path: str | Path, title: str | None = None,
         nx.draw_networkx_nodes(graph, pos, ax=ax, node_color=colours, node_size=700, edgecolors="#333333")
         nx.draw_networkx_labels(graph, pos, ax=ax, font_size=8)
         if graph.number_of_edges():
-            nx.draw_networkx_edges(graph, pos, ax=ax, arrows=True, arrowsize=10, node_size=700,
-                                   edge_color="#555555", connectionstyle="arc3,rad=0.08")
+            nx.draw_networkx_edges(
+                graph,
+                pos,
+                ax=ax,
+                arrows=True,
+                arrowsize=10,
+                node_size=700,
+                edge_color="#555555",
+                connectionstyle="arc3,rad=0.08",
+            )
             labels = {(u, v): "".join(sorted(d.get("inputs") or ())) for u, v, d in graph.edges(data=True)}
             labels = {k: v for k, v in labels.items() if v}
             if labels:

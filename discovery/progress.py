@@ -6,7 +6,7 @@ the amount of work is not known in advance (a greedy search).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 ProgressCallback = Callable[[int, "int | None", str], None]
 

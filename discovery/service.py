@@ -35,9 +35,10 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from discovery.circuit import Circuit
 from discovery.errors import CircuitsError, StoreError, UsageError
@@ -83,15 +84,26 @@ class JobRequest:
 
     def settings(self) -> dict[str, Any]:
         """What the job row keeps besides method, params, task and model."""
-        return {"n": self.n, "seed": self.seed, "corruption": self.corruption, "task_params": self.task_params,
-                "ablation": self.ablation, "ablation_source": self.ablation_source,
-                "ablate_mlps": self.ablate_mlps, "device": self.device}
+        return {
+            "n": self.n,
+            "seed": self.seed,
+            "corruption": self.corruption,
+            "task_params": self.task_params,
+            "ablation": self.ablation,
+            "ablation_source": self.ablation_source,
+            "ablate_mlps": self.ablate_mlps,
+            "device": self.device,
+        }
 
     @classmethod
-    def from_settings(cls, task: str, method: str, model: str, params: dict[str, Any],
-                      settings: dict[str, Any]) -> "JobRequest":
-        known = {k: settings[k] for k in ("n", "seed", "corruption", "task_params", "ablation",
-                                          "ablation_source", "ablate_mlps", "device") if k in settings}
+    def from_settings(
+        cls, task: str, method: str, model: str, params: dict[str, Any], settings: dict[str, Any]
+    ) -> JobRequest:
+        known = {
+            k: settings[k]
+            for k in ("n", "seed", "corruption", "task_params", "ablation", "ablation_source", "ablate_mlps", "device")
+            if k in settings
+        }
         return cls(task=task, method=method, model=model, params=dict(params or {}), **known)
 
 
@@ -142,15 +154,14 @@ def check_model_spec(spec: str) -> Any:
     from discovery.model import SUPPORTED_ARCHITECTURES
 
     if spec.startswith("ref:"):
-        name = spec[len("ref:"):]
+        name = spec[len("ref:") :]
         try:
             from discovery import reference
         except ImportError:
             return None
         known = getattr(reference, "REFERENCE_MODELS", None)
         if isinstance(known, dict) and name not in known:
-            raise UsageError(f"unknown reference model {spec!r}; known: "
-                             f"{', '.join('ref:' + k for k in sorted(known))}")
+            raise UsageError(f"unknown reference model {spec!r}; known: {', '.join('ref:' + k for k in sorted(known))}")
         # its tokenizer (built without training the model) lets the dataset be checked too
         make = getattr(reference, "reference_tokenizer", None)
         return make(name) if make is not None else None
@@ -164,8 +175,10 @@ def check_model_spec(spec: str) -> Any:
             raise UsageError(f"model directory {spec!r}: config.json is unreadable: {e}") from e
         architectures = config.get("architectures") or []
         if architectures and not set(architectures) & set(SUPPORTED_ARCHITECTURES):
-            raise UsageError(f"model {spec!r} is a {', '.join(architectures)}; the evaluator supports "
-                             f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+            raise UsageError(
+                f"model {spec!r} is a {', '.join(architectures)}; the evaluator supports "
+                f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
         try:
             return _tokenizer(str(path.resolve()), (path / "config.json").stat().st_mtime)
         except (OSError, ValueError) as e:
@@ -196,8 +209,9 @@ def open_default_store(url: str | None = None) -> Any:
 
 
 def _create_job(store: Any, request: JobRequest, tasks: Sequence[str] | None = None) -> int:
-    return store.create_job(request.method, dict(request.params), request.task, request.model,
-                            tasks=tasks, config=request.settings())
+    return store.create_job(
+        request.method, dict(request.params), request.task, request.model, tasks=tasks, config=request.settings()
+    )
 
 
 def _job_request(job: Any) -> JobRequest:
@@ -229,8 +243,13 @@ class Submission:
         return self.job_ids + ([self.compare_job_id] if self.compare_job_id is not None else [])
 
 
-def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, broker: bool | None = None,
-           progress: ProgressCallback | None = None) -> Submission:
+def submit(
+    requests: JobRequest | Sequence[JobRequest],
+    store: Any = None,
+    *,
+    broker: bool | None = None,
+    progress: ProgressCallback | None = None,
+) -> Submission:
     """Validate, create and enqueue (or run in-process) one job per request.
 
     Several requests form a sweep: a ``compare`` job follows them. ``broker``: None queues when
@@ -244,8 +263,7 @@ def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, br
         raise UsageError("nothing to submit")
     checked = [validate_request(r) for r in reqs]
     if len({r.task for r in checked}) != len(checked):
-        raise UsageError("a sweep names a task twice: "
-                         f"{', '.join(r.task for r in checked)}")
+        raise UsageError(f"a sweep names a task twice: {', '.join(r.task for r in checked)}")
     if broker is None:
         broker = bool(os.environ.get("CIRCUITS_BROKER_URL"))
     if broker and not os.environ.get("CIRCUITS_BROKER_URL"):
@@ -254,8 +272,9 @@ def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, br
     ids = [_create_job(store, r) for r in checked]
     compare_id = None
     if len(ids) > 1:
-        compare_req = replace(checked[0], task=",".join(r.task for r in checked), method=COMPARE_METHOD,
-                              params={"jobs": list(ids)})
+        compare_req = replace(
+            checked[0], task=",".join(r.task for r in checked), method=COMPARE_METHOD, params={"jobs": list(ids)}
+        )
         compare_id = _create_job(store, compare_req, tasks=[r.task for r in checked])
     sub = Submission(ids, compare_id, "queued" if broker else "in-process")
     if broker:
@@ -264,8 +283,9 @@ def submit(requests: JobRequest | Sequence[JobRequest], store: Any = None, *, br
         except Exception as e:  # the broker stayed unreachable through the publish retries
             for job_id in sub.all_ids:
                 store.fail_job(job_id, type(e).__name__, f"could not enqueue: {e}", traceback.format_exc())
-            raise EnqueueError(f"could not enqueue job(s) {', '.join(map(str, sub.all_ids))} on the broker: "
-                               f"{type(e).__name__}: {e}") from e
+            raise EnqueueError(
+                f"could not enqueue job(s) {', '.join(map(str, sub.all_ids))} on the broker: {type(e).__name__}: {e}"
+            ) from e
     else:
         worker = f"in-process@{default_worker_id()}"
         for job_id in ids:
@@ -331,8 +351,14 @@ class JobProgress:
     in-process CLI's progress bar).
     """
 
-    def __init__(self, store: Any, job_id: int, worker_id: str | None = None, interval: float | None = None,
-                 also: ProgressCallback | None = None) -> None:
+    def __init__(
+        self,
+        store: Any,
+        job_id: int,
+        worker_id: str | None = None,
+        interval: float | None = None,
+        also: ProgressCallback | None = None,
+    ) -> None:
         self.store = store
         self.job_id = job_id
         self.worker_id = worker_id
@@ -360,8 +386,13 @@ class JobProgress:
             return
         self._last = now
         try:
-            running = self.store.update_progress(self.job_id, int(done), None if total is None else int(total),
-                                                 self.message(message), worker_id=self.worker_id)
+            running = self.store.update_progress(
+                self.job_id,
+                int(done),
+                None if total is None else int(total),
+                self.message(message),
+                worker_id=self.worker_id,
+            )
         except StoreError:
             return  # a missed progress row is not worth the job; the evaluations' writes will tell
         if not running:
@@ -387,8 +418,11 @@ class Tracker:
         for s in scores:
             if math.isnan(s.normalised):
                 continue
-            if (self.best is None or s.normalised > self.best.normalised
-                    or (s.normalised == self.best.normalised and s.circuit.size < self.best.circuit.size)):
+            if (
+                self.best is None
+                or s.normalised > self.best.normalised
+                or (s.normalised == self.best.normalised and s.circuit.size < self.best.circuit.size)
+            ):
                 self.best = s
         return scores
 
@@ -406,8 +440,14 @@ class Heartbeat:
     loading or one long ``evaluate`` call never look like a dead worker. If a beat finds the job no
     longer this worker's, it sets ``progress.stopped`` (the next progress call stops the search)."""
 
-    def __init__(self, store: Any, job_id: int, worker_id: str | None, progress: JobProgress | None = None,
-                 interval: float | None = None) -> None:
+    def __init__(
+        self,
+        store: Any,
+        job_id: int,
+        worker_id: str | None,
+        progress: JobProgress | None = None,
+        interval: float | None = None,
+    ) -> None:
         self.store, self.job_id, self.worker_id, self.progress = store, job_id, worker_id, progress
         self.interval = _float_env("CIRCUITS_HEARTBEAT_INTERVAL", 10.0) if interval is None else interval
         self._stop = threading.Event()
@@ -422,7 +462,7 @@ class Heartbeat:
             if not alive and self.progress is not None:
                 self.progress.stopped.set()
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -451,10 +491,22 @@ def build_evaluator(request: JobRequest, device: str | None = None) -> Evaluator
     from discovery.tasks import build_dataset, get_task
 
     loaded = cached_model(request.model, device or request.device)
-    dataset = build_dataset(get_task(request.task, **request.task_params), loaded.tokenizer, n=request.n,
-                            seed=request.seed, corruption=request.corruption)
-    return Evaluator(loaded, dataset, Ablation(kind=request.ablation, source=request.ablation_source,  # type: ignore[arg-type]
-                                               ablate_mlps=request.ablate_mlps))
+    dataset = build_dataset(
+        get_task(request.task, **request.task_params),
+        loaded.tokenizer,
+        n=request.n,
+        seed=request.seed,
+        corruption=request.corruption,
+    )
+    return Evaluator(
+        loaded,
+        dataset,
+        Ablation(
+            kind=request.ablation,
+            source=request.ablation_source,  # type: ignore[arg-type]
+            ablate_mlps=request.ablate_mlps,
+        ),
+    )
 
 
 def default_worker_id() -> str:
@@ -472,8 +524,13 @@ def _claim(store: Any, job_id: int, worker_id: str) -> tuple[Outcome | None, Any
     return None, store.get_job(job_id)
 
 
-def run_job(job_id: int, store: Any, worker_id: str | None = None, progress: ProgressCallback | None = None,
-            device: str | None = None) -> Outcome:
+def run_job(
+    job_id: int,
+    store: Any,
+    worker_id: str | None = None,
+    progress: ProgressCallback | None = None,
+    device: str | None = None,
+) -> Outcome:
     """Run one discovery job to its end: ``succeeded``, ``failed`` or ``cancelled``.
 
     ``skipped``: the job had already ended (a duplicate delivery) or another worker took it over;
@@ -502,10 +559,16 @@ def run_job(job_id: int, store: Any, worker_id: str | None = None, progress: Pro
             tracker = Tracker(stored)
             callback.tracker = tracker
             result = run_search(request.method, tracker, request.params, callback)
-            extra = dict(result.extra, service={
-                "computed": stored.cache_misses, "served_from_store": stored.cache_hits,
-                "attempt": store.get_job(job_id).attempts, "worker": worker_id,
-                "dataset": stored.dataset_record.description})
+            extra = dict(
+                result.extra,
+                service={
+                    "computed": stored.cache_misses,
+                    "served_from_store": stored.cache_hits,
+                    "attempt": store.get_job(job_id).attempts,
+                    "worker": worker_id,
+                    "dataset": stored.dataset_record.description,
+                },
+            )
             if not store.finish_job(job_id, replace(result, extra=extra)):
                 return "cancelled" if _status(store.get_job(job_id)) == "cancelled" else "skipped"
             return "succeeded"
@@ -525,8 +588,13 @@ def run_job(job_id: int, store: Any, worker_id: str | None = None, progress: Pro
 # --------------------------------------------------------------------------------------------
 # the sweep's comparison
 # --------------------------------------------------------------------------------------------
-def run_compare(job_id: int, store: Any, worker_id: str | None = None, progress: ProgressCallback | None = None,
-                device: str | None = None) -> Outcome:
+def run_compare(
+    job_id: int,
+    store: Any,
+    worker_id: str | None = None,
+    progress: ProgressCallback | None = None,
+    device: str | None = None,
+) -> Outcome:
     """Run a sweep's comparison job once its task jobs have ended; outcomes as :func:`run_job`.
 
     If some task job is still queued or running (a duplicate delivery, or a chord callback fired
@@ -544,8 +612,9 @@ def run_compare(job_id: int, store: Any, worker_id: str | None = None, progress:
     return _run_compare_claimed(job, store, worker_id, progress, device)
 
 
-def _run_compare_claimed(job: Any, store: Any, worker_id: str, progress: ProgressCallback | None,
-                         device: str | None) -> Outcome:
+def _run_compare_claimed(
+    job: Any, store: Any, worker_id: str, progress: ProgressCallback | None, device: str | None
+) -> Outcome:
     callback = JobProgress(store, job.id, worker_id, also=progress)
     with Heartbeat(store, job.id, worker_id, callback):
         try:
@@ -564,8 +633,13 @@ def _run_compare_claimed(job: Any, store: Any, worker_id: str, progress: Progres
             return "failed"
 
 
-def compare_jobs(store: Any, job_ids: Sequence[int], compare_job_id: int | None = None,
-                 progress: ProgressCallback | None = None, device: str | None = None) -> dict[str, Any]:
+def compare_jobs(
+    store: Any,
+    job_ids: Sequence[int],
+    compare_job_id: int | None = None,
+    progress: ProgressCallback | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Overlap matrix and cross-task scores of finished jobs' circuits.
 
     ``overlap[i][j]``: Jaccard similarity of circuit i's and circuit j's heads and MLPs
@@ -592,10 +666,18 @@ def compare_jobs(store: Any, job_ids: Sequence[int], compare_job_id: int | None 
         if progress:
             progress(j + 1, len(done), f"scored every circuit on {target.task}")
     common = frozenset.intersection(*(frozenset(c.nodes) for c in circuits)) if circuits else frozenset()
-    return {"kind": "comparison", "jobs": [j.id for j in done], "tasks": [j.task for j in done],
-            "circuits": [c.canonical for c in circuits], "overlap": overlap, "edge_overlap": edge_overlap,
-            "shared_components": shared,
-            "cross_scores": cross, "common": Circuit(common).canonical, "missing": missing}
+    return {
+        "kind": "comparison",
+        "jobs": [j.id for j in done],
+        "tasks": [j.task for j in done],
+        "circuits": [c.canonical for c in circuits],
+        "overlap": overlap,
+        "edge_overlap": edge_overlap,
+        "shared_components": shared,
+        "cross_scores": cross,
+        "common": Circuit(common).canonical,
+        "missing": missing,
+    }
 
 
 def comparison_result(comparison: dict[str, Any]) -> Any:
@@ -609,8 +691,9 @@ def comparison_result(comparison: dict[str, Any]) -> Any:
     common = Circuit.parse(comparison["common"])
     method = EvaluationMethod("mean", "sweep:" + ",".join(comparison["tasks"]), "node", False, "per task")
     score = Score(common, nan, nan, nan, nan, method)
-    return SearchResult(COMPARE_METHOD, {"jobs": comparison["jobs"]}, common, score, 0, 0.0, (),
-                        {"comparison": comparison})
+    return SearchResult(
+        COMPARE_METHOD, {"jobs": comparison["jobs"]}, common, score, 0, 0.0, (), {"comparison": comparison}
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,8 +722,13 @@ def requeue(store: Any, job_ids: Sequence[int] | None = None) -> list[int]:
     return [j.id for j in jobs]
 
 
-def wait(job_ids: Sequence[int], store: Any, timeout: float | None = None, poll: float = 1.0,
-         progress: ProgressCallback | None = None) -> list[Any]:
+def wait(
+    job_ids: Sequence[int],
+    store: Any,
+    timeout: float | None = None,
+    poll: float = 1.0,
+    progress: ProgressCallback | None = None,
+) -> list[Any]:
     """Poll until every job has ended (or ``timeout`` seconds); returns their records."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -648,8 +736,11 @@ def wait(job_ids: Sequence[int], store: Any, timeout: float | None = None, poll:
         if progress:
             running = [j for j in jobs if not _finished(j)]
             current = running[0] if running else jobs[-1]
-            progress(current.progress_done, current.progress_total,
-                     f"job {current.id} {_status(current)}: {current.progress_message or ''}")
+            progress(
+                current.progress_done,
+                current.progress_total,
+                f"job {current.id} {_status(current)}: {current.progress_message or ''}",
+            )
         if all(_finished(j) for j in jobs) or (deadline is not None and time.monotonic() > deadline):
             return jobs
         time.sleep(poll)

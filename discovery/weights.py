@@ -55,7 +55,7 @@ class GPT2Weights:
 
     @classmethod
     @torch.no_grad()
-    def from_hf(cls, hf_model: Any) -> "GPT2Weights":
+    def from_hf(cls, hf_model: Any) -> GPT2Weights:
         cfg = hf_model.config
         tr = hf_model.transformer
         d, h = cfg.n_embd, cfg.n_head
@@ -64,17 +64,41 @@ class GPT2Weights:
         for block in tr.h:
             w_qkv = block.attn.c_attn.weight  # [d, 3d]
             b_qkv = block.attn.c_attn.bias
-            wq, wk, wv = (w_qkv[:, i * d:(i + 1) * d].reshape(d, h, dh).permute(1, 0, 2).contiguous() for i in range(3))
-            bq, bk, bv = (b_qkv[i * d:(i + 1) * d].reshape(h, dh).contiguous() for i in range(3))
-            layers.append(LayerWeights(
-                block.ln_1.weight, block.ln_1.bias, wq, wk, wv, bq, bk, bv,
-                block.attn.c_proj.weight.reshape(h, dh, d).contiguous(), block.attn.c_proj.bias,
-                block.ln_2.weight, block.ln_2.bias,
-                block.mlp.c_fc.weight, block.mlp.c_fc.bias, block.mlp.c_proj.weight, block.mlp.c_proj.bias,
-            ))
+            wq, wk, wv = (
+                w_qkv[:, i * d : (i + 1) * d].reshape(d, h, dh).permute(1, 0, 2).contiguous() for i in range(3)
+            )
+            bq, bk, bv = (b_qkv[i * d : (i + 1) * d].reshape(h, dh).contiguous() for i in range(3))
+            layers.append(
+                LayerWeights(
+                    block.ln_1.weight,
+                    block.ln_1.bias,
+                    wq,
+                    wk,
+                    wv,
+                    bq,
+                    bk,
+                    bv,
+                    block.attn.c_proj.weight.reshape(h, dh, d).contiguous(),
+                    block.attn.c_proj.bias,
+                    block.ln_2.weight,
+                    block.ln_2.bias,
+                    block.mlp.c_fc.weight,
+                    block.mlp.c_fc.bias,
+                    block.mlp.c_proj.weight,
+                    block.mlp.c_proj.bias,
+                )
+            )
         return cls(
-            tr.wte.weight, tr.wpe.weight, tuple(layers), tr.ln_f.weight, tr.ln_f.bias,
-            hf_model.lm_head.weight.T, h, dh, cfg.layer_norm_epsilon, cfg.activation_function,
+            tr.wte.weight,
+            tr.wpe.weight,
+            tuple(layers),
+            tr.ln_f.weight,
+            tr.ln_f.bias,
+            hf_model.lm_head.weight.T,
+            h,
+            dh,
+            cfg.layer_norm_epsilon,
+            cfg.activation_function,
         )
 
     def layer_norm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

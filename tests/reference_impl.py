@@ -49,8 +49,14 @@ def metric(dataset: Dataset, last: torch.Tensor) -> float:
     return sum(per_prompt) / len(per_prompt)
 
 
-def ablated_metric(model: LoadedModel, dataset: Dataset, circuit: Circuit, kind: str = "mean",
-                   source: str = "corrupt", ablate_mlps: bool = False) -> float:
+def ablated_metric(
+    model: LoadedModel,
+    dataset: Dataset,
+    circuit: Circuit,
+    kind: str = "mean",
+    source: str = "corrupt",
+    ablate_mlps: bool = False,
+) -> float:
     """Node-level ablation of everything outside ``circuit`` through hooks, one forward."""
     src_ids = dataset.corrupt_ids if source == "corrupt" else dataset.clean_ids
     acts = source_activations(model, src_ids)
@@ -84,8 +90,9 @@ def ablated_metric(model: LoadedModel, dataset: Dataset, circuit: Circuit, kind:
 
 
 @torch.no_grad()
-def path_patching_effect(model: LoadedModel, dataset: Dataset, sender: tuple[int, int],
-                         receiver: list[tuple[int, int, str]] | None) -> float:
+def path_patching_effect(
+    model: LoadedModel, dataset: Dataset, sender: tuple[int, int], receiver: list[tuple[int, int, str]] | None
+) -> float:
     """Path patching for one sender, literally: freeze every head's z to clean except the sender's
     (corrupted), read the receiver's q/k/v there, then patch them into a clean run."""
     n_layers = model.shape.n_layers
@@ -110,8 +117,9 @@ def path_patching_effect(model: LoadedModel, dataset: Dataset, sender: tuple[int
         captured[name] = act.clone()  # keyed by the alias asked for: hook.name is the canonical name
         return act
 
-    model.bridge.run_with_hooks(dataset.clean_ids, fwd_hooks=freeze_hooks + [
-        (n, lambda act, hook, n=n: capture(act, hook, n)) for n in names])
+    model.bridge.run_with_hooks(
+        dataset.clean_ids, fwd_hooks=freeze_hooks + [(n, lambda act, hook, n=n: capture(act, hook, n)) for n in names]
+    )
     patch_hooks = []
     for layer, head, inp in receiver:
         name = f"blocks.{layer}.attn.hook_{inp}"

@@ -3,8 +3,8 @@ the shared Redis (its own DB number and key prefix), a tiny model saved to disk,
 subprocesses that are always killed.
 
 Nothing here touches the shared Redis beyond keys under this session's prefix, and nothing restarts
-it. Environment: ``CIRCUITS_TEST_PG`` (admin URL, default ``postgresql+psycopg2://postgres@127.0.0.1:5432/test``, else the
-``postgres`` database),
+it. Environment: ``CIRCUITS_TEST_PG`` (admin URL, default
+``postgresql+psycopg2://postgres@127.0.0.1:5432/test``, else the ``postgres`` database),
 ``CIRCUITS_TEST_REDIS`` (default ``redis://127.0.0.1:6379``), ``CIRCUITS_TEST_REDIS_DB`` (default 11).
 """
 
@@ -17,14 +17,20 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN_CANDIDATES = ([os.environ["CIRCUITS_TEST_PG"]] if os.environ.get("CIRCUITS_TEST_PG") else
-                       ["postgresql+psycopg2://postgres@127.0.0.1:5432/test",
-                        # docker-compose's server has no `test` database; `postgres` always exists
-                        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"])
+PG_ADMIN_CANDIDATES = (
+    [os.environ["CIRCUITS_TEST_PG"]]
+    if os.environ.get("CIRCUITS_TEST_PG")
+    else [
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/test",
+        # docker-compose's server has no `test` database; `postgres` always exists
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres",
+    ]
+)
 PG_ADMIN = PG_ADMIN_CANDIDATES[0]
 REDIS_BASE = os.environ.get("CIRCUITS_TEST_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("CIRCUITS_TEST_REDIS_DB", "11"))
@@ -124,8 +130,9 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subpr
     full = {**os.environ, "COLUMNS": "200", **env}
     # the ``circuits`` entry point, run from the repository root (so the checkout's packages are used)
     code = "import sys; from discovery.cli import main; main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code, *args], env=full, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=full, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 class Worker:
@@ -139,17 +146,40 @@ class Worker:
         self.log_path = log_dir / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready_timeout: float = 90, wait_ready: bool = True) -> "Worker":
+    def start(self, ready_timeout: float = 90, wait_ready: bool = True) -> Worker:
         self._log = open(self.log_path, "w")
         if self.via_cli:
-            command = [sys.executable, "-c", "import sys; from discovery.cli import main; main(sys.argv[1:])",
-                       "worker", "--loglevel", "info", "--hostname", f"{self.name}@%h"]
+            command = [
+                sys.executable,
+                "-c",
+                "import sys; from discovery.cli import main; main(sys.argv[1:])",
+                "worker",
+                "--loglevel",
+                "info",
+                "--hostname",
+                f"{self.name}@%h",
+            ]
         else:
-            command = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo", "--loglevel",
-                       "info", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                       "--hostname", f"{self.name}@%h"]
+            command = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "info",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--hostname",
+                f"{self.name}@%h",
+            ]
         self.proc = subprocess.Popen(
-            command, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            command, env=self.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         if not wait_ready:
             return self
         deadline = time.monotonic() + ready_timeout
@@ -227,7 +257,7 @@ class TcpProxy:
         self._conns: list[Any] = []
         self._threads: list[Any] = []
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         import socket
         import threading
 
@@ -250,7 +280,7 @@ class TcpProxy:
         while self._running:
             try:
                 client, _ = self._server.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

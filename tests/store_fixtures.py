@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
@@ -21,8 +21,10 @@ import sqlalchemy as sa
 
 PG_SERVER = os.environ.get("CIRCUITS_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
-BACKENDS = [pytest.param("sqlite", id="sqlite"),
-            pytest.param("postgresql", id="postgresql", marks=pytest.mark.integration)]
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.integration),
+]
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,12 @@ def test_overlap_matrix():
 def test_union_graph_membership():
     g = union_graph(A, B)
     assert {n: d["membership"] for n, d in g.nodes(data=True)} == {
-        "0.1": "both", "m0": "both", "1.2": "a", "1.3": "b", "m1": "b"}
+        "0.1": "both",
+        "m0": "both",
+        "1.2": "a",
+        "1.3": "b",
+        "m1": "b",
+    }
     ge = union_graph(E1, E2)
     assert ge.edges["0.1", "1.3"]["membership"] == "both"  # the same two nodes, different inputs
     assert ge.edges["0.1", "1.3"]["inputs"] == {"q", "k"}
@@ -89,8 +94,21 @@ def test_best_circuits_and_the_overlap_and_compare_commands(store, db_url, capsy
     assert [b.circuit for b in best] == [A, B] and best[0].job_id == best_digits
     assert store.best_circuits("digits", "another model") == []
 
-    main(["overlap", "--task", "digits", "--task", "months", "--model", "tiny", "--db", db_url,
-          "--png", str(tmp_path / "o.png")])
+    main(
+        [
+            "overlap",
+            "--task",
+            "digits",
+            "--task",
+            "months",
+            "--model",
+            "tiny",
+            "--db",
+            db_url,
+            "--png",
+            str(tmp_path / "o.png"),
+        ]
+    )
     out = capsys.readouterr().out
     assert str(A) in out and "2.0" in out and "0.000" in out and (tmp_path / "o.png").exists()
 
@@ -111,8 +129,10 @@ def test_best_circuit_without_jobs_is_the_smallest_reaching_the_threshold(store,
     ds = build_dataset(get_task("digits"), tokenizer, n=4)
     model_id = store.get_or_create_model(tiny_model.identity).id
     dataset_id = store.get_or_create_dataset(ds).id
-    scores = [Score(Circuit.parse(c), 0.0, n, 1.0, 0.0, METHOD)
-              for c, n in (("0.1", 0.5), ("0.1,1.2", 0.85), ("0.0,1.1", 0.9), ("0.0,0.1,1.1", 0.99))]
+    scores = [
+        Score(Circuit.parse(c), 0.0, n, 1.0, 0.0, METHOD)
+        for c, n in (("0.1", 0.5), ("0.1,1.2", 0.85), ("0.0,1.1", 0.9), ("0.0,0.1,1.1", 0.99))
+    ]
     store.save_scores(scores, model_id, dataset_id)
     best = store.best_circuits("digits", tiny_model.identity.name, threshold=0.8)
     assert [str(b.circuit) for b in best] == ["0.0,1.1", "0.1,1.2", "0.0,0.1,1.1"]
@@ -128,8 +148,21 @@ def test_cross_score_persists_like_any_evaluation(store, db_url, tokenizer, tmp_
     # a model of its own: save_pretrained must not touch the session's shared tiny_model
     random_gpt2(n_layers=2, n_heads=4, d_model=64, seed=3, tokenizer=tokenizer).hf_model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    args = ["cross-score", "--circuit-from-task", "digits", "--task", "months", "--model", str(model_dir),
-            "--n", "4", "--circuit", "0.1,1.2", "--db", db_url]
+    args = [
+        "cross-score",
+        "--circuit-from-task",
+        "digits",
+        "--task",
+        "months",
+        "--model",
+        str(model_dir),
+        "--n",
+        "4",
+        "--circuit",
+        "0.1,1.2",
+        "--db",
+        db_url,
+    ]
     main(args)
     out = capsys.readouterr().out
     assert "months" in out and "new" in out

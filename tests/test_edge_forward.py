@@ -79,9 +79,9 @@ class Literal:
                     cols = slice(i * d + h * dh, i * d + (h + 1) * dh)
                     qkv.append(self.ln(receive(f"{layer}.{h}.{inp}"), block.ln_1) @ W[:, cols] + b[cols])
                 q, k, v = qkv
-                scores = (q @ k.transpose(-1, -2)) / dh ** 0.5
+                scores = (q @ k.transpose(-1, -2)) / dh**0.5
                 z = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
-                new[f"{layer}.{h}"] = z @ W_O[h * dh:(h + 1) * dh]
+                new[f"{layer}.{h}"] = z @ W_O[h * dh : (h + 1) * dh]
             outputs.update(new)
             order.extend(new)
             biases = biases + self.p(block.attn.c_proj.bias)
@@ -178,8 +178,8 @@ def test_eap_matches_finite_differences(tiny_model3, tokenizer, ablate_mlps):
     eps = 1e-4
     for i in _sample_edges(ev, 10, seed=5):
         name = edges[i].name
-        plus = lit.metric(lambda n: 1.0 - eps if n == name else 1.0)
-        minus = lit.metric(lambda n: 1.0 + eps if n == name else 1.0)
+        plus = lit.metric(lambda n, name=name: 1.0 - eps if n == name else 1.0)
+        minus = lit.metric(lambda n, name=name: 1.0 + eps if n == name else 1.0)
         # (rep - out) . grad: the derivative of the metric when the edge moves towards its replacement
         assert scores[i] == pytest.approx((plus - minus) / (2 * eps), abs=2e-6, rel=1e-3), name
     assert (scores != 0).sum() > len(scores) // 2
@@ -199,7 +199,7 @@ def test_eap_ig_matches_literal_integrated_gradient(tiny_model3, tokenizer):
         total = 0.0
         for k in range(steps):
             alpha = (k + 0.5) / steps
-            up = lit.metric(lambda n: alpha, {e.receiver_name: eps * direction})
-            down = lit.metric(lambda n: alpha, {e.receiver_name: -eps * direction})
+            up = lit.metric(lambda n, alpha=alpha: alpha, {e.receiver_name: eps * direction})
+            down = lit.metric(lambda n, alpha=alpha: alpha, {e.receiver_name: -eps * direction})
             total += (up - down) / (2 * eps)
         assert scores[i] == pytest.approx(total / steps, abs=2e-6, rel=1e-3), e.name

@@ -35,12 +35,15 @@ def heads(circuit: Circuit) -> set[str]:
     return {n.name for n in circuit.heads}
 
 
-@pytest.mark.parametrize("method,params", [
-    ("greedy", {}),
-    ("eap", {}),
-    ("eap-ig", {"steps": 5}),
-    ("acdc", {}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("greedy", {}),
+        ("eap", {}),
+        ("eap-ig", {"steps": 5}),
+        ("acdc", {}),
+    ],
+)
 def test_method_recovers_the_induction_circuit(setting, method, params):
     evaluator, required = setting
     result = run_search(method, evaluator, params)

@@ -91,3 +91,23 @@ def test_bridge_leaves_the_hf_model_untouched(tokenizer):
     model.bridge  # noqa: B018 - booting the bridge must not rewrap hf_model's modules
     assert list(model.hf_model.state_dict()) == keys
     assert weight_hash(model.hf_model) == model.identity.weight_hash
+
+
+def test_packaged_gpt2_tokenizer_is_the_published_one(tokenizer):
+    """The copy shipped in the package (no ../shared at run time) is GPT-2's original BPE, byte for byte."""
+    import hashlib
+
+    from discovery.model import GPT2_ASSETS
+
+    digests = {
+        name: hashlib.sha256((GPT2_ASSETS / name).read_bytes()).hexdigest() for name in ("vocab.json", "merges.txt")
+    }
+    assert digests == {
+        "vocab.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+        "merges.txt": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    }
+    assert tokenizer("Hello, world!").input_ids == [15496, 11, 995, 0]
+    assert tokenizer(" 5").input_ids == [642]
+    ids = tokenizer("The war lasted from the year 1732 to the year 17").input_ids
+    assert ids[-7:] == [614, 1596, 2624, 284, 262, 614, 1596]
+    assert len(tokenizer) == 50257 and tokenizer.eos_token_id == 50256

@@ -6,10 +6,8 @@ The two full trainings happen once per session (``tests/reference_fixtures.py``)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,13 +15,14 @@ from safetensors.torch import load_file
 import discovery.reference as reference
 from discovery.errors import UsageError
 from discovery.reference import REFERENCE_MODELS, build_tokenizer, ensure_reference_model, head_scores, train_reference
-from discovery.reference.training import save, train_model, TrainingReport
+from discovery.reference.training import TrainingReport, save, train_model
 from tests.reference_fixtures import TrainedReference
 
 torch.set_num_threads(2)
 
 
 # --- the tokenizer ---------------------------------------------------------------------------------
+
 
 def test_tokenizer_splits_like_gpt2_and_loads_with_auto_tokenizer(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
@@ -43,6 +42,7 @@ def test_tokenizer_splits_like_gpt2_and_loads_with_auto_tokenizer(tmp_path: Path
 
 # --- short runs: determinism, the saved directory, the cache -----------------------------------------
 
+
 @pytest.mark.parametrize("name", ["induction", "sequences"])
 def test_same_seed_gives_identical_weights(tmp_path: Path, name: str) -> None:
     a = train_reference(name, tmp_path / "a", seed=3, steps=30)
@@ -52,7 +52,7 @@ def test_same_seed_gives_identical_weights(tmp_path: Path, name: str) -> None:
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
     assert a.heldout_accuracy == b.heldout_accuracy
-    c = train_reference(name, tmp_path / "c", seed=4, steps=30)
+    train_reference(name, tmp_path / "c", seed=4, steps=30)
     wc = load_file(tmp_path / "c" / "model.safetensors")
     assert any(not torch.equal(wa[k], wc[k]) for k in wa)
 
@@ -135,6 +135,7 @@ def test_induction_task_prompts(tmp_path: Path) -> None:
 
 # --- the full models ----------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_induction_model_reaches_its_accuracy(induction_reference: TrainedReference) -> None:
     report = induction_reference.report
@@ -187,7 +188,8 @@ def test_sequence_tasks_run_unchanged_on_the_loaded_model(sequences_reference: T
             ds = build_dataset(get_task(task, template=template), loaded.tokenizer, n=50, seed=123)
             with torch.no_grad():
                 logits = loaded.hf_model(ds.clean_ids).logits[:, -1]
-            correct = torch.tensor([loaded.tokenizer(ex.correct[0], add_special_tokens=False)["input_ids"][0]
-                                    for ex in ds.examples])
+            correct = torch.tensor(
+                [loaded.tokenizer(ex.correct[0], add_special_tokens=False)["input_ids"][0] for ex in ds.examples]
+            )
             accuracy = float((logits.argmax(-1) == correct).float().mean())
             assert accuracy >= 0.9, (task, template, accuracy)

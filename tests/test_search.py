@@ -65,8 +65,7 @@ def heads_of(circuit: Circuit) -> set[str]:
 
 
 def test_every_method_is_registered_with_its_params():
-    expected = {"greedy", "exhaustive", "layer-sweep", "cumulative-sweep", "topk", "threshold", "eap", "eap-ig",
-                "acdc"}
+    expected = {"greedy", "exhaustive", "layer-sweep", "cumulative-sweep", "topk", "threshold", "eap", "eap-ig", "acdc"}
     get_method("greedy")
     assert expected <= set(METHODS)
     assert get_method("eap-ig").level == "edge"
@@ -154,7 +153,7 @@ def test_eap_ranks_the_planted_edges_first(planted):
     nonzero = [(name, s) for name, s in ranked if abs(s) > 1e-9]
     assert len(nonzero) >= 6
     # exactly the edges from S to S's heads, the MLPs or the logits can matter; they come first
-    first = ranked[:len(nonzero)]
+    first = ranked[: len(nonzero)]
     for name, _ in first:
         sender, receiver = name.split("->")
         assert sender in S and parse_node(receiver.rsplit(".", 1)[0] if receiver.count(".") == 2 else receiver) in live
@@ -219,8 +218,25 @@ def test_cli_discover_prints_the_result_and_draws_it(tiny_model, tmp_path, monke
     tiny_model.tokenizer.save_pretrained(model_dir)
     monkeypatch.setenv("CIRCUITS_NO_STORE", "1")
     png, out_json = tmp_path / "c.png", tmp_path / "r.json"
-    main(["discover", "--model", str(model_dir), "--n", "6", "--method", "greedy", "--target", "0.8",
-          "--param", "max_size=3", "--png", str(png), "--json", str(out_json)])
+    main(
+        [
+            "discover",
+            "--model",
+            str(model_dir),
+            "--n",
+            "6",
+            "--method",
+            "greedy",
+            "--target",
+            "0.8",
+            "--param",
+            "max_size=3",
+            "--png",
+            str(png),
+            "--json",
+            str(out_json),
+        ]
+    )
     out = capsys.readouterr().out
     for label in ("circuit", "normalised", "size", "evaluations", "wall time", "mean ablation over digits"):
         assert label in out

@@ -18,8 +18,19 @@ import sqlalchemy as sa
 
 from discovery.errors import UsageError
 from discovery.service import JobRequest, submit, validate_request
-from tests.service_fixtures import (REDIS_BASE, TcpProxy, Worker, fresh_postgres_database, isolated_redis,
-                                    queue_length, run_cli, save_tiny_model, services_available, wait_for, workers)
+from tests.service_fixtures import (
+    REDIS_BASE,
+    TcpProxy,
+    Worker,
+    fresh_postgres_database,
+    isolated_redis,
+    queue_length,
+    run_cli,
+    save_tiny_model,
+    services_available,
+    wait_for,
+    workers,
+)
 
 N_PROMPTS = 10
 # an exhaustive search long enough to interrupt: 16 heads, subsets up to size 5 (6,884 circuits),
@@ -45,17 +56,20 @@ def request(model: Path, task: str = "digits", method: str = "greedy", **params)
 # ----------------------------------------------------------------------------------------------
 # unit tier
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("change, message", [
-    ({"task": "no-such-task"}, "unknown task 'no-such-task'"),
-    ({"method": "no-such-method"}, "unknown search method 'no-such-method'"),
-    ({"params": {"target": "high"}}, "target='high' is not a float"),
-    ({"params": {"k": 3}}, "has no parameter k"),
-    ({"model": "/nonexistent/model/dir"}, "does not exist"),
-    ({"model": "ref:no-such-model"}, "unknown reference model 'ref:no-such-model'"),
-    ({"ablation": "median"}, "unknown ablation 'median'"),
-    ({"corruption": "nonsense"}, "has no corruption 'nonsense'"),
-    ({"n": 0}, "at least 1"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"task": "no-such-task"}, "unknown task 'no-such-task'"),
+        ({"method": "no-such-method"}, "unknown search method 'no-such-method'"),
+        ({"params": {"target": "high"}}, "target='high' is not a float"),
+        ({"params": {"k": 3}}, "has no parameter k"),
+        ({"model": "/nonexistent/model/dir"}, "does not exist"),
+        ({"model": "ref:no-such-model"}, "unknown reference model 'ref:no-such-model'"),
+        ({"ablation": "median"}, "unknown ablation 'median'"),
+        ({"corruption": "nonsense"}, "has no corruption 'nonsense'"),
+        ({"n": 0}, "at least 1"),
+    ],
+)
 def test_bad_requests_are_refused_with_a_clear_message(model_dir, change, message):
     from dataclasses import replace
 
@@ -70,8 +84,23 @@ def test_a_directory_without_config_is_not_a_model(tmp_path, model_dir):
 
 def test_in_process_submit_runs_the_job_and_the_cli_prints_it(tmp_path, model_dir):
     env = {"CIRCUITS_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}", "CIRCUITS_BROKER_URL": ""}
-    out = run_cli(["submit", "--task", "digits", "--method", "greedy", "--target", "0.9", "--model", str(model_dir),
-                   "--n", str(N_PROMPTS)], env, timeout=300)
+    out = run_cli(
+        [
+            "submit",
+            "--task",
+            "digits",
+            "--method",
+            "greedy",
+            "--target",
+            "0.9",
+            "--model",
+            str(model_dir),
+            "--n",
+            str(N_PROMPTS),
+        ],
+        env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "succeeded" in out.stdout and "circuit" in out.stdout
     jobs = run_cli(["jobs"], env)
@@ -89,9 +118,16 @@ def services():
     if reason:
         pytest.skip(reason)
     with fresh_postgres_database() as url, isolated_redis() as broker:
-        env = {**broker, "CIRCUITS_DATABASE_URL": url, "CIRCUITS_HEARTBEAT_INTERVAL": "1",
-               "CIRCUITS_STALE_AFTER": "4", "CIRCUITS_BUSY_RETRY": "1", "CIRCUITS_PROGRESS_INTERVAL": "0.2",
-               "CIRCUITS_VISIBILITY_TIMEOUT": "120", "OMP_NUM_THREADS": "1"}
+        env = {
+            **broker,
+            "CIRCUITS_DATABASE_URL": url,
+            "CIRCUITS_HEARTBEAT_INTERVAL": "1",
+            "CIRCUITS_STALE_AFTER": "4",
+            "CIRCUITS_BUSY_RETRY": "1",
+            "CIRCUITS_PROGRESS_INTERVAL": "0.2",
+            "CIRCUITS_VISIBILITY_TIMEOUT": "120",
+            "OMP_NUM_THREADS": "1",
+        }
         yield env
 
 
@@ -135,18 +171,27 @@ def evaluation_rows(store) -> tuple[int, int]:
     """(rows, distinct evaluation keys) in the evaluations table."""
     with store.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT count(*) FROM evaluations")).scalar_one()
-        keys = conn.execute(sa.text(
-            "SELECT count(*) FROM (SELECT DISTINCT circuit_id, model_id, dataset_id, ablation, source, level, "
-            "ablate_mlps, metric FROM evaluations) AS k")).scalar_one()
+        keys = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM (SELECT DISTINCT circuit_id, model_id, dataset_id, ablation, source, level, "
+                "ablate_mlps, metric FROM evaluations) AS k"
+            )
+        ).scalar_one()
     return int(rows), int(keys)
 
 
 def job_circuits(store, job_id: int) -> list[str]:
     """The canonical circuits of the evaluation rows a job stored (one entry per row)."""
     with store.engine.connect() as conn:
-        return [r[0] for r in conn.execute(sa.text(
-            "SELECT c.canonical FROM evaluations e JOIN circuits c ON c.id = e.circuit_id WHERE e.job_id = :j"),
-            {"j": job_id})]
+        return [
+            r[0]
+            for r in conn.execute(
+                sa.text(
+                    "SELECT c.canonical FROM evaluations e JOIN circuits c ON c.id = e.circuit_id WHERE e.job_id = :j"
+                ),
+                {"j": job_id},
+            )
+        ]
 
 
 @pytest.mark.integration
@@ -158,8 +203,13 @@ def test_submit_worker_result_row(service_env, store, model_dir, tmp_path):
     assert job.status.value == "succeeded", (job.error_type, job.error_message, worker.log()[-3000:])
     # the row as PostgreSQL holds it
     with sa.create_engine(service_env["CIRCUITS_DATABASE_URL"]).connect() as conn:
-        row = conn.execute(sa.text("SELECT j.status, j.worker_id, c.canonical FROM jobs j JOIN circuits c "
-                                   "ON c.id = j.result_circuit_id WHERE j.id = :id"), {"id": job.id}).one()
+        row = conn.execute(
+            sa.text(
+                "SELECT j.status, j.worker_id, c.canonical FROM jobs j JOIN circuits c "
+                "ON c.id = j.result_circuit_id WHERE j.id = :id"
+            ),
+            {"id": job.id},
+        ).one()
     assert row.status == "succeeded" and worker.name in row.worker_id
     ref, ref_sub = in_process(request(model_dir), tmp_path)
     assert row.canonical == ref.get_job(ref_sub.job_ids[0]).result_circuit.canonical
@@ -181,8 +231,12 @@ def test_worker_killed_mid_job_is_redelivered_and_resumes(services, monkeypatch,
     second = None
     try:
         job_id = submit(req, store).job_ids[0]
-        stored_before = wait_for(lambda: (n := store.job_evaluation_count(job_id)) >= 1000 and n, 240,
-                                 interval=0.05, what="1000 evaluations stored")
+        stored_before = wait_for(
+            lambda: (n := store.job_evaluation_count(job_id)) >= 1000 and n,
+            240,
+            interval=0.05,
+            what="1000 evaluations stored",
+        )
         first.kill()
         killed_at = store.job_evaluation_count(job_id)
         assert not store.get_job(job_id).is_finished(), "the job ended before the kill: make it longer"
@@ -251,8 +305,10 @@ def test_bad_submissions_are_refused_before_the_queue(service_env, store, model_
     for r in bad:
         with pytest.raises(UsageError):
             submit(r, store)
-    out = run_cli(["submit", "--task", "digits", "--method", "greedy", "--param", "target=x", "--model",
-                   str(model_dir)], service_env)
+    out = run_cli(
+        ["submit", "--task", "digits", "--method", "greedy", "--param", "target=x", "--model", str(model_dir)],
+        service_env,
+    )
     assert out.returncode == 1 and "target='x' is not a float" in out.stderr
     assert queue_length(service_env) == before_queue
     assert len(store.list_jobs(limit=10_000)) == before_jobs
@@ -282,8 +338,11 @@ def test_cancel_stops_a_running_job(service_env, store, model_dir, long_model_di
         wait_for(lambda: store.get_job(job_id).progress_done > 0, 240, what="progress reported")
         out = run_cli(["cancel", str(job_id)], service_env)
         assert out.returncode == 0 and "cancelled" in out.stdout
-        wait_for(lambda: "circuits.run_job" in worker.log() and "'cancelled'" in worker.log(), 120,
-                 what="the worker stops the search")
+        wait_for(
+            lambda: "circuits.run_job" in worker.log() and "'cancelled'" in worker.log(),
+            120,
+            what="the worker stops the search",
+        )
         # the worker is free again: the next job runs
         next_id = submit(request(model_dir, task="months"), store).job_ids[0]
         assert wait_done(store, next_id).status.value == "succeeded"
@@ -300,9 +359,12 @@ def test_broker_away_for_a_few_seconds_loses_no_job(service_env, store, long_mod
     host, port = REDIS_BASE.split("//", 1)[1].split(":")
     proxy = TcpProxy(host, int(port))
     db = service_env["CIRCUITS_BROKER_URL"].rsplit("/", 1)[1]
-    via_proxy = {**service_env, "CIRCUITS_BROKER_URL": f"redis://127.0.0.1:{proxy.port}/{db}",
-                 "CIRCUITS_RESULT_BACKEND": service_env["CIRCUITS_BROKER_URL"],
-                 "CIRCUITS_VISIBILITY_TIMEOUT": "5"}
+    via_proxy = {
+        **service_env,
+        "CIRCUITS_BROKER_URL": f"redis://127.0.0.1:{proxy.port}/{db}",
+        "CIRCUITS_RESULT_BACKEND": service_env["CIRCUITS_BROKER_URL"],
+        "CIRCUITS_VISIBILITY_TIMEOUT": "5",
+    }
     worker = Worker(via_proxy, tmp_path, "behind-proxy", via_cli=True)  # circuits worker: supervised
     try:
         job_id = submit(request(long_model_dir, method="exhaustive", **LONG_PARAMS), store).job_ids[0]
@@ -318,8 +380,7 @@ def test_broker_away_for_a_few_seconds_loses_no_job(service_env, store, long_mod
         assert job.status.value == "succeeded", (job.error_message, worker.log()[-3000:])
         # the broker is away when a job ends (its acknowledgement fails): with kombu 5.7 Celery's
         # consumer may die of it; circuits worker starts it again
-        second = submit(request(long_model_dir, task="months", method="exhaustive", k=4, target=2.0),
-                        store).job_ids[0]
+        second = submit(request(long_model_dir, task="months", method="exhaustive", k=4, target=2.0), store).job_ids[0]
         wait_for(lambda: store.get_job(second).status.value == "running", 120, interval=0.05, what="second job runs")
         proxy.stop()
         assert wait_done(store, second).status.value == "succeeded", worker.log()[-3000:]
@@ -387,8 +448,24 @@ def test_a_message_the_broker_lost_is_requeued_from_the_job_row(service_env, sto
     with workers(service_env, tmp_path, 1):
         assert wait_done(store, job_id).status.value == "succeeded"
         # and the CLI's --wait follows a queued job to its result
-        waited = run_cli(["submit", "--task", "digits", "--method", "greedy", "--target", "0.8", "--model",
-                          str(model_dir), "--n", str(N_PROMPTS), "--wait"], service_env, timeout=240)
+        waited = run_cli(
+            [
+                "submit",
+                "--task",
+                "digits",
+                "--method",
+                "greedy",
+                "--target",
+                "0.8",
+                "--model",
+                str(model_dir),
+                "--n",
+                str(N_PROMPTS),
+                "--wait",
+            ],
+            service_env,
+            timeout=240,
+        )
     assert waited.returncode == 0, waited.stderr
     assert "succeeded" in waited.stdout and "circuit" in waited.stdout
 
@@ -402,11 +479,14 @@ def test_database_away_mid_job_is_retried_and_resumed(service_env, store, long_m
 
     url = make_url(service_env["CIRCUITS_DATABASE_URL"])
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
-    via_proxy = {**service_env, "CIRCUITS_DATABASE_URL": url.set(host="127.0.0.1", port=proxy.port)
-                 .render_as_string(hide_password=False)}
+    via_proxy = {
+        **service_env,
+        "CIRCUITS_DATABASE_URL": url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+    }
     # its own dataset (seed 7): nothing stored by other tests serves it
-    req = JobRequest(task="digits", method="exhaustive", model=str(long_model_dir), params=LONG_PARAMS, n=N_PROMPTS,
-                     seed=7)
+    req = JobRequest(
+        task="digits", method="exhaustive", model=str(long_model_dir), params=LONG_PARAMS, n=N_PROMPTS, seed=7
+    )
     worker = Worker(via_proxy, tmp_path, "db-behind-proxy").start()
     try:
         job_id = submit(req, store).job_ids[0]
@@ -437,9 +517,12 @@ def test_circuits_worker_starts_celery_again_when_it_dies(tmp_path):
     from discovery.cli.service_commands import _supervise
 
     flag = tmp_path / "died-once"
-    child = [sys.executable, "-c",
-             f"import pathlib, sys; p = pathlib.Path({str(flag)!r}); "
-             "sys.exit(0) if p.exists() else (p.write_text('x'), sys.exit(3))"]
+    child = [
+        sys.executable,
+        "-c",
+        f"import pathlib, sys; p = pathlib.Path({str(flag)!r}); "
+        "sys.exit(0) if p.exists() else (p.write_text('x'), sys.exit(3))",
+    ]
     started = time.monotonic()
     assert _supervise(child, dict(os.environ)) == 0
     assert flag.exists() and time.monotonic() - started >= 1.0  # it died, waited, ran again

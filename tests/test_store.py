@@ -17,8 +17,7 @@ from discovery.circuit import Circuit
 from discovery.errors import StoreError, UsageError
 from discovery.evaluator import Ablation, EvaluationMethod, Evaluator, Score
 from discovery.search import run_search
-from discovery.store import JobStatus, PatchingCell, ReadOnlyViolation, StoredEvaluator, open_store
-from discovery.store import migrate
+from discovery.store import JobStatus, PatchingCell, ReadOnlyViolation, StoredEvaluator, migrate, open_store
 from discovery.store.engine import make_engine
 from discovery.store.readonly import check_read_only, run_read_only
 from discovery.tasks import build_dataset, get_task
@@ -53,8 +52,14 @@ def ids(store, tiny_model, dataset):
 def test_alembic_upgrade_head_from_empty(db_url):
     """The developer path (`alembic upgrade head` with the repo's alembic.ini) creates every table."""
     env = dict(os.environ, CIRCUITS_DATABASE_URL=db_url)
-    done = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     engine = make_engine(db_url)
     assert TABLES <= set(sa.inspect(engine).get_table_names())
@@ -112,16 +117,25 @@ def test_outdated_or_unknown_schema_is_refused(db_url, monkeypatch):
 def test_records_read_back_equal_what_was_written(store, tiny_model, dataset):
     model = store.get_or_create_model(tiny_model.identity)
     assert store.get_or_create_model(tiny_model.identity) == model == store.get_model(model.id)
-    assert (model.name, model.weight_hash, model.n_layers) == (tiny_model.identity.name,
-                                                               tiny_model.identity.weight_hash, 2)
+    assert (model.name, model.weight_hash, model.n_layers) == (
+        tiny_model.identity.name,
+        tiny_model.identity.weight_hash,
+        2,
+    )
     ds = store.get_or_create_dataset(dataset)
     assert store.get_or_create_dataset(dataset) == ds == store.get_dataset(ds.id)
     assert (ds.task, ds.n_prompts, ds.seed, ds.prompt_hash) == ("digits", 8, 0, dataset.prompt_hash)
     assert ds.params == dict(dataset.spec.params)
 
     scores = synthetic_scores(5)
-    nan = Score(Circuit.parse("0.0 | embed->0.0.v, 0.0->logits"), 0.25, float("nan"), 0.5, 0.5,
-                EvaluationMethod("zero", "x:clean", "edge", True, "prob_diff"))
+    nan = Score(
+        Circuit.parse("0.0 | embed->0.0.v, 0.0->logits"),
+        0.25,
+        float("nan"),
+        0.5,
+        0.5,
+        EvaluationMethod("zero", "x:clean", "edge", True, "prob_diff"),
+    )
     job = store.create_job("greedy", {"target": 0.9}, "digits", model.name, config={"n": 8})
     assert store.save_scores(scores + [nan], model.id, ds.id, job_id=job) == 6
     assert store.save_scores(scores, model.id, ds.id) == 0  # already stored: a cache hit, not an error
@@ -129,15 +143,28 @@ def test_records_read_back_equal_what_was_written(store, tiny_model, dataset):
     assert [got[s.circuit.key] for s in scores] == scores
     back = store.lookup([nan.circuit], model.id, ds.id, nan.method)[nan.circuit.key]
     assert math.isnan(back.normalised) and back.circuit == nan.circuit and back.method == nan.method
-    assert store.lookup([scores[0].circuit], model.id, ds.id,
-                        EvaluationMethod("resample", METHOD.source, "node", False, "logit_diff")) == {}
+    assert (
+        store.lookup(
+            [scores[0].circuit],
+            model.id,
+            ds.id,
+            EvaluationMethod("resample", METHOD.source, "node", False, "logit_diff"),
+        )
+        == {}
+    )
     assert store.job_evaluation_count(job) == 6
     records = store.scores_for_circuit(scores[2].circuit)
     assert [r.score for r in records] == [scores[2]] and records[0].task == "digits" and records[0].job_id == job
 
     rec = store.get_job(job)
     assert (rec.method, rec.params, rec.config, rec.task, rec.model, rec.status) == (
-        "greedy", {"target": 0.9}, {"n": 8}, "digits", model.name, JobStatus.QUEUED)
+        "greedy",
+        {"target": 0.9},
+        {"n": 8},
+        "digits",
+        model.name,
+        JobStatus.QUEUED,
+    )
     assert rec.created_at is not None and rec.created_at.tzinfo is not None and not rec.is_finished()
 
     cells = [PatchingCell("logits", 0, 1, 0.5), PatchingCell("logits", 1, -1, -0.25), PatchingCell("1.2.q", 0, 3, 1.0)]
@@ -158,7 +185,12 @@ def test_job_lifecycle_and_claims(store, tiny_model):
     assert store.claim_job(job, "w2", stale_after=0.0) is True  # stale heartbeat: re-claimed
     rec = store.get_job(job)
     assert (rec.worker_id, rec.attempts, rec.progress_done, rec.progress_message, rec.tasks) == (
-        "w2", 2, 3, "step 3", ("digits", "months"))
+        "w2",
+        2,
+        3,
+        "step 3",
+        ("digits", "months"),
+    )
     assert not store.heartbeat(job, "w1")  # the old worker learns it lost the job
     assert [j.id for j in store.stale_jobs(0.0)] == [job]
 
@@ -181,7 +213,11 @@ def test_job_lifecycle_and_claims(store, tiny_model):
     assert store.fail_job(failing, "ValueError", "bad", "Traceback ...")
     rec = store.get_job(failing)
     assert (rec.status, rec.error_type, rec.error_message, rec.error_traceback) == (
-        JobStatus.FAILED, "ValueError", "bad", "Traceback ...")
+        JobStatus.FAILED,
+        "ValueError",
+        "bad",
+        "Traceback ...",
+    )
     assert [j.id for j in store.list_jobs()] == [failing, other, job]
     assert [j.id for j in store.list_jobs(status="cancelled")] == [other]
     with pytest.raises(UsageError, match="no job"):
@@ -300,8 +336,13 @@ os._exit(0)
 
 def test_a_process_killed_mid_batch_leaves_only_whole_committed_rows(store, ids, db_url):
     model_id, dataset_id = ids
-    done = subprocess.run([sys.executable, "-c", _CRASH_CHILD, db_url, str(model_id), str(dataset_id)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH_CHILD, db_url, str(model_id), str(dataset_id)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 17, done.stderr
     assert store.count_evaluations() == 40
     written = synthetic_scores(40)
@@ -331,8 +372,9 @@ def test_concurrent_processes_writing_the_same_evaluations_leave_one_row_each(st
     model_id, dataset_id = ids
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_write_same_scores, args=(db_url, model_id, dataset_id, barrier, queue))
-             for _ in range(2)]
+    procs = [
+        ctx.Process(target=_write_same_scores, args=(db_url, model_id, dataset_id, barrier, queue)) for _ in range(2)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -384,8 +426,10 @@ WRITES = [
 
 
 def _row_counts(store) -> tuple:  # type: ignore[no-untyped-def]
-    return tuple(store.read_only_sql(f"SELECT count(*) FROM {t}")[1][0][0]
-                 for t in ("models", "datasets", "circuits", "evaluations", "jobs"))
+    return tuple(
+        store.read_only_sql(f"SELECT count(*) FROM {t}")[1][0][0]
+        for t in ("models", "datasets", "circuits", "evaluations", "jobs")
+    )
 
 
 def test_sql_refuses_every_write(store, ids):
@@ -398,9 +442,12 @@ def test_sql_refuses_every_write(store, ids):
     assert _row_counts(store) == before
     columns, rows = store.read_only_sql(
         "SELECT c.canonical, e.score FROM evaluations e JOIN circuits c ON c.id = e.circuit_id "
-        "WHERE c.canonical LIKE '%0.0%' ORDER BY e.score")
+        "WHERE c.canonical LIKE '%0.0%' ORDER BY e.score"
+    )
     assert columns == ["canonical", "score"] and [r[0] for r in rows] == ["0.0", "0.0,0.1"]
-    assert store.read_only_sql("SELECT replace(canonical, ',', ' ') AS r FROM circuits WHERE size = 2")[1] == [("0.0 0.1",)]
+    assert store.read_only_sql("SELECT replace(canonical, ',', ' ') AS r FROM circuits WHERE size = 2")[1] == [
+        ("0.0 0.1",)
+    ]
 
 
 @pytest.mark.parametrize("statement", [w for w in WRITES if not w.startswith("PRAGMA")])

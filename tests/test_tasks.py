@@ -17,8 +17,10 @@ def test_gpt2_tokenizer_is_the_real_one(tokenizer):
     assert ids[-7:] == [614, 1596, 2624, 284, 262, 614, 1596]
 
 
-@pytest.mark.parametrize("name,params", [("digits", {}), ("digits", {"template": "done-in"}),
-                                         ("number-words", {}), ("months", {}), ("greater-than", {})])
+@pytest.mark.parametrize(
+    "name,params",
+    [("digits", {}), ("digits", {"template": "done-in"}), ("number-words", {}), ("months", {}), ("greater-than", {})],
+)
 def test_tasks_build_deterministically(tokenizer, name, params):
     task = get_task(name, **params)
     for corruption in task.corruptions:
@@ -69,8 +71,10 @@ def test_unknown_task_and_corruption(tokenizer):
 
 
 def test_file_task_errors_name_the_prompt(tokenizer, tmp_path):
-    good = [{"clean": "1 2 3 4", "corrupt": "1 2 3 3", "answer": " 5", "wrong": " 4"},
-            {"clean": "2 3 4 5", "corrupt": "2 3 4 4", "answer": " 6", "wrong": " 5"}]
+    good = [
+        {"clean": "1 2 3 4", "corrupt": "1 2 3 3", "answer": " 5", "wrong": " 4"},
+        {"clean": "2 3 4 5", "corrupt": "2 3 4 4", "answer": " 6", "wrong": " 5"},
+    ]
     path = tmp_path / "ok.json"
     path.write_text(json.dumps(good))
     ds = build_dataset(get_task(f"file:{path}"), tokenizer, n=2)

@@ -93,8 +93,7 @@ def celery_config() -> dict:
     prefix = os.environ.get("CIRCUITS_REDIS_PREFIX")
     if prefix:
         transport["global_keyprefix"] = prefix
-    backend_options = {k: v for k, v in transport.items()
-                       if k in ("visibility_timeout", "global_keyprefix")}
+    backend_options = {k: v for k, v in transport.items() if k in ("visibility_timeout", "global_keyprefix")}
     return dict(
         broker_url=broker,
         result_backend=os.environ.get("CIRCUITS_RESULT_BACKEND") or broker,
@@ -116,8 +115,12 @@ def celery_config() -> dict:
         broker_connection_max_retries=None,
         broker_connection_timeout=5,
         task_publish_retry=True,
-        task_publish_retry_policy={"max_retries": int(_float_env("CIRCUITS_PUBLISH_RETRIES", 10)),
-                                   "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0},
+        task_publish_retry_policy={
+            "max_retries": int(_float_env("CIRCUITS_PUBLISH_RETRIES", 10)),
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
         redis_retry_on_timeout=True,
         redis_socket_keepalive=True,
         redis_backend_health_check_interval=10,

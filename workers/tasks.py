@@ -59,7 +59,7 @@ def _run(task, runner, job_id):
         if task.request.retries >= _store_retries():
             _fail_quietly(job_id, e)
             raise
-        raise task.retry(exc=e, countdown=_retry_delay())
+        raise task.retry(exc=e, countdown=_retry_delay()) from e
     if outcome == "busy":
         raise task.retry(countdown=_retry_delay())
     return outcome
@@ -69,8 +69,12 @@ def _fail_quietly(job_id, error) -> None:
     import traceback
 
     try:
-        store().fail_job(job_id, type(error).__name__, f"gave up after {_store_retries()} retries: {error}",
-                         "".join(traceback.format_exception(error)))
+        store().fail_job(
+            job_id,
+            type(error).__name__,
+            f"gave up after {_store_retries()} retries: {error}",
+            "".join(traceback.format_exception(error)),
+        )
     except Exception:
         pass  # still no database: the row stays running, its heartbeat goes stale (circuits requeue)
 

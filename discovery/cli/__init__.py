@@ -10,16 +10,25 @@ import sys
 
 import typer
 
-from discovery.cli import (eval_commands, patch_commands, reference_commands, search_commands,
-                           service_commands, store_commands)
+from discovery.cli import (
+    eval_commands,
+    patch_commands,
+    reference_commands,
+    search_commands,
+    service_commands,
+    store_commands,
+)
 from discovery.cli.common import err_console
 from discovery.errors import CircuitsError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Find, score, store and compare circuits in transformer language models.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Find, score, store and compare circuits in transformer language models.",
+)
 
-for module in (eval_commands, patch_commands, search_commands, store_commands, service_commands,
-               reference_commands):
+for module in (eval_commands, patch_commands, search_commands, store_commands, service_commands, reference_commands):
     module.register(app)
 
 

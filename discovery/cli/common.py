@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -22,8 +23,9 @@ err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True
 
 DEFAULT_MODEL = os.environ.get("CIRCUITS_MODEL", "ref:sequences")
 
-ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
-                        help="local HF directory, hub name (gpt2), or ref:NAME (a trained reference model)")
+ModelOpt = typer.Option(
+    DEFAULT_MODEL, "--model", "-m", help="local HF directory, hub name (gpt2), or ref:NAME (a trained reference model)"
+)
 TaskOpt = typer.Option("digits", "--task", "-t", help="task name, or file:PATH for a prompt file")
 NOpt = typer.Option(50, "--n", help="number of prompts")
 SeedOpt = typer.Option(0, "--seed", help="seed of the prompt generator")
@@ -32,10 +34,12 @@ AblationOpt = typer.Option("mean", "--ablation", help=f"one of {', '.join(ABLATI
 SourceOpt = typer.Option("corrupt", "--mean-source", help="prompts the replacement values come from: corrupt or clean")
 MlpsOpt = typer.Option(False, "--ablate-mlps", help="also ablate MLPs outside the circuit (default: keep every MLP)")
 DeviceOpt = typer.Option("cpu", "--device", help="torch device: cpu, cuda, cuda:1, auto")
-TaskParamOpt = typer.Option(None, "--task-param", help="task parameter KEY=VALUE (e.g. length=5, template=done-in); repeatable")
+TaskParamOpt = typer.Option(
+    None, "--task-param", help="task parameter KEY=VALUE (e.g. length=5, template=done-in); repeatable"
+)
 
 
-def parse_task_params(items: Optional[list[str]]) -> dict[str, Any]:
+def parse_task_params(items: list[str] | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -51,8 +55,15 @@ def parse_task_params(items: Optional[list[str]]) -> dict[str, Any]:
 @contextlib.contextmanager
 def progress_bar(description: str, transient: bool = True) -> Iterator[Any]:
     """A rich bar as a library progress callback ``(done, total, message)``."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[message]}"), console=err_console, transient=transient) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[message]}"),
+        console=err_console,
+        transient=transient,
+    ) as bar:
         task_id = bar.add_task(description, total=None, message="")
 
         def callback(done: int, total: int | None, message: str) -> None:
@@ -66,14 +77,17 @@ def open_model(spec: str, device: str = "cpu") -> LoadedModel:
         return load_model(spec, device=device, progress=progress)
 
 
-def open_dataset(model: LoadedModel, task: str, n: int, seed: int, corruption: Optional[str],
-                 task_params: Optional[list[str]] = None) -> Dataset:
-    return build_dataset(get_task(task, **parse_task_params(task_params)), model.tokenizer, n=n, seed=seed,
-                         corruption=corruption)
+def open_dataset(
+    model: LoadedModel, task: str, n: int, seed: int, corruption: str | None, task_params: list[str] | None = None
+) -> Dataset:
+    return build_dataset(
+        get_task(task, **parse_task_params(task_params)), model.tokenizer, n=n, seed=seed, corruption=corruption
+    )
 
 
-def open_evaluator(model: LoadedModel, dataset: Dataset, ablation: str, source: str, ablate_mlps: bool,
-                   store: Optional[bool] = None) -> Evaluator:
+def open_evaluator(
+    model: LoadedModel, dataset: Dataset, ablation: str, source: str, ablate_mlps: bool, store: bool | None = None
+) -> Evaluator:
     """The evaluator, wrapped in a StoredEvaluator on the default store (``CIRCUITS_DATABASE_URL``, else the
     embedded SQLite file): every score is persisted and a stored one costs no forward pass.
     ``store=False``, or ``CIRCUITS_NO_STORE=1`` in the environment, gives the bare evaluator."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.table import Table
 
@@ -14,12 +12,19 @@ from discovery.tasks import TASKS, task_names
 
 
 def evaluate(
-    circuit: list[str] = typer.Option(..., "--circuit", "-c",
-                                      help="components, e.g. 0.1,4.4,9.1 (repeat the option for several circuits)"),
-    model: str = common.ModelOpt, task: str = common.TaskOpt, n: int = common.NOpt, seed: int = common.SeedOpt,
-    corruption: Optional[str] = common.CorruptionOpt, ablation: str = common.AblationOpt,
-    mean_source: str = common.SourceOpt, ablate_mlps: bool = common.MlpsOpt, device: str = common.DeviceOpt,
-    task_param: Optional[list[str]] = common.TaskParamOpt,
+    circuit: list[str] = typer.Option(
+        ..., "--circuit", "-c", help="components, e.g. 0.1,4.4,9.1 (repeat the option for several circuits)"
+    ),
+    model: str = common.ModelOpt,
+    task: str = common.TaskOpt,
+    n: int = common.NOpt,
+    seed: int = common.SeedOpt,
+    corruption: str | None = common.CorruptionOpt,
+    ablation: str = common.AblationOpt,
+    mean_source: str = common.SourceOpt,
+    ablate_mlps: bool = common.MlpsOpt,
+    device: str = common.DeviceOpt,
+    task_param: list[str] | None = common.TaskParamOpt,
 ) -> None:
     """Score circuits by ablating everything outside them; print full, ablated, circuit and normalised scores."""
     circuits = [Circuit.parse(text) for text in circuit]

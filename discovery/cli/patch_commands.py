@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -14,13 +13,18 @@ from discovery.patching import Receiver, path_patching, save_heatmap
 
 
 def patch(
-    receiver: str = typer.Option("logits", "--receiver", "-r",
-                                 help="logits, or heads' inputs: 9.6.q, 9.6 (q, k and v), 9.6.q,9.9.q"),
+    receiver: str = typer.Option(
+        "logits", "--receiver", "-r", help="logits, or heads' inputs: 9.6.q, 9.6 (q, k and v), 9.6.q,9.9.q"
+    ),
     png: Path = typer.Option(Path("patching.png"), "--png", help="where to write the heatmap"),
     top: int = typer.Option(10, "--top", help="how many senders to list"),
-    model: str = common.ModelOpt, task: str = common.TaskOpt, n: int = common.NOpt, seed: int = common.SeedOpt,
-    corruption: Optional[str] = common.CorruptionOpt, device: str = common.DeviceOpt,
-    task_param: Optional[list[str]] = common.TaskParamOpt,
+    model: str = common.ModelOpt,
+    task: str = common.TaskOpt,
+    n: int = common.NOpt,
+    seed: int = common.SeedOpt,
+    corruption: str | None = common.CorruptionOpt,
+    device: str = common.DeviceOpt,
+    task_param: list[str] | None = common.TaskParamOpt,
 ) -> None:
     """Path patching: the effect of each sender head on the logits or on receiver heads' q/k/v inputs."""
     loaded = common.open_model(model, device)

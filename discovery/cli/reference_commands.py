@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -15,11 +14,12 @@ from discovery.cli.common import console
 
 def train_reference(
     name: str = typer.Argument(..., help="reference model: induction or sequences"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the model here (default: the cache that ref:NAME uses)"),
+    out: Path | None = typer.Option(None, "--out", help="write the model here (default: the cache that ref:NAME uses)"),
     seed: int = typer.Option(0, "--seed", help="training seed (weights and data)"),
 ) -> None:
     """Train a reference model (a few minutes on a CPU) and print its held-out accuracy."""
-    from discovery.reference import TrainingReport, ensure_reference_model, get_spec, reference_dir, train_reference as train
+    from discovery.reference import TrainingReport, ensure_reference_model, get_spec, reference_dir
+    from discovery.reference import train_reference as train
 
     spec = get_spec(name)
     with common.progress_bar(f"training {name}", transient=True) as progress:
@@ -30,11 +30,19 @@ def train_reference(
             cached = (reference_dir(name, seed) / "reference.json").is_file()
             directory = ensure_reference_model(name, progress=progress, seed=seed)
             record = json.loads((directory / "reference.json").read_text())
-            report = TrainingReport(name=record["name"], seed=record["seed"], steps=record["steps"],
-                                    seconds=record["seconds"], heldout_accuracy=record["heldout_accuracy"],
-                                    out_dir=directory, final_loss=record.get("final_loss", float("nan")),
-                                    targets=record.get("targets", {}))
-    console.print(f"model      {report.name} (seed {report.seed}){'  [already trained, from the cache]' if cached else ''}")
+            report = TrainingReport(
+                name=record["name"],
+                seed=record["seed"],
+                steps=record["steps"],
+                seconds=record["seconds"],
+                heldout_accuracy=record["heldout_accuracy"],
+                out_dir=directory,
+                final_loss=record.get("final_loss", float("nan")),
+                targets=record.get("targets", {}),
+            )
+    console.print(
+        f"model      {report.name} (seed {report.seed}){'  [already trained, from the cache]' if cached else ''}"
+    )
     console.print(f"steps      {report.steps}")
     console.print(f"seconds    {report.seconds:.1f}")
     console.print(f"final loss {report.final_loss:.4f}")
@@ -93,7 +101,9 @@ def _heatmap(scores, png: Path, title: str) -> None:
         for layer in range(scores.n_layers):
             for h in range(scores.n_heads):
                 v = float(values[layer, h])
-                ax.text(h, layer, f"{v:.2f}", ha="center", va="center", color="black" if v > 0.5 else "white", fontsize=8)
+                ax.text(
+                    h, layer, f"{v:.2f}", ha="center", va="center", color="black" if v > 0.5 else "white", fontsize=8
+                )
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(title)
     fig.tight_layout()

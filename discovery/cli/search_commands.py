@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -14,7 +14,7 @@ from discovery.cli.common import console
 from discovery.errors import UsageError
 
 
-def parse_params(items: Optional[list[str]]) -> dict[str, Any]:
+def parse_params(items: list[str] | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -26,14 +26,20 @@ def parse_params(items: Optional[list[str]]) -> dict[str, Any]:
 
 def discover(
     method: str = typer.Option("greedy", "--method", help="search method (see `circuits methods`)"),
-    target: Optional[float] = typer.Option(None, "--target", help="normalised score to reach (methods with a target)"),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="method parameter KEY=VALUE; repeatable"),
+    target: float | None = typer.Option(None, "--target", help="normalised score to reach (methods with a target)"),
+    param: list[str] | None = typer.Option(None, "--param", "-p", help="method parameter KEY=VALUE; repeatable"),
     png: Path = typer.Option(Path("circuit.png"), "--png", help="where to write the circuit's graph"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result as JSON here"),
-    model: str = common.ModelOpt, task: str = common.TaskOpt, n: int = common.NOpt, seed: int = common.SeedOpt,
-    corruption: Optional[str] = common.CorruptionOpt, ablation: str = common.AblationOpt,
-    mean_source: str = common.SourceOpt, ablate_mlps: bool = common.MlpsOpt, device: str = common.DeviceOpt,
-    task_param: Optional[list[str]] = common.TaskParamOpt,
+    json_out: Path | None = typer.Option(None, "--json", help="also write the result as JSON here"),
+    model: str = common.ModelOpt,
+    task: str = common.TaskOpt,
+    n: int = common.NOpt,
+    seed: int = common.SeedOpt,
+    corruption: str | None = common.CorruptionOpt,
+    ablation: str = common.AblationOpt,
+    mean_source: str = common.SourceOpt,
+    ablate_mlps: bool = common.MlpsOpt,
+    device: str = common.DeviceOpt,
+    task_param: list[str] | None = common.TaskParamOpt,
 ) -> None:
     """Find a circuit with a search method; print it, its score and cost, and draw it."""
     from discovery.plots import draw_circuit
@@ -43,8 +49,10 @@ def discover(
     params = parse_params(param)
     if target is not None:
         if "target" not in {p.name for p in spec.params}:
-            raise UsageError(f"method {method!r} takes no target; its parameters: "
-                             f"{', '.join(p.name for p in spec.params) or '(none)'}")
+            raise UsageError(
+                f"method {method!r} takes no target; its parameters: "
+                f"{', '.join(p.name for p in spec.params) or '(none)'}"
+            )
         params["target"] = target
     spec.validate(params)  # refuse bad parameters before loading anything
     loaded = common.open_model(model, device)
@@ -69,13 +77,25 @@ def discover(
     draw_circuit(result.circuit, png, title=title)
     console.print(f"graph        {png}")
     if json_out:
-        json_out.write_text(json.dumps({
-            "method": method, "params": result.params, "circuit": result.circuit.canonical,
-            "metric": score.metric, "normalised": score.normalised, "full": score.full, "ablated": score.ablated,
-            "evaluation": score.method.describe(), "n_evaluations": result.n_evaluations,
-            "seconds": result.seconds, "steps": [[s.circuit.canonical, s.normalised] for s in result.steps],
-            "extra": result.extra,
-        }, default=str))
+        json_out.write_text(
+            json.dumps(
+                {
+                    "method": method,
+                    "params": result.params,
+                    "circuit": result.circuit.canonical,
+                    "metric": score.metric,
+                    "normalised": score.normalised,
+                    "full": score.full,
+                    "ablated": score.ablated,
+                    "evaluation": score.method.describe(),
+                    "n_evaluations": result.n_evaluations,
+                    "seconds": result.seconds,
+                    "steps": [[s.circuit.canonical, s.normalised] for s in result.steps],
+                    "extra": result.extra,
+                },
+                default=str,
+            )
+        )
         console.print(f"json         {json_out}")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -19,7 +19,7 @@ from discovery.cli.common import console, err_console
 from discovery.errors import UsageError
 
 
-def _parse_params(items: Optional[list[str]]) -> dict[str, Any]:
+def _parse_params(items: list[str] | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -29,7 +29,7 @@ def _parse_params(items: Optional[list[str]]) -> dict[str, Any]:
     return params
 
 
-def _store(database: Optional[str]) -> Any:
+def _store(database: str | None) -> Any:
     from discovery.service import open_default_store
 
     return open_default_store(database)
@@ -48,29 +48,50 @@ def _progress_text(job: Any) -> str:
 
 
 def submit(
-    task: list[str] = typer.Option(["digits"], "--task", "-t",
-                                   help="task name (repeat for a sweep: one job per task and a comparison)"),
+    task: list[str] = typer.Option(
+        ["digits"], "--task", "-t", help="task name (repeat for a sweep: one job per task and a comparison)"
+    ),
     method: str = typer.Option("greedy", "--method", help="search method (circuits methods lists them)"),
-    target: Optional[float] = typer.Option(None, "--target", help="shorthand for --param target=VALUE"),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="method parameter KEY=VALUE; repeatable"),
-    model: str = common.ModelOpt, n: int = common.NOpt, seed: int = common.SeedOpt,
-    corruption: Optional[str] = common.CorruptionOpt, ablation: str = common.AblationOpt,
-    mean_source: str = common.SourceOpt, ablate_mlps: bool = common.MlpsOpt, device: str = common.DeviceOpt,
-    task_param: Optional[list[str]] = common.TaskParamOpt,
-    database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    target: float | None = typer.Option(None, "--target", help="shorthand for --param target=VALUE"),
+    param: list[str] | None = typer.Option(None, "--param", "-p", help="method parameter KEY=VALUE; repeatable"),
+    model: str = common.ModelOpt,
+    n: int = common.NOpt,
+    seed: int = common.SeedOpt,
+    corruption: str | None = common.CorruptionOpt,
+    ablation: str = common.AblationOpt,
+    mean_source: str = common.SourceOpt,
+    ablate_mlps: bool = common.MlpsOpt,
+    device: str = common.DeviceOpt,
+    task_param: list[str] | None = common.TaskParamOpt,
+    database: str | None = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
     in_process: bool = typer.Option(False, "--in-process", help="run here even if a broker is configured"),
     wait: bool = typer.Option(False, "--wait", help="with a broker: wait for the jobs and print their results"),
 ) -> None:
     """Submit a discovery job (several --task: a sweep); print its id, or run it here when no broker is set."""
-    from discovery.service import JobRequest, submit as submit_jobs
+    from discovery.service import JobRequest
+    from discovery.service import submit as submit_jobs
 
     params = _parse_params(param)
     if target is not None:
         params["target"] = target
     task_params = common.parse_task_params(task_param)
-    requests = [JobRequest(task=t, method=method, model=model, params=params, n=n, seed=seed, corruption=corruption,
-                           task_params=task_params, ablation=ablation, ablation_source=mean_source,
-                           ablate_mlps=ablate_mlps, device=device) for t in task]
+    requests = [
+        JobRequest(
+            task=t,
+            method=method,
+            model=model,
+            params=params,
+            n=n,
+            seed=seed,
+            corruption=corruption,
+            task_params=task_params,
+            ablation=ablation,
+            ablation_source=mean_source,
+            ablate_mlps=ablate_mlps,
+            device=device,
+        )
+        for t in task
+    ]
     store = _store(database)
     if in_process or not os.environ.get("CIRCUITS_BROKER_URL"):
         with common.progress_bar("running") as bar:
@@ -98,7 +119,7 @@ def submit(
 
 def jobs(
     limit: int = typer.Option(50, "--limit", help="most recent jobs shown"),
-    database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    database: str | None = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
 ) -> None:
     """List jobs with their status and progress."""
     store = _store(database)
@@ -110,31 +131,48 @@ def jobs(
             result += f", {score:.3f}"
         if _get(job, "status") == "failed":
             result = f"{job.error_type}"
-        table.add_row(str(job.id), str(_get(job, "status")), job.method, job.task, _progress_text(job), result,
-                      job.worker_id or "", f"{job.created_at:%Y-%m-%d %H:%M:%S}" if job.created_at else "")
+        table.add_row(
+            str(job.id),
+            str(_get(job, "status")),
+            job.method,
+            job.task,
+            _progress_text(job),
+            result,
+            job.worker_id or "",
+            f"{job.created_at:%Y-%m-%d %H:%M:%S}" if job.created_at else "",
+        )
     console.print(table)
 
 
 def status(
     job_id: str = typer.Argument(..., help="job id"),
-    database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    database: str | None = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
     as_json: bool = typer.Option(False, "--json", help="print the job's result as JSON"),
 ) -> None:
     """Show a job: status, evaluations done, best circuit so far (or the result) and its score."""
     store = _store(database)
     job = store.get_job(_job_key(job_id))
     if as_json:
-        console.print(json.dumps({"id": job.id, "status": _get(job, "status"),
-                                  "circuit": None if job.result_circuit is None else job.result_circuit.canonical,
-                                  "result": job.result_score, "error_type": job.error_type,
-                                  "error_message": job.error_message}, indent=2))
+        console.print(
+            json.dumps(
+                {
+                    "id": job.id,
+                    "status": _get(job, "status"),
+                    "circuit": None if job.result_circuit is None else job.result_circuit.canonical,
+                    "result": job.result_score,
+                    "error_type": job.error_type,
+                    "error_message": job.error_message,
+                },
+                indent=2,
+            )
+        )
         return
     _print_job(job, store)
 
 
 def cancel(
     job_id: str = typer.Argument(..., help="job id"),
-    database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    database: str | None = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
 ) -> None:
     """Cancel a job: a queued job never starts, a running one stops at its next progress report."""
     from discovery.service import cancel as cancel_job
@@ -144,8 +182,8 @@ def cancel(
 
 
 def requeue(
-    job_id: Optional[list[str]] = typer.Argument(None, help="job ids (default: every running job with a stale heartbeat)"),
-    database: Optional[str] = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    job_id: list[str] | None = typer.Argument(None, help="job ids (default: every running job with a stale heartbeat)"),
+    database: str | None = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
 ) -> None:
     """Publish jobs' messages again (after a broker lost its data); duplicates are harmless."""
     from discovery.service import requeue as requeue_jobs
@@ -155,24 +193,41 @@ def requeue(
 
 
 def worker(
-    concurrency: int = typer.Option(1, "--concurrency", "-c",
-                                    help="jobs run at once by this worker (1: one process, the solo pool)"),
-    queue: Optional[str] = typer.Option(None, "--queue", "-Q", help="queue (default: CIRCUITS_QUEUE or circuits)"),
-    device: Optional[str] = typer.Option(None, "--device", help="run every job on this device (e.g. cuda)"),
+    concurrency: int = typer.Option(
+        1, "--concurrency", "-c", help="jobs run at once by this worker (1: one process, the solo pool)"
+    ),
+    queue: str | None = typer.Option(None, "--queue", "-Q", help="queue (default: CIRCUITS_QUEUE or circuits)"),
+    device: str | None = typer.Option(None, "--device", help="run every job on this device (e.g. cuda)"),
     loglevel: str = typer.Option("info", "--loglevel", "-l"),
-    hostname: Optional[str] = typer.Option(None, "--hostname", "-n", help="node name, e.g. gpu1@%h"),
-    restart: bool = typer.Option(True, "--restart/--no-restart",
-                                 help="start Celery again if it dies (SIGTERM or Ctrl-C stop the worker for good)"),
+    hostname: str | None = typer.Option(None, "--hostname", "-n", help="node name, e.g. gpu1@%h"),
+    restart: bool = typer.Option(
+        True,
+        "--restart/--no-restart",
+        help="start Celery again if it dies (SIGTERM or Ctrl-C stop the worker for good)",
+    ),
 ) -> None:
     """Start a Celery worker (``celery -A workers worker`` with the service's settings), kept running."""
     if not os.environ.get("CIRCUITS_BROKER_URL"):
-        raise UsageError("CIRCUITS_BROKER_URL is not set: a worker needs a broker, e.g. redis://localhost:6379/0 "
-                         "(without one, circuits submit runs jobs in-process)")
+        raise UsageError(
+            "CIRCUITS_BROKER_URL is not set: a worker needs a broker, e.g. redis://localhost:6379/0 "
+            "(without one, circuits submit runs jobs in-process)"
+        )
     env = dict(os.environ)
     if device:
         env["CIRCUITS_DEVICE"] = device
-    args = [sys.executable, "-m", "celery", "-A", "workers", "worker", "--loglevel", loglevel,
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "worker",
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     args += ["--pool", "solo"] if concurrency == 1 else ["--pool", "prefork", "--concurrency", str(concurrency)]
     if queue:
         args += ["--queues", queue]
@@ -229,8 +284,10 @@ def _job_key(text: str) -> int:
 
 def _print_job(job: Any, store: Any = None) -> None:
     status_text = _get(job, "status")
-    console.print(f"job       {job.id}  {status_text}" + (f"  (worker {job.worker_id}, attempt {job.attempts})"
-                                                          if job.worker_id else ""))
+    console.print(
+        f"job       {job.id}  {status_text}"
+        + (f"  (worker {job.worker_id}, attempt {job.attempts})" if job.worker_id else "")
+    )
     console.print(f"method    {job.method} {json.dumps(job.params or {}, sort_keys=True)}")
     console.print(f"task      {job.task}")
     console.print(f"model     {job.model}")
@@ -251,16 +308,20 @@ def _print_job(job: Any, store: Any = None) -> None:
     circuit = job.result_circuit
     norm = result.get("normalised")
     console.print(f"circuit   {circuit or '(empty)'}  ({result.get('size')} components)")
-    console.print(f"score     {'nan' if norm is None else f'{norm:.4f}'} normalised, metric {result['metric']:.4f} "
-                  f"(full {result['full']:.4f}, ablated {result['ablated']:.4f})")
+    console.print(
+        f"score     {'nan' if norm is None else f'{norm:.4f}'} normalised, metric {result['metric']:.4f} "
+        f"(full {result['full']:.4f}, ablated {result['ablated']:.4f})"
+    )
     if result.get("evaluation_method"):
         from discovery.evaluator import EvaluationMethod
 
         console.print(f"scored by {EvaluationMethod(**result['evaluation_method']).describe()}")
     service = (result.get("extra") or {}).get("service", {})
-    console.print(f"searched  {result.get('n_evaluations')} evaluations in {result.get('seconds', 0):.1f}s "
-                  f"({service.get('computed', '?')} computed, {service.get('served_from_store', '?')} served "
-                  "from the store)")
+    console.print(
+        f"searched  {result.get('n_evaluations')} evaluations in {result.get('seconds', 0):.1f}s "
+        f"({service.get('computed', '?')} computed, {service.get('served_from_store', '?')} served "
+        "from the store)"
+    )
 
 
 def _print_comparison(result: dict[str, Any]) -> None:

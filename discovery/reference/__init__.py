@@ -22,15 +22,21 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from discovery.errors import UsageError
 from discovery.reference.ground_truth import HeadScores, head_scores
 from discovery.reference.specs import INDUCTION, SEQUENCES
 from discovery.reference.tokenizer import build_tokenizer
-from discovery.reference.training import (ProgressCallback, ReferenceSpec, TrainingReport,
-                                          quiet_transformers, save, train_model)
+from discovery.reference.training import (
+    ProgressCallback,
+    ReferenceSpec,
+    TrainingReport,
+    quiet_transformers,
+    save,
+    train_model,
+)
 
 REFERENCE_MODELS: dict[str, ReferenceSpec] = {spec.name: spec for spec in (INDUCTION, SEQUENCES)}
 
@@ -41,8 +47,9 @@ def get_spec(name: str) -> ReferenceSpec:
     return REFERENCE_MODELS[name]
 
 
-def train_reference(name: str, out_dir: Path, seed: int = 0, progress: ProgressCallback | None = None,
-                    steps: int | None = None) -> TrainingReport:
+def train_reference(
+    name: str, out_dir: Path, seed: int = 0, progress: ProgressCallback | None = None, steps: int | None = None
+) -> TrainingReport:
     """Train reference model ``name`` with ``seed`` and write its Hugging Face directory to ``out_dir``.
 
     ``progress(done, total, message)`` is called as training goes. ``steps`` overrides the spec's
@@ -58,9 +65,14 @@ def train_reference(name: str, out_dir: Path, seed: int = 0, progress: ProgressC
             progress(0, None, f"evaluating {name} on held-out prompts")
         accuracy = spec.evaluate(model, tokenizer, seed)
         report = TrainingReport(
-            name=name, seed=seed, steps=spec.steps + spec.polish_steps if steps is None else steps, seconds=round(seconds, 2),
-            heldout_accuracy={k: round(v, 4) for k, v in accuracy.items()}, out_dir=out_dir,
-            final_loss=round(loss, 4), targets=dict(spec.targets),
+            name=name,
+            seed=seed,
+            steps=spec.steps + spec.polish_steps if steps is None else steps,
+            seconds=round(seconds, 2),
+            heldout_accuracy={k: round(v, 4) for k, v in accuracy.items()},
+            out_dir=out_dir,
+            final_loss=round(loss, 4),
+            targets=dict(spec.targets),
         )
         save(model, tokenizer, out_dir, report)
     return report
@@ -88,8 +100,11 @@ def reference_dir(name: str, seed: int | None = None) -> Path:
 
 
 def _complete(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file() \
+    return (
+        (path / "config.json").is_file()
+        and (path / "model.safetensors").is_file()
         and (path / "reference.json").is_file()
+    )
 
 
 @contextlib.contextmanager
@@ -119,8 +134,7 @@ def ensure_reference_model(name: str, progress: ProgressCallback | None = None, 
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            train_reference(name, tmp, seed=get_spec(name).default_seed if seed is None else seed,
-                            progress=progress)
+            train_reference(name, tmp, seed=get_spec(name).default_seed if seed is None else seed, progress=progress)
             if target.exists():  # an incomplete leftover from an older layout
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -130,6 +144,17 @@ def ensure_reference_model(name: str, progress: ProgressCallback | None = None, 
     return target
 
 
-__all__ = ["REFERENCE_MODELS", "HeadScores", "ReferenceSpec", "TrainingReport", "build_tokenizer",
-           "cache_root", "ensure_reference_model", "get_spec", "head_scores", "reference_dir", "reference_tokenizer",
-           "train_reference"]
+__all__ = [
+    "REFERENCE_MODELS",
+    "HeadScores",
+    "ReferenceSpec",
+    "TrainingReport",
+    "build_tokenizer",
+    "cache_root",
+    "ensure_reference_model",
+    "get_spec",
+    "head_scores",
+    "reference_dir",
+    "reference_tokenizer",
+    "train_reference",
+]

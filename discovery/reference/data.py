@@ -39,7 +39,8 @@ from discovery.reference.tokenizer import SPECIAL_TOKENS
 
 # Common English words, each one token in GPT-2's vocabulary both bare and after a space, so the
 # induction task builds the same kind of prompt for GPT-2-tokenised models.
-INDUCTION_WORDS: tuple[str, ...] = tuple("""
+INDUCTION_WORDS: tuple[str, ...] = tuple(
+    """
 time year day man way thing world life hand part child eye place week case point number group
 problem fact house book car tree door room water money story night river city game line name rock
 king ship road fish bird horse cat dog bread glass stone paper plant field hill lake sea moon star
@@ -47,7 +48,8 @@ sun rain wind fire ice gold iron wood wall box bag cup hat coat bed key pen bell
 page letter table chair floor window farm shop bank church school train plane boat bike wheel engine
 wire chain knife fork plate bowl pot pan oven apple orange cake rice corn bean egg meat wine beer
 cream nut seed leaf root flower grass forest wave storm cloud sky light shadow color
-""".split())
+""".split()
+)
 assert len(INDUCTION_WORDS) == 128 and len(set(INDUCTION_WORDS)) == 128
 
 BOS_ID = SPECIAL_TOKENS.index("<|endoftext|>")
@@ -79,8 +81,9 @@ class Segment:
     length: int
 
 
-def repeated_segment(rng: np.random.Generator, seq_len: int, n_words: int, max_len: int = 12,
-                     clean: bool = False) -> tuple[np.ndarray, np.ndarray, Segment]:
+def repeated_segment(
+    rng: np.random.Generator, seq_len: int, n_words: int, max_len: int = 12, clean: bool = False
+) -> tuple[np.ndarray, np.ndarray, Segment]:
     """``BOS x noise A noise A noise``; mask marks positions predicting the 2nd+ token of the 2nd ``A``."""
     words = spaced_ids(n_words)
     length = int(rng.integers(3, max_len + 1))
@@ -91,10 +94,10 @@ def repeated_segment(rng: np.random.Generator, seq_len: int, n_words: int, max_l
     x[1] = bare_ids(n_words)[int(rng.integers(n_words))]  # the text's first word has no space
     first = int(rng.integers(2, seq_len - 2 * length + 1))
     second = int(rng.integers(first + length, seq_len - length + 1))
-    x[first:first + length] = segment
-    x[second:second + length] = segment
+    x[first : first + length] = segment
+    x[second : second + length] = segment
     mask = np.zeros(seq_len, dtype=bool)
-    mask[second:second + length - 1] = True  # predicts tokens second+1 .. second+length-1
+    mask[second : second + length - 1] = True  # predicts tokens second+1 .. second+length-1
     return x, mask, Segment(first, second, length)
 
 
@@ -125,8 +128,9 @@ def chunked(rng: np.random.Generator, seq_len: int, n_words: int) -> tuple[np.nd
     return x, mask
 
 
-def induction_batch(rng: np.random.Generator, batch_size: int, seq_len: int, n_words: int,
-                    p_segment: float = 0.3) -> Batch:
+def induction_batch(
+    rng: np.random.Generator, batch_size: int, seq_len: int, n_words: int, p_segment: float = 0.3
+) -> Batch:
     rows, masks = [], []
     for _ in range(batch_size):
         if rng.random() < p_segment:
@@ -138,8 +142,7 @@ def induction_batch(rng: np.random.Generator, batch_size: int, seq_len: int, n_w
     return Batch(np.stack(rows).astype(np.int64), np.stack(masks))
 
 
-def heldout_segments(seed: int, n: int, seq_len: int, n_words: int,
-                     max_len: int = 12) -> tuple[Batch, list[Segment]]:
+def heldout_segments(seed: int, n: int, seq_len: int, n_words: int, max_len: int = 12) -> tuple[Batch, list[Segment]]:
     """``n`` held-out repeated-segment sequences (noise disjoint from the segment)."""
     rng = np.random.default_rng([seed, 7919])
     rows, masks, segments = [], [], []
@@ -153,12 +156,14 @@ def heldout_segments(seed: int, n: int, seq_len: int, n_words: int,
 
 # --- the sequences model's text ------------------------------------------------------------------
 
-FILLER_WORDS: tuple[str, ...] = tuple("""
+FILLER_WORDS: tuple[str, ...] = tuple(
+    """
 the a an and or but so then we you they it he she this that there here is was are were be will
 can saw see said say went go came come made make took take had have with from to of on at by for
 about after before again today tomorrow morning evening list count order next last first later now
 red blue green small big old new good bad long short my our your their some all many few
-""".split())
+""".split()
+)
 
 
 def sequence_words() -> tuple[str, ...]:
@@ -208,7 +213,7 @@ def sequence_texts(rng: np.random.Generator, n: int, tokenizer: Any) -> list[str
                 # continue the list a little past the answer (stays inside the vocabulary)
                 vocab = list(task.vocabulary)
                 last = vocab.index(ex.correct[0].strip())
-                for extra in vocab[last + 1:last + 1 + int(rng.integers(0, 3))]:
+                for extra in vocab[last + 1 : last + 1 + int(rng.integers(0, 3))]:
                     text += " " + extra
             if rng.random() < 0.3:
                 text = _distractor(rng) + " " + text

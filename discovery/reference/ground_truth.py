@@ -20,9 +20,10 @@ Both are in [0, 1]; a textbook head scores close to 1, a head that ignores posit
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,8 +64,9 @@ def _spaced_token_ids(tokenizer: Any) -> np.ndarray:
     return np.array(ids, dtype=np.int64)
 
 
-def repeated_random_sequences(tokenizer: Any, n: int, segment_len: int, prefix_len: int = 3,
-                              seed: int = 12345) -> np.ndarray:
+def repeated_random_sequences(
+    tokenizer: Any, n: int, segment_len: int, prefix_len: int = 3, seed: int = 12345
+) -> np.ndarray:
     """[n, 1 + prefix_len + 2 * segment_len] ids: ``BOS noise R R`` with all tokens distinct."""
     pool = _spaced_token_ids(tokenizer)
     need = prefix_len + segment_len
@@ -109,9 +111,15 @@ def _load(model_dir_or_hf_model: Any, tokenizer: Any) -> tuple[Any, Any]:
 
 
 @torch.no_grad()
-def head_scores(model_dir_or_hf_model: Any, tokenizer: Any = None, n: int = 200,
-                segment_len: int | None = None, prefix_len: int = 3, seed: int = 12345,
-                batch_size: int = 100) -> HeadScores:
+def head_scores(
+    model_dir_or_hf_model: Any,
+    tokenizer: Any = None,
+    n: int = 200,
+    segment_len: int | None = None,
+    prefix_len: int = 3,
+    seed: int = 12345,
+    batch_size: int = 100,
+) -> HeadScores:
     """Previous-token and induction scores of every head (see the module docstring).
 
     ``model_dir_or_hf_model``: a Hugging Face model directory, or a loaded causal LM (then pass its
@@ -137,9 +145,10 @@ def head_scores(model_dir_or_hf_model: Any, tokenizer: Any = None, n: int = 200,
     try:
         with _eager_attention(model):
             for start in range(0, n, batch_size):
-                batch = torch.from_numpy(ids[start:start + batch_size]).to(device)
-                attentions = model(input_ids=batch, attention_mask=torch.ones_like(batch),
-                                   output_attentions=True).attentions
+                batch = torch.from_numpy(ids[start : start + batch_size]).to(device)
+                attentions = model(
+                    input_ids=batch, attention_mask=torch.ones_like(batch), output_attentions=True
+                ).attentions
                 pattern = torch.stack([a.float() for a in attentions]).cpu().numpy()  # [L, B, H, T, T]
                 prev = pattern[:, :, :, positions, positions - 1].sum(axis=(1, 3))
                 ind = pattern[:, :, :, query, key].sum(axis=(1, 3))
@@ -151,5 +160,7 @@ def head_scores(model_dir_or_hf_model: Any, tokenizer: Any = None, n: int = 200,
     return HeadScores(
         previous_token=prev_sum / (n * len(positions)),
         induction=ind_sum / (n * len(query)),
-        n_sequences=n, seq_len=int(ids.shape[1]), segment_len=segment_len,
+        n_sequences=n,
+        seq_len=int(ids.shape[1]),
+        segment_len=segment_len,
     )

@@ -25,8 +25,8 @@ def _top1(model: Any, ids: np.ndarray, mask: np.ndarray, batch_size: int = 256) 
     """Top-1 accuracy of next-token predictions at the positions ``mask`` marks."""
     correct = total = 0
     for start in range(0, len(ids), batch_size):
-        x = torch.from_numpy(ids[start:start + batch_size])
-        m = torch.from_numpy(mask[start:start + batch_size])
+        x = torch.from_numpy(ids[start : start + batch_size])
+        m = torch.from_numpy(mask[start : start + batch_size])
         logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
         pred = logits[:, :-1].argmax(-1)
         hit = (pred == x[:, 1:]) & m[:, :-1]
@@ -44,8 +44,9 @@ def _task_accuracy(model: Any, tokenizer: Any, task_name: str, n: int, seed: int
     ids = dataset.clean_ids
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1]
     pred = logits.argmax(-1)
-    correct_ids = torch.tensor([tokenizer(ex.correct[0], add_special_tokens=False)["input_ids"][0]
-                                for ex in dataset.examples])
+    correct_ids = torch.tensor(
+        [tokenizer(ex.correct[0], add_special_tokens=False)["input_ids"][0] for ex in dataset.examples]
+    )
     return float((pred == correct_ids).float().mean())
 
 
@@ -59,11 +60,18 @@ def _induction_evaluate(model: Any, tokenizer: Any, seed: int) -> dict[str, floa
 INDUCTION = ReferenceSpec(
     name="induction",
     description="2 layers; random words with a repeated segment: previous-token heads (layer 0) "
-                "and induction heads (layer 1)",
+    "and induction heads (layer 1)",
     version=1,
     words=data.INDUCTION_WORDS,
-    n_layer=2, n_head=4, d_model=64, n_positions=INDUCTION_SEQ_LEN,
-    steps=2500, batch_size=64, lr=1e-3, polish_steps=1000, polish_lr=3e-4,
+    n_layer=2,
+    n_head=4,
+    d_model=64,
+    n_positions=INDUCTION_SEQ_LEN,
+    steps=2500,
+    batch_size=64,
+    lr=1e-3,
+    polish_steps=1000,
+    polish_lr=3e-4,
     make_batch=_induction_batch,
     evaluate=_induction_evaluate,
     targets={"repeated-segment": 0.9, "induction": 0.9},
@@ -90,16 +98,19 @@ def _sequences_batch(rng: np.random.Generator, pool: list[np.ndarray], batch_siz
     ids = np.full((batch_size, width), pad_id, dtype=np.int64)
     mask = np.zeros((batch_size, width), dtype=bool)
     for b, r in enumerate(rows):
-        ids[b, :len(r)] = r
-        mask[b, :len(r) - 1] = True
+        ids[b, : len(r)] = r
+        mask[b, : len(r) - 1] = True
     return Batch(ids, mask)
 
 
 def _sequences_evaluate(model: Any, tokenizer: Any, seed: int) -> dict[str, float]:
     out = {}
     for task in data.SEQUENCE_TASKS:
-        accs = [_task_accuracy(model, tokenizer, task, 100, seed=seed + 17 * length, length=length, template=template)
-                for template in data.SEQUENCE_TEMPLATES for length in SEQUENCE_EVAL_LENGTHS]
+        accs = [
+            _task_accuracy(model, tokenizer, task, 100, seed=seed + 17 * length, length=length, template=template)
+            for template in data.SEQUENCE_TEMPLATES
+            for length in SEQUENCE_EVAL_LENGTHS
+        ]
         out[task] = float(np.mean(accs))
     return out
 
@@ -107,11 +118,16 @@ def _sequences_evaluate(model: Any, tokenizer: Any, seed: int) -> dict[str, floa
 SEQUENCES = ReferenceSpec(
     name="sequences",
     description="4 layers; digits, number words and months in lists and 'X done in N.' sentences, "
-                "with distractor text: the tasks digits, number-words, months",
+    "with distractor text: the tasks digits, number-words, months",
     version=1,
     words=data.sequence_words(),
-    n_layer=4, n_head=4, d_model=64, n_positions=96,
-    steps=1500, batch_size=SEQUENCES_BATCH, lr=2e-3,
+    n_layer=4,
+    n_head=4,
+    d_model=64,
+    n_positions=96,
+    steps=1500,
+    batch_size=SEQUENCES_BATCH,
+    lr=2e-3,
     make_batch=_sequences_batch,
     prepare=_sequences_prepare,
     evaluate=_sequences_evaluate,

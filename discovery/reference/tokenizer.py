@@ -10,7 +10,7 @@ token, as in GPT-2. A small vocabulary is what makes training on two CPU cores t
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -37,6 +37,10 @@ def build_tokenizer(words: Iterable[str]):
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     core.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT, unk_token=UNK,
-        pad_token=ENDOFTEXT, model_max_length=1024,
+        tokenizer_object=core,
+        bos_token=ENDOFTEXT,
+        eos_token=ENDOFTEXT,
+        unk_token=UNK,
+        pad_token=ENDOFTEXT,
+        model_max_length=1024,
     )

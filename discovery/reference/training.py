@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,10 +116,17 @@ def build_model(spec: ReferenceSpec, tokenizer: Any, seed: int) -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.d_model,
-        n_layer=spec.n_layer, n_head=spec.n_head, n_inner=spec.d_mlp,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=spec.n_positions,
+        n_embd=spec.d_model,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        n_inner=spec.d_mlp,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
@@ -126,8 +134,9 @@ def build_model(spec: ReferenceSpec, tokenizer: Any, seed: int) -> Any:
     return model
 
 
-def train_model(spec: ReferenceSpec, tokenizer: Any, seed: int, steps: int | None = None,
-                progress: ProgressCallback | None = None) -> tuple[Any, float, float]:
+def train_model(
+    spec: ReferenceSpec, tokenizer: Any, seed: int, steps: int | None = None, progress: ProgressCallback | None = None
+) -> tuple[Any, float, float]:
     """Train ``spec``'s model; returns ``(model in eval mode, seconds, final loss)``."""
     main_steps = spec.steps if steps is None else steps
     polish = spec.polish_steps if steps is None else 0

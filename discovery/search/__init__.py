@@ -4,8 +4,7 @@ Importing this package registers every method: ``greedy``, ``exhaustive``, ``lay
 ``cumulative-sweep``, ``topk``, ``threshold`` (node level) and ``eap``, ``eap-ig``, ``acdc`` (edge level).
 """
 
-from discovery.search.base import (METHODS, Param, SearchMethodSpec, SearchResult, get_method, register,
-                                   run_search)
 from discovery.search import acdc, eap, exhaustive, greedy, patching_select, sweeps  # noqa: E402,F401 - registers
+from discovery.search.base import METHODS, Param, SearchMethodSpec, SearchResult, get_method, register, run_search
 
 __all__ = ["METHODS", "Param", "SearchMethodSpec", "SearchResult", "get_method", "register", "run_search"]

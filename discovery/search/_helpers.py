@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from discovery.circuit import Circuit, Node, parse_node
 from discovery.errors import UsageError
@@ -22,8 +23,10 @@ def parse_nodes(evaluator: Any, names: Iterable[str], method: str, what: str = "
             raise UsageError(f"method {method!r}: {what} lists {name!r}; list heads (L.H) and MLPs (mL) only")
         evaluator.shape.check(node)
         if node.kind == "mlp" and not ablates_mlps(evaluator):
-            raise UsageError(f"method {method!r}: {what} lists MLP {name!r}, but this evaluation keeps every MLP; "
-                             "pass --ablate-mlps to search over MLPs")
+            raise UsageError(
+                f"method {method!r}: {what} lists MLP {name!r}, but this evaluation keeps every MLP; "
+                "pass --ablate-mlps to search over MLPs"
+            )
         nodes.append(node)
     return sorted(set(nodes), key=lambda n: n.sort_key)
 

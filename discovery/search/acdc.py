@@ -39,7 +39,7 @@ def _start_edges(evaluator: Any, params: dict[str, Any], progress: ProgressCallb
 
         keep = set(edges)
         ranked = [e for e, _ in ranked_edges(evaluator, params["eap_steps"], progress) if e in keep]
-        edges = ranked[:params["eap_top"]]
+        edges = ranked[: params["eap_top"]]
     if not edges:
         raise UsageError("method 'acdc': the restriction leaves no edge to walk")
     return sorted(edges, key=lambda e: e.sort_key)
@@ -60,25 +60,31 @@ def acdc(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> 
 
     visited = 0
     for receiver, inp in reversed(graph.receivers):
-        incoming = sorted((e for e in current_edges if e.receiver == receiver and e.receiver_input == inp),
-                          key=lambda e: e.sender.sort_key, reverse=True)
+        incoming = sorted(
+            (e for e in current_edges if e.receiver == receiver and e.receiver_input == inp),
+            key=lambda e: e.sender.sort_key,
+            reverse=True,
+        )
         if not incoming:
             continue
         visited += 1
-        if receiver != LOGITS and graph.ablatable_node(receiver) and not any(
-                e.sender == receiver for e in current_edges):
+        if (
+            receiver != LOGITS
+            and graph.ablatable_node(receiver)
+            and not any(e.sender == receiver for e in current_edges)
+        ):
             current_edges -= set(incoming)  # its output is ablated everywhere: its inputs cannot matter
             free_removed += len(incoming)
             continue
         i = 0
         while i < len(incoming):
-            chunk = incoming[i:i + batch]
+            chunk = incoming[i : i + batch]
             trial, circuits = set(current_edges), []
             for e in chunk:
                 trial.discard(e)
                 circuits.append(Circuit.from_edges(trial))
             scores = evaluator.evaluate(circuits)
-            for j, (e, s) in enumerate(zip(chunk, scores)):
+            for e, s in zip(chunk, scores):
                 if keeps(current.normalised, s.normalised):
                     current_edges.discard(e)
                     current = s
@@ -88,26 +94,35 @@ def acdc(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> 
                     i += 1
                     break
         steps.append(current)
-        progress(visited, None, f"{receiver.name}{'.' + inp if inp else ''}: {len(current_edges)} edges, "
-                                f"score {current.normalised:.3f}")
+        progress(
+            visited,
+            None,
+            f"{receiver.name}{'.' + inp if inp else ''}: {len(current_edges)} edges, score {current.normalised:.3f}",
+        )
     circuit = Circuit.from_edges(current_edges)
     final = evaluator.evaluate([circuit])[0]
-    extra = {"start_edges": start_count, "removed_by_test": removed, "removed_unreachable": free_removed,
-             "edges": sorted(e.name for e in current_edges)}
+    extra = {
+        "start_edges": start_count,
+        "removed_by_test": removed,
+        "removed_unreachable": free_removed,
+        "edges": sorted(e.name for e in current_edges),
+    }
     return SearchResult("acdc", params, circuit, final, 0, 0.0, tuple(steps), extra)
 
 
-register(SearchMethodSpec(
-    key="acdc",
-    summary="ACDC edge pruning from the logits backwards, removing edges that change the score by < tau",
-    params=(
-        Param("tau", float, 0.01, "largest drop in normalised score an edge's removal may cause", minimum=0),
-        Param("absolute", bool, False, "compare |change| with tau (also keep edges whose removal helps a lot)"),
-        Param("nodes", list, None, "restrict to edges among these components, comma list"),
-        Param("eap_top", int, 0, "restrict to the top N edges by EAP score (0: off)", minimum=0),
-        Param("eap_steps", int, 1, "EAP-IG steps for eap_top (1: plain EAP)", minimum=1),
-        Param("batch", int, 8, "removals scored per evaluate call (speculative; same decisions)", minimum=1),
-    ),
-    func=acdc,
-    level="edge",
-))
+register(
+    SearchMethodSpec(
+        key="acdc",
+        summary="ACDC edge pruning from the logits backwards, removing edges that change the score by < tau",
+        params=(
+            Param("tau", float, 0.01, "largest drop in normalised score an edge's removal may cause", minimum=0),
+            Param("absolute", bool, False, "compare |change| with tau (also keep edges whose removal helps a lot)"),
+            Param("nodes", list, None, "restrict to edges among these components, comma list"),
+            Param("eap_top", int, 0, "restrict to the top N edges by EAP score (0: off)", minimum=0),
+            Param("eap_steps", int, 1, "EAP-IG steps for eap_top (1: plain EAP)", minimum=1),
+            Param("batch", int, 8, "removals scored per evaluate call (speculative; same decisions)", minimum=1),
+        ),
+        func=acdc,
+        level="edge",
+    )
+)

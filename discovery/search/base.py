@@ -13,8 +13,9 @@ every evaluated circuit is kept and a resumed job skips what it already did.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 from discovery.circuit import Circuit, ModelShape
 from discovery.errors import UsageError
@@ -100,8 +101,10 @@ class SearchMethodSpec:
         known = {p.name: p for p in self.params}
         unknown = sorted(set(params) - set(known))
         if unknown:
-            raise UsageError(f"method {self.key!r} has no parameter {', '.join(unknown)}; "
-                             f"its parameters: {', '.join(known) or '(none)'}")
+            raise UsageError(
+                f"method {self.key!r} has no parameter {', '.join(unknown)}; "
+                f"its parameters: {', '.join(known) or '(none)'}"
+            )
         return {name: p.coerce(params.get(name, p.default), self.key) for name, p in known.items()}
 
 
@@ -138,8 +141,12 @@ class CountingEvaluator:
         return getattr(self.inner, name)
 
 
-def run_search(key: str, evaluator: ScoringEvaluator, params: dict[str, Any] | None = None,
-               progress: ProgressCallback | None = None) -> SearchResult:
+def run_search(
+    key: str,
+    evaluator: ScoringEvaluator,
+    params: dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+) -> SearchResult:
     """Validate ``params`` and run method ``key``; the returned timing and evaluation count are measured here."""
     spec = get_method(key)
     checked = spec.validate(params or {})
@@ -147,5 +154,6 @@ def run_search(key: str, evaluator: ScoringEvaluator, params: dict[str, Any] | N
     start = time.perf_counter()
     result = spec.func(counting, checked, progress or no_progress)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
-    return SearchResult(key, checked, result.circuit, result.score, counting.n_evaluations, seconds,
-                        result.steps, result.extra)
+    return SearchResult(
+        key, checked, result.circuit, result.score, counting.n_evaluations, seconds, result.steps, result.extra
+    )

@@ -37,7 +37,7 @@ def _run(key: str, evaluator: Any, params: dict[str, Any], steps: int, progress:
     if params["threshold"] > 0:
         kept = [e for e, s in ranked if abs(s) >= params["threshold"]]
     else:
-        kept = [e for e, _ in ranked[:params["top_n"]]]
+        kept = [e for e, _ in ranked[: params["top_n"]]]
     circuit = Circuit.from_edges(kept)
     score = evaluator.evaluate([circuit])[0]
     extra = {"edge_scores": [[e.name, s] for e, s in ranked], "n_edges_total": len(ranked)}
@@ -57,13 +57,22 @@ SELECT = (
     Param("threshold", float, 0.0, "if > 0: keep every edge with |score| >= threshold instead of top_n", minimum=0),
 )
 
-register(SearchMethodSpec(
-    key="eap", summary="edge attribution patching: top edges by (corrupt - clean) . gradient",
-    params=SELECT, func=eap, level="edge",
-))
+register(
+    SearchMethodSpec(
+        key="eap",
+        summary="edge attribution patching: top edges by (corrupt - clean) . gradient",
+        params=SELECT,
+        func=eap,
+        level="edge",
+    )
+)
 
-register(SearchMethodSpec(
-    key="eap-ig", summary="edge attribution patching with integrated gradients over edge scaling",
-    params=SELECT + (Param("steps", int, 10, "integration steps", minimum=1, maximum=1000),),
-    func=eap_ig, level="edge",
-))
+register(
+    SearchMethodSpec(
+        key="eap-ig",
+        summary="edge attribution patching with integrated gradients over edge scaling",
+        params=SELECT + (Param("steps", int, 10, "integration steps", minimum=1, maximum=1000),),
+        func=eap_ig,
+        level="edge",
+    )
+)

@@ -25,8 +25,10 @@ def exhaustive(evaluator: Any, params: dict[str, Any], progress: ProgressCallbac
     k = min(params["k"], len(pool))
     total = sum(math.comb(len(pool), size) for size in range(1, k + 1))
     if total > params["max_circuits"]:
-        raise UsageError(f"method 'exhaustive': {total} subsets of {len(pool)} components up to size {k} exceed "
-                         f"max_circuits={params['max_circuits']}; shrink the pool or k, or raise max_circuits")
+        raise UsageError(
+            f"method 'exhaustive': {total} subsets of {len(pool)} components up to size {k} exceed "
+            f"max_circuits={params['max_circuits']}; shrink the pool or k, or raise max_circuits"
+        )
     target = params["target"]
     overall = evaluator.evaluate([Circuit()])[0]
     per_size: list[list[Any]] = [[0, str(overall.circuit), overall.normalised]]
@@ -49,20 +51,30 @@ def exhaustive(evaluator: Any, params: dict[str, Any], progress: ProgressCallbac
             chosen = size_best
             break
     result = chosen or overall
-    return SearchResult("exhaustive", params, result.circuit, result, 0, 0.0, tuple(steps),
-                        {"best_per_size": per_size, "met_target": bool(result.normalised >= target)})
+    return SearchResult(
+        "exhaustive",
+        params,
+        result.circuit,
+        result,
+        0,
+        0.0,
+        tuple(steps),
+        {"best_per_size": per_size, "met_target": bool(result.normalised >= target)},
+    )
 
 
-register(SearchMethodSpec(
-    key="exhaustive",
-    summary="every subset of the pool up to size k; the smallest meeting the target (or the best)",
-    params=(
-        Param("k", int, 3, "largest subset size", minimum=1),
-        Param("pool", list, None, "candidate components, comma list (default: every head)"),
-        Param("mlps", bool, False, "also consider MLPs (needs --ablate-mlps)"),
-        Param("target", float, 0.9, "normalised score to reach"),
-        Param("stop_at_target", bool, True, "stop at the smallest size whose best subset meets the target"),
-        Param("max_circuits", int, 2_000_000, "refuse pools that would need more evaluations", minimum=1),
-    ),
-    func=exhaustive,
-))
+register(
+    SearchMethodSpec(
+        key="exhaustive",
+        summary="every subset of the pool up to size k; the smallest meeting the target (or the best)",
+        params=(
+            Param("k", int, 3, "largest subset size", minimum=1),
+            Param("pool", list, None, "candidate components, comma list (default: every head)"),
+            Param("mlps", bool, False, "also consider MLPs (needs --ablate-mlps)"),
+            Param("target", float, 0.9, "normalised score to reach"),
+            Param("stop_at_target", bool, True, "stop at the smallest size whose best subset meets the target"),
+            Param("max_circuits", int, 2_000_000, "refuse pools that would need more evaluations", minimum=1),
+        ),
+        func=exhaustive,
+    )
+)

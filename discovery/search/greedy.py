@@ -51,20 +51,30 @@ def greedy(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -
             path.append(["remove", dropped.name, current.normalised])
             done += 1
             progress(done, None, f"removed {dropped.name}: {current.normalised:.3f}")
-    return SearchResult("greedy", params, current.circuit, current, 0, 0.0, tuple(steps),
-                        {"path": path, "met_target": bool(current.normalised >= target)})
+    return SearchResult(
+        "greedy",
+        params,
+        current.circuit,
+        current,
+        0,
+        0.0,
+        tuple(steps),
+        {"path": path, "met_target": bool(current.normalised >= target)},
+    )
 
 
-register(SearchMethodSpec(
-    key="greedy",
-    summary="forward addition then backward removal until the normalised score meets the target",
-    params=(
-        Param("target", float, 0.9, "normalised score to reach"),
-        Param("max_size", int, 0, "largest circuit the forward pass may build (0: no cap)", minimum=0),
-        Param("pool", list, None, "candidate components, comma list (default: every head)"),
-        Param("mlps", bool, False, "also consider MLPs (needs --ablate-mlps)"),
-        Param("start", list, None, "components the search starts from, comma list"),
-        Param("backward", bool, True, "prune with backward removal after the forward pass"),
-    ),
-    func=greedy,
-))
+register(
+    SearchMethodSpec(
+        key="greedy",
+        summary="forward addition then backward removal until the normalised score meets the target",
+        params=(
+            Param("target", float, 0.9, "normalised score to reach"),
+            Param("max_size", int, 0, "largest circuit the forward pass may build (0: no cap)", minimum=0),
+            Param("pool", list, None, "candidate components, comma list (default: every head)"),
+            Param("mlps", bool, False, "also consider MLPs (needs --ablate-mlps)"),
+            Param("start", list, None, "components the search starts from, comma list"),
+            Param("backward", bool, True, "prune with backward removal after the forward pass"),
+        ),
+        func=greedy,
+    )
+)

@@ -22,13 +22,23 @@ def _ranking(evaluator: Any, receiver: str, progress: ProgressCallback) -> list[
 
     result = path_patching(evaluator.model, evaluator.dataset, receiver, progress=progress)
     effects = np.asarray(result.effects)
-    ranked = [(f"{l}.{h}", float(effects[l, h])) for l in range(effects.shape[0])
-              for h in range(effects.shape[1]) if np.isfinite(effects[l, h])]
+    ranked = [
+        (f"{l}.{h}", float(effects[l, h]))
+        for l in range(effects.shape[0])
+        for h in range(effects.shape[1])
+        if np.isfinite(effects[l, h])
+    ]
     return sorted(ranked, key=lambda t: -abs(t[1]))
 
 
-def _result(key: str, evaluator: Any, params: dict[str, Any], ranked: list[tuple[str, float]],
-            chosen: list[str], extra: dict[str, Any]) -> SearchResult:
+def _result(
+    key: str,
+    evaluator: Any,
+    params: dict[str, Any],
+    ranked: list[tuple[str, float]],
+    chosen: list[str],
+    extra: dict[str, Any],
+) -> SearchResult:
     circuit = Circuit.of(chosen)
     score = evaluator.evaluate([circuit])[0]
     extra = {"ranking": [[name, eff] for name, eff in ranked], **extra}
@@ -37,7 +47,7 @@ def _result(key: str, evaluator: Any, params: dict[str, Any], ranked: list[tuple
 
 def topk(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     ranked = _ranking(evaluator, params["receiver"], progress)
-    chosen = [name for name, _ in ranked[:params["k"]]]
+    chosen = [name for name, _ in ranked[: params["k"]]]
     return _result("topk", evaluator, params, ranked, chosen, {})
 
 
@@ -51,20 +61,24 @@ def threshold(evaluator: Any, params: dict[str, Any], progress: ProgressCallback
 
 RECEIVER = Param("receiver", str, "logits", "path-patching receiver: logits, or heads' inputs such as 9.6.q,9.9")
 
-register(SearchMethodSpec(
-    key="topk",
-    summary="the k heads with the largest path-patching effect",
-    params=(Param("k", int, 10, "number of heads", minimum=1), RECEIVER),
-    func=topk,
-))
+register(
+    SearchMethodSpec(
+        key="topk",
+        summary="the k heads with the largest path-patching effect",
+        params=(Param("k", int, 10, "number of heads", minimum=1), RECEIVER),
+        func=topk,
+    )
+)
 
-register(SearchMethodSpec(
-    key="threshold",
-    summary="every head whose path-patching |effect| reaches a threshold (absolute or relative)",
-    params=(
-        Param("threshold", float, 0.1, "cut on |effect|: metric units, or a fraction of the strongest", minimum=0),
-        Param("relative", bool, True, "read threshold as a fraction of the strongest head's |effect|"),
-        RECEIVER,
-    ),
-    func=threshold,
-))
+register(
+    SearchMethodSpec(
+        key="threshold",
+        summary="every head whose path-patching |effect| reaches a threshold (absolute or relative)",
+        params=(
+            Param("threshold", float, 0.1, "cut on |effect|: metric units, or a fraction of the strongest", minimum=0),
+            Param("relative", bool, True, "read threshold as a fraction of the strongest head's |effect|"),
+            RECEIVER,
+        ),
+        func=threshold,
+    )
+)

@@ -26,8 +26,16 @@ def layer_sweep(evaluator: Any, params: dict[str, Any], progress: ProgressCallba
     scores = evaluator.evaluate(circuits, progress)
     chosen = best(scores)
     table = [[layer, s.normalised] for layer, s in enumerate(scores)]
-    return SearchResult("layer-sweep", params, chosen.circuit, chosen, 0, 0.0, tuple(scores),
-                        {"per_layer": table, "base": [n.name for n in base]})
+    return SearchResult(
+        "layer-sweep",
+        params,
+        chosen.circuit,
+        chosen,
+        0,
+        0.0,
+        tuple(scores),
+        {"per_layer": table, "base": [n.name for n in base]},
+    )
 
 
 def cumulative_sweep(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
@@ -41,23 +49,35 @@ def cumulative_sweep(evaluator: Any, params: dict[str, Any], progress: ProgressC
     meeting = [s for s in scores if s.normalised >= params["target"]]
     chosen = meeting[0] if meeting else best(scores)
     table = [[layer, s.normalised] for layer, s in enumerate(scores)]
-    return SearchResult("cumulative-sweep", params, chosen.circuit, chosen, 0, 0.0, tuple(scores),
-                        {"per_layer": table, "met_target": bool(meeting)})
+    return SearchResult(
+        "cumulative-sweep",
+        params,
+        chosen.circuit,
+        chosen,
+        0,
+        0.0,
+        tuple(scores),
+        {"per_layer": table, "met_target": bool(meeting)},
+    )
 
 
-register(SearchMethodSpec(
-    key="layer-sweep",
-    summary="add all heads of one layer to a base circuit, for each layer",
-    params=(Param("base", list, None, "components every step keeps, comma list"),),
-    func=layer_sweep,
-))
+register(
+    SearchMethodSpec(
+        key="layer-sweep",
+        summary="add all heads of one layer to a base circuit, for each layer",
+        params=(Param("base", list, None, "components every step keeps, comma list"),),
+        func=layer_sweep,
+    )
+)
 
-register(SearchMethodSpec(
-    key="cumulative-sweep",
-    summary="all heads of layers 0..L, for each L; the first meeting the target",
-    params=(
-        Param("target", float, 0.9, "normalised score to reach"),
-        Param("base", list, None, "components every step keeps, comma list"),
-    ),
-    func=cumulative_sweep,
-))
+register(
+    SearchMethodSpec(
+        key="cumulative-sweep",
+        summary="all heads of layers 0..L, for each L; the first meeting the target",
+        params=(
+            Param("target", float, 0.9, "normalised score to reach"),
+            Param("base", list, None, "components every step keeps, comma list"),
+        ),
+        func=cumulative_sweep,
+    )
+)

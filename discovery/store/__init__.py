@@ -16,10 +16,22 @@ from discovery.store.engine import ENV_VAR, database_url, default_sqlite_path
 from discovery.store.evaluator import StoredEvaluator
 from discovery.store.models import JobStatus
 from discovery.store.readonly import ReadOnlyViolation
-from discovery.store.records import (BestCircuit, DatasetRecord, EvaluationRecord, JobRecord, ModelRecord,
-                                     PatchingCell)
+from discovery.store.records import BestCircuit, DatasetRecord, EvaluationRecord, JobRecord, ModelRecord, PatchingCell
 from discovery.store.repository import Store, open_store
 
-__all__ = ["ENV_VAR", "BestCircuit", "DatasetRecord", "EvaluationRecord", "JobRecord", "JobStatus", "ModelRecord",
-           "PatchingCell", "ReadOnlyViolation", "Store", "StoredEvaluator", "database_url", "default_sqlite_path",
-           "open_store"]
+__all__ = [
+    "ENV_VAR",
+    "BestCircuit",
+    "DatasetRecord",
+    "EvaluationRecord",
+    "JobRecord",
+    "JobStatus",
+    "ModelRecord",
+    "PatchingCell",
+    "ReadOnlyViolation",
+    "Store",
+    "StoredEvaluator",
+    "database_url",
+    "default_sqlite_path",
+    "open_store",
+]

@@ -22,8 +22,9 @@ evaluation (insert-or-ignore) and both get equal scores.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any
 
 from discovery.circuit import Circuit
 from discovery.evaluator import Score
@@ -106,13 +107,13 @@ class StoredEvaluator:
             per_pass = max(self.batch_size, int(getattr(self.evaluator, "circuits_per_pass", self.batch_size)))
             computed = 0
             for start in range(0, len(missing), per_pass):
-                chunk = missing[start:start + per_pass]
+                chunk = missing[start : start + per_pass]
                 scores = self.evaluator.evaluate(chunk)
                 self.cache_misses += len(chunk)
                 for s in scores:
                     found[s.circuit.key] = s
                 for b in range(0, len(scores), self.batch_size):
-                    self.store.save_scores(scores[b:b + self.batch_size], self.model_id, self.dataset_id, self.job_id)
+                    self.store.save_scores(scores[b : b + self.batch_size], self.model_id, self.dataset_id, self.job_id)
                 computed += len(chunk)
                 if progress:
                     progress(min(total, done_before + computed), total, "circuits evaluated")
@@ -123,5 +124,8 @@ class StoredEvaluator:
 
 
 def _with_circuit(score: Score, circuit: Circuit) -> Score:
-    return score if score.circuit is circuit else Score(circuit, score.metric, score.normalised, score.full,
-                                                        score.ablated, score.method)
+    return (
+        score
+        if score.circuit is circuit
+        else Score(circuit, score.metric, score.normalised, score.full, score.ablated, score.method)
+    )

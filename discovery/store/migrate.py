@@ -59,8 +59,7 @@ def current_revisions(engine: Engine) -> tuple[str, ...]:
         with engine.connect() as conn:
             return tuple(MigrationContext.configure(conn).get_current_heads())
     except sa.exc.SQLAlchemyError as e:
-        raise StoreError(f"cannot read the schema version of {describe_url(str(engine.url))}: "
-                         f"{_first_line(e)}") from e
+        raise StoreError(f"cannot read the schema version of {describe_url(str(engine.url))}: {_first_line(e)}") from e
 
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str, ...]:
@@ -92,20 +91,26 @@ def check_schema(engine: Engine, create_if_empty: bool = True) -> None:
             raise StoreError(f"cannot open the store at {where}: {_first_line(e)}") from e
         ours = existing & set(Base.metadata.tables)
         if ours:
-            raise StoreError(f"the database at {where} has store tables ({', '.join(sorted(ours))}) but no "
-                             f"migration version; it was not created by `{UPGRADE_COMMAND}`")
+            raise StoreError(
+                f"the database at {where} has store tables ({', '.join(sorted(ours))}) but no "
+                f"migration version; it was not created by `{UPGRADE_COMMAND}`"
+            )
         if not create_if_empty:
             raise StoreError(f"the database at {where} has no store schema: run `{UPGRADE_COMMAND}`")
         upgrade(engine)
         return
     unknown = current - known_revisions()
     if unknown:
-        raise StoreError(f"the database at {where} is at schema revision {', '.join(sorted(unknown))}, which this "
-                         f"version of circuit-discovery does not know (written by a newer version?); "
-                         f"upgrade the package")
-    raise StoreError(f"the database at {where} is at schema revision {', '.join(sorted(current))} but this "
-                     f"version needs {', '.join(sorted(heads))}: run `{UPGRADE_COMMAND}` "
-                     f"(with CIRCUITS_DATABASE_URL set to this database)")
+        raise StoreError(
+            f"the database at {where} is at schema revision {', '.join(sorted(unknown))}, which this "
+            f"version of circuit-discovery does not know (written by a newer version?); "
+            f"upgrade the package"
+        )
+    raise StoreError(
+        f"the database at {where} is at schema revision {', '.join(sorted(current))} but this "
+        f"version needs {', '.join(sorted(heads))}: run `{UPGRADE_COMMAND}` "
+        f"(with CIRCUITS_DATABASE_URL set to this database)"
+    )
 
 
 def _first_line(e: BaseException) -> str:

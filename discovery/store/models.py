@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -119,8 +119,9 @@ class DatasetRow(Base):
 
     __tablename__ = "datasets"
     __table_args__ = (
-        sa.UniqueConstraint("task", "corruption", "n_prompts", "seed", "params", "prepend_bos", "prompt_hash",
-                            name="uq_datasets_key"),
+        sa.UniqueConstraint(
+            "task", "corruption", "n_prompts", "seed", "params", "prepend_bos", "prompt_hash", name="uq_datasets_key"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -148,27 +149,35 @@ class Job(Base):
     config: Mapped[dict[str, Any]]
     """Everything else the job needs (dataset size, seed, ablation, device...), free-form JSON."""
     task: Mapped[str] = mapped_column(sa.String(500), index=True)
-    tasks: Mapped[Optional[list[str]]] = mapped_column(sa.JSON)
+    tasks: Mapped[list[str] | None] = mapped_column(sa.JSON)
     model: Mapped[str] = mapped_column(sa.String(500))
-    model_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("models.id"))
+    model_id: Mapped[int | None] = mapped_column(sa.ForeignKey("models.id"))
     status: Mapped[JobStatus] = mapped_column(
-        sa.Enum(JobStatus, native_enum=False, length=16, create_constraint=True, name="job_status",
-                values_callable=lambda e: [s.value for s in e]),
-        default=JobStatus.QUEUED, index=True)
+        sa.Enum(
+            JobStatus,
+            native_enum=False,
+            length=16,
+            create_constraint=True,
+            name="job_status",
+            values_callable=lambda e: [s.value for s in e],
+        ),
+        default=JobStatus.QUEUED,
+        index=True,
+    )
     progress_done: Mapped[int] = mapped_column(default=0)
-    progress_total: Mapped[Optional[int]]
-    progress_message: Mapped[Optional[str]] = mapped_column(sa.Text)
+    progress_total: Mapped[int | None]
+    progress_message: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
-    started_at: Mapped[Optional[datetime]]
-    finished_at: Mapped[Optional[datetime]]
-    heartbeat_at: Mapped[Optional[datetime]]
-    worker_id: Mapped[Optional[str]] = mapped_column(sa.String(200))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    worker_id: Mapped[str | None] = mapped_column(sa.String(200))
     attempts: Mapped[int] = mapped_column(default=0)
-    error_type: Mapped[Optional[str]] = mapped_column(sa.String(200))
-    error_message: Mapped[Optional[str]] = mapped_column(sa.Text)
-    error_traceback: Mapped[Optional[str]] = mapped_column(sa.Text)
-    result_circuit_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("circuits.id"))
-    result_score: Mapped[Optional[dict[str, Any]]] = mapped_column(sa.JSON)
+    error_type: Mapped[str | None] = mapped_column(sa.String(200))
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    error_traceback: Mapped[str | None] = mapped_column(sa.Text)
+    result_circuit_id: Mapped[int | None] = mapped_column(sa.ForeignKey("circuits.id"))
+    result_score: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
 
 class CircuitRow(Base):
@@ -193,8 +202,17 @@ class Evaluation(Base):
 
     __tablename__ = "evaluations"
     __table_args__ = (
-        sa.UniqueConstraint("circuit_id", "model_id", "dataset_id", "ablation", "source", "level",
-                            "ablate_mlps", "metric", name="uq_evaluations_key"),
+        sa.UniqueConstraint(
+            "circuit_id",
+            "model_id",
+            "dataset_id",
+            "ablation",
+            "source",
+            "level",
+            "ablate_mlps",
+            "metric",
+            name="uq_evaluations_key",
+        ),
         sa.Index("ix_evaluations_model_dataset", "model_id", "dataset_id"),
     )
 
@@ -209,21 +227,23 @@ class Evaluation(Base):
     metric: Mapped[str] = mapped_column(sa.String(50))
     normaliser: Mapped[str] = mapped_column(sa.String(200))
     score: Mapped[float] = mapped_column(sa.Float)
-    normalised: Mapped[Optional[float]] = mapped_column(sa.Float)
+    normalised: Mapped[float | None] = mapped_column(sa.Float)
     """NULL when full == ablated (the normalisation is undefined)."""
     full: Mapped[float] = mapped_column(sa.Float)
     ablated: Mapped[float] = mapped_column(sa.Float)
-    job_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("jobs.id"), index=True)
+    job_id: Mapped[int | None] = mapped_column(sa.ForeignKey("jobs.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
 
 
 class PatchingResult(Base):
-    """One cell of a patching heatmap: the effect of patching ``sender`` (layer, head; head -1 = MLP) into ``receiver``."""
+    """One cell of a patching heatmap: the effect of patching ``sender`` (layer, head; head -1 = MLP)
+    into ``receiver``."""
 
     __tablename__ = "patching_results"
     __table_args__ = (
-        sa.UniqueConstraint("model_id", "dataset_id", "kind", "receiver", "sender_layer", "sender_head",
-                            name="uq_patching_results_key"),
+        sa.UniqueConstraint(
+            "model_id", "dataset_id", "kind", "receiver", "sender_layer", "sender_head", name="uq_patching_results_key"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -235,5 +255,5 @@ class PatchingResult(Base):
     sender_layer: Mapped[int]
     sender_head: Mapped[int]
     effect: Mapped[float] = mapped_column(sa.Float)
-    job_id: Mapped[Optional[int]] = mapped_column(sa.ForeignKey("jobs.id"))
+    job_id: Mapped[int | None] = mapped_column(sa.ForeignKey("jobs.id"))
     created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())

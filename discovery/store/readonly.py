@@ -25,9 +25,36 @@ from discovery.errors import StoreError, UsageError
 
 ALLOWED_FIRST = {"select", "with", "values", "explain", "show", "table"}
 WRITING_WORDS = {
-    "insert", "update", "delete", "drop", "create", "alter", "truncate", "grant", "revoke", "merge",
-    "attach", "detach", "vacuum", "reindex", "copy", "call", "lock", "pragma", "into", "replace",
-    "upsert", "comment", "refresh", "cluster", "discard", "reset", "analyze", "do", "notify", "listen",
+    "insert",
+    "update",
+    "delete",
+    "drop",
+    "create",
+    "alter",
+    "truncate",
+    "grant",
+    "revoke",
+    "merge",
+    "attach",
+    "detach",
+    "vacuum",
+    "reindex",
+    "copy",
+    "call",
+    "lock",
+    "pragma",
+    "into",
+    "replace",
+    "upsert",
+    "comment",
+    "refresh",
+    "cluster",
+    "discard",
+    "reset",
+    "analyze",
+    "do",
+    "notify",
+    "listen",
 }
 """Words refused anywhere outside literals. ``replace`` and ``analyze`` are refused only as statements
 (``replace(x, ...)`` is a string function; ``EXPLAIN ANALYZE`` runs the statement)."""
@@ -78,7 +105,7 @@ def _scan(sql: str) -> tuple[list[list[str]], list[str]]:
         elif m := _WORD.match(sql, i):
             word = m.group(0).lower()
             statements[-1].append(word)
-            rest = sql[m.end():].lstrip()
+            rest = sql[m.end() :].lstrip()
             if rest.startswith("("):
                 called.append(word)
             i = m.end()
@@ -93,22 +120,29 @@ def check_read_only(statement: str) -> None:
     if not statements:
         raise ReadOnlyViolation("empty statement: write one SELECT")
     if len(statements) > 1:
-        raise ReadOnlyViolation(f"refused: {len(statements)} statements; circuits sql runs exactly one "
-                                "read-only statement (SELECT / WITH ... SELECT)")
+        raise ReadOnlyViolation(
+            f"refused: {len(statements)} statements; circuits sql runs exactly one "
+            "read-only statement (SELECT / WITH ... SELECT)"
+        )
     words = statements[0]
     if words[0] not in ALLOWED_FIRST:
-        raise ReadOnlyViolation(f"refused: {words[0].upper()} statements can write; circuits sql is read-only "
-                                f"and runs only {', '.join(sorted(w.upper() for w in ALLOWED_FIRST))}")
+        raise ReadOnlyViolation(
+            f"refused: {words[0].upper()} statements can write; circuits sql is read-only "
+            f"and runs only {', '.join(sorted(w.upper() for w in ALLOWED_FIRST))}"
+        )
     functions = set(called)
     for word in words[1:]:
         if word in WRITING_WORDS and not (word in _AS_STATEMENT_ONLY and word in functions):
             if word == "analyze" and words[0] != "explain":
                 continue
-            raise ReadOnlyViolation(f"refused: the statement contains {word.upper()}, which can write; "
-                                    "circuits sql is read-only")
+            raise ReadOnlyViolation(
+                f"refused: the statement contains {word.upper()}, which can write; circuits sql is read-only"
+            )
 
 
-def run_read_only(engine: Engine, statement: str, max_rows: int | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+def run_read_only(
+    engine: Engine, statement: str, max_rows: int | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one statement in a transaction the database keeps read-only; always rolled back.
 
     The statement goes to the driver as written (no parameter substitution: ``LIKE '%x'`` is fine).

@@ -14,8 +14,7 @@ from discovery.circuit import Circuit
 from discovery.evaluator import EvaluationMethod, Score
 from discovery.store.models import JobStatus
 
-__all__ = ["BestCircuit", "DatasetRecord", "EvaluationRecord", "JobRecord", "JobStatus", "ModelRecord",
-           "PatchingCell"]
+__all__ = ["BestCircuit", "DatasetRecord", "EvaluationRecord", "JobRecord", "JobStatus", "ModelRecord", "PatchingCell"]
 
 
 @dataclass(frozen=True)

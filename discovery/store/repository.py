@@ -49,9 +49,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -63,27 +64,42 @@ from discovery.evaluator import EvaluationMethod, Score
 from discovery.model import ModelIdentity
 from discovery.store import migrate
 from discovery.store.engine import SQLITE_BEGIN, database_url, describe_url, make_engine
-from discovery.store.models import (FINISHED_STATES, CircuitRow, DatasetRow, Evaluation, Job, JobStatus, Model,
-                                    PatchingResult, db_now, db_seconds_ago)
+from discovery.store.models import (
+    CircuitRow,
+    DatasetRow,
+    Evaluation,
+    Job,
+    JobStatus,
+    Model,
+    PatchingResult,
+    db_now,
+    db_seconds_ago,
+)
 from discovery.store.readonly import check_read_only, run_read_only
-from discovery.store.records import (BestCircuit, DatasetRecord, EvaluationRecord, JobRecord, ModelRecord,
-                                     PatchingCell)
+from discovery.store.records import BestCircuit, DatasetRecord, EvaluationRecord, JobRecord, ModelRecord, PatchingCell
 
 _CHUNK = 500  # keys per IN (...) list
 DEFAULT_STALE_SECONDS = 120.0
 
-C, E, M, D, J, P = (CircuitRow.__table__, Evaluation.__table__, Model.__table__, DatasetRow.__table__,
-                    Job.__table__, PatchingResult.__table__)
+C, E, M, D, J, P = (
+    CircuitRow.__table__,
+    Evaluation.__table__,
+    Model.__table__,
+    DatasetRow.__table__,
+    Job.__table__,
+    PatchingResult.__table__,
+)
 
 
-def open_store(url: str | None = None, *, create_if_empty: bool = True, check: bool = True) -> "Store":
+def open_store(url: str | None = None, *, create_if_empty: bool = True, check: bool = True) -> Store:
     """Connect to ``url`` (else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file) and check its schema."""
     resolved = database_url(url)
     try:
         engine = make_engine(resolved)
     except (sa.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        raise StoreError(f"cannot open the store at {describe_url(resolved) if '://' in resolved else resolved!r}: "
-                         f"{e}") from e
+        raise StoreError(
+            f"cannot open the store at {describe_url(resolved) if '://' in resolved else resolved!r}: {e}"
+        ) from e
     if check:
         migrate.check_schema(engine, create_if_empty=create_if_empty)
     return Store(engine)
@@ -128,16 +144,23 @@ def _utc(value: Any) -> datetime | None:
 
 def circuit_values(circuit: Circuit) -> dict[str, Any]:
     return {
-        "key": circuit.key, "canonical": circuit.canonical,
+        "key": circuit.key,
+        "canonical": circuit.canonical,
         "components": ",".join(n.name for n in circuit.sorted_nodes() if n.kind in ("head", "mlp")),
         "edges": ",".join(e.name for e in sorted(circuit.edges, key=lambda e: e.sort_key)),
-        "size": circuit.size, "n_edges": circuit.n_edges,
+        "size": circuit.size,
+        "n_edges": circuit.n_edges,
     }
 
 
 def _method_filter(method: EvaluationMethod) -> list[Any]:
-    return [E.c.ablation == method.ablation, E.c.source == method.source, E.c.level == method.level,
-            E.c.ablate_mlps == bool(method.ablate_mlps), E.c.metric == method.metric]
+    return [
+        E.c.ablation == method.ablation,
+        E.c.source == method.source,
+        E.c.level == method.level,
+        E.c.ablate_mlps == bool(method.ablate_mlps),
+        E.c.metric == method.metric,
+    ]
 
 
 def _method_of(row: Any) -> EvaluationMethod:
@@ -162,7 +185,7 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -180,14 +203,20 @@ class Store:
             text = str(orig).strip().splitlines()
             raise StoreError(f"store: {what} failed: {type(orig).__name__}: {text[0] if text else ''}") from e
 
-    def _insert_ignore(self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]],
-                       conflict: Sequence[str], returning: sa.Column | None = None) -> list[Any]:
+    def _insert_ignore(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        rows: Sequence[dict[str, Any]],
+        conflict: Sequence[str],
+        returning: sa.Column | None = None,
+    ) -> list[Any]:
         """INSERT ... ON CONFLICT DO NOTHING; returns the ``returning`` values of the rows actually inserted."""
         if not rows:
             return []
         name = conn.dialect.name
         if name in ("sqlite", "postgresql"):
-            ins = (sqlite.insert(table) if name == "sqlite" else postgresql.insert(table))
+            ins = sqlite.insert(table) if name == "sqlite" else postgresql.insert(table)
             stmt = ins.on_conflict_do_nothing(index_elements=list(conflict))
             if returning is not None:
                 return [r[0] for r in conn.execute(stmt.returning(returning), list(rows))]
@@ -205,12 +234,19 @@ class Store:
 
     # --- models and datasets ------------------------------------------------------------------
     def get_or_create_model(self, identity: ModelIdentity) -> ModelRecord:
-        row = {"name": identity.name, "architecture": identity.architecture, "weight_hash": identity.weight_hash,
-               "n_layers": identity.n_layers, "n_heads": identity.n_heads, "d_model": identity.d_model}
+        row = {
+            "name": identity.name,
+            "architecture": identity.architecture,
+            "weight_hash": identity.weight_hash,
+            "n_layers": identity.n_layers,
+            "n_heads": identity.n_heads,
+            "d_model": identity.d_model,
+        }
         with self._transaction("saving the model", write=True) as conn:
             self._insert_ignore(conn, M, [row], ["name", "weight_hash"])
-            found = conn.execute(sa.select(M).where(M.c.name == identity.name,
-                                                    M.c.weight_hash == identity.weight_hash)).one()
+            found = conn.execute(
+                sa.select(M).where(M.c.name == identity.name, M.c.weight_hash == identity.weight_hash)
+            ).one()
         return self._model_record(found)
 
     def get_model(self, model_id: int) -> ModelRecord:
@@ -228,8 +264,15 @@ class Store:
         """``dataset``: a :class:`~discovery.tasks.base.Dataset` (its spec, metric and prompt hash are stored)."""
         spec = dataset.spec
         params = json.dumps(json_safe(dict(spec.params)), sort_keys=True)
-        key = {"task": spec.task, "corruption": spec.corruption, "n_prompts": int(spec.n), "seed": int(spec.seed),
-               "params": params, "prepend_bos": bool(spec.prepend_bos), "prompt_hash": dataset.prompt_hash}
+        key = {
+            "task": spec.task,
+            "corruption": spec.corruption,
+            "n_prompts": int(spec.n),
+            "seed": int(spec.seed),
+            "params": params,
+            "prepend_bos": bool(spec.prepend_bos),
+            "prompt_hash": dataset.prompt_hash,
+        }
         row = dict(key, metric=dataset.metric, description=spec.describe())
         with self._transaction("saving the dataset", write=True) as conn:
             self._insert_ignore(conn, D, [row], list(key))
@@ -245,19 +288,29 @@ class Store:
 
     @staticmethod
     def _dataset_record(r: Any) -> DatasetRecord:
-        return DatasetRecord(r.id, r.task, r.corruption, r.n_prompts, r.seed, json.loads(r.params),
-                             bool(r.prepend_bos), r.metric, r.prompt_hash, r.description)
+        return DatasetRecord(
+            r.id,
+            r.task,
+            r.corruption,
+            r.n_prompts,
+            r.seed,
+            json.loads(r.params),
+            bool(r.prepend_bos),
+            r.metric,
+            r.prompt_hash,
+            r.description,
+        )
 
     # --- circuits and evaluations -----------------------------------------------------------------
     def _ensure_circuits(self, conn: Connection, circuits: Iterable[Circuit]) -> dict[str, int]:
         unique = {c.key: c for c in circuits}
         rows = [circuit_values(c) for c in unique.values()]
         for start in range(0, len(rows), _CHUNK):
-            self._insert_ignore(conn, C, rows[start:start + _CHUNK], ["key"])
+            self._insert_ignore(conn, C, rows[start : start + _CHUNK], ["key"])
         ids: dict[str, int] = {}
         keys = list(unique)
         for start in range(0, len(keys), _CHUNK):
-            for r in conn.execute(sa.select(C.c.key, C.c.id).where(C.c.key.in_(keys[start:start + _CHUNK]))):
+            for r in conn.execute(sa.select(C.c.key, C.c.id).where(C.c.key.in_(keys[start : start + _CHUNK]))):
                 ids[r.key] = r.id
         return ids
 
@@ -266,22 +319,46 @@ class Store:
         with self._transaction("saving circuits", write=True) as conn:
             return self._ensure_circuits(conn, circuits)
 
-    def lookup(self, circuits: Sequence[Circuit], model_id: int, dataset_id: int,
-               method: EvaluationMethod) -> dict[str, Score]:
+    def lookup(
+        self, circuits: Sequence[Circuit], model_id: int, dataset_id: int, method: EvaluationMethod
+    ) -> dict[str, Score]:
         """Stored scores of ``circuits`` under exactly ``method`` (ablation, source, level, MLPs, metric)."""
         wanted = {c.key: c for c in circuits}
         found: dict[str, Score] = {}
         keys = list(wanted)
         with self._transaction("looking up stored scores") as conn:
             for start in range(0, len(keys), _CHUNK):
-                stmt = (sa.select(C.c.key, E.c.score, E.c.normalised, E.c.full, E.c.ablated, E.c.ablation, E.c.source,
-                                  E.c.level, E.c.ablate_mlps, E.c.metric, E.c.normaliser)
-                        .select_from(E.join(C, E.c.circuit_id == C.c.id))
-                        .where(E.c.model_id == model_id, E.c.dataset_id == dataset_id, *_method_filter(method),
-                               C.c.key.in_(keys[start:start + _CHUNK])))
+                stmt = (
+                    sa.select(
+                        C.c.key,
+                        E.c.score,
+                        E.c.normalised,
+                        E.c.full,
+                        E.c.ablated,
+                        E.c.ablation,
+                        E.c.source,
+                        E.c.level,
+                        E.c.ablate_mlps,
+                        E.c.metric,
+                        E.c.normaliser,
+                    )
+                    .select_from(E.join(C, E.c.circuit_id == C.c.id))
+                    .where(
+                        E.c.model_id == model_id,
+                        E.c.dataset_id == dataset_id,
+                        *_method_filter(method),
+                        C.c.key.in_(keys[start : start + _CHUNK]),
+                    )
+                )
                 for r in conn.execute(stmt):
-                    found[r.key] = Score(wanted[r.key], float(r.score), _none_to_nan(r.normalised), float(r.full),
-                                         float(r.ablated), _method_of(r))
+                    found[r.key] = Score(
+                        wanted[r.key],
+                        float(r.score),
+                        _none_to_nan(r.normalised),
+                        float(r.full),
+                        float(r.ablated),
+                        _method_of(r),
+                    )
         return found
 
     def save_scores(self, scores: Sequence[Score], model_id: int, dataset_id: int, job_id: int | None = None) -> int:
@@ -294,17 +371,32 @@ class Store:
             for s in scores:
                 m = s.method
                 key = (s.circuit.key, m.ablation, m.source, m.level, bool(m.ablate_mlps), m.metric)
-                rows.setdefault(key, {
-                    "circuit_id": ids[s.circuit.key], "model_id": model_id, "dataset_id": dataset_id,
-                    "ablation": m.ablation, "source": m.source, "level": m.level, "ablate_mlps": bool(m.ablate_mlps),
-                    "metric": m.metric, "normaliser": m.normaliser, "score": float(s.metric),
-                    "normalised": _nan_to_none(s.normalised), "full": float(s.full), "ablated": float(s.ablated),
-                    "job_id": job_id,
-                })
+                rows.setdefault(
+                    key,
+                    {
+                        "circuit_id": ids[s.circuit.key],
+                        "model_id": model_id,
+                        "dataset_id": dataset_id,
+                        "ablation": m.ablation,
+                        "source": m.source,
+                        "level": m.level,
+                        "ablate_mlps": bool(m.ablate_mlps),
+                        "metric": m.metric,
+                        "normaliser": m.normaliser,
+                        "score": float(s.metric),
+                        "normalised": _nan_to_none(s.normalised),
+                        "full": float(s.full),
+                        "ablated": float(s.ablated),
+                        "job_id": job_id,
+                    },
+                )
             inserted = self._insert_ignore(
-                conn, E, list(rows.values()),
+                conn,
+                E,
+                list(rows.values()),
                 ["circuit_id", "model_id", "dataset_id", "ablation", "source", "level", "ablate_mlps", "metric"],
-                returning=E.c.id)
+                returning=E.c.id,
+            )
         return len(inserted)
 
     def baseline(self, model_id: int, dataset_id: int, method: EvaluationMethod) -> tuple[float, float] | None:
@@ -315,9 +407,11 @@ class Store:
         filters = [f for f in _method_filter(method)]
         del filters[2]  # level
         with self._transaction("reading the baseline") as conn:
-            r = conn.execute(sa.select(E.c.full, E.c.ablated).where(E.c.model_id == model_id,
-                                                                   E.c.dataset_id == dataset_id, *filters)
-                             .limit(1)).one_or_none()
+            r = conn.execute(
+                sa.select(E.c.full, E.c.ablated)
+                .where(E.c.model_id == model_id, E.c.dataset_id == dataset_id, *filters)
+                .limit(1)
+            ).one_or_none()
         return None if r is None else (float(r.full), float(r.ablated))
 
     def count_evaluations(self) -> int:
@@ -325,29 +419,52 @@ class Store:
             return int(conn.execute(sa.select(sa.func.count()).select_from(E)).scalar_one())
 
     def _evaluation_query(self) -> sa.Select:
-        return (sa.select(E.c.id, E.c.score, E.c.normalised, E.c.full, E.c.ablated, E.c.ablation, E.c.source,
-                          E.c.level, E.c.ablate_mlps, E.c.metric, E.c.normaliser, E.c.job_id, E.c.created_at,
-                          E.c.model_id, E.c.dataset_id, C.c.canonical, M.c.name.label("model_name"),
-                          D.c.task, D.c.description)
-                .select_from(E.join(C, E.c.circuit_id == C.c.id).join(M, E.c.model_id == M.c.id)
-                             .join(D, E.c.dataset_id == D.c.id)))
+        return sa.select(
+            E.c.id,
+            E.c.score,
+            E.c.normalised,
+            E.c.full,
+            E.c.ablated,
+            E.c.ablation,
+            E.c.source,
+            E.c.level,
+            E.c.ablate_mlps,
+            E.c.metric,
+            E.c.normaliser,
+            E.c.job_id,
+            E.c.created_at,
+            E.c.model_id,
+            E.c.dataset_id,
+            C.c.canonical,
+            M.c.name.label("model_name"),
+            D.c.task,
+            D.c.description,
+        ).select_from(
+            E.join(C, E.c.circuit_id == C.c.id).join(M, E.c.model_id == M.c.id).join(D, E.c.dataset_id == D.c.id)
+        )
 
     @staticmethod
     def _evaluation_record(r: Any, circuit: Circuit | None = None) -> EvaluationRecord:
         c = circuit or Circuit.parse(r.canonical)
         score = Score(c, float(r.score), _none_to_nan(r.normalised), float(r.full), float(r.ablated), _method_of(r))
-        return EvaluationRecord(r.id, score, r.model_name, r.model_id, r.task, r.description, r.dataset_id,
-                                r.job_id, _utc(r.created_at))
+        return EvaluationRecord(
+            r.id, score, r.model_name, r.model_id, r.task, r.description, r.dataset_id, r.job_id, _utc(r.created_at)
+        )
 
     def scores_for_circuit(self, circuit: Circuit, limit: int = 1000) -> list[EvaluationRecord]:
         """Every stored score of ``circuit``: across models, tasks, datasets and methods (newest first)."""
         with self._transaction("reading a circuit's scores") as conn:
-            rows = conn.execute(self._evaluation_query().where(C.c.key == circuit.key)
-                                .order_by(E.c.created_at.desc(), E.c.id.desc()).limit(limit)).all()
+            rows = conn.execute(
+                self._evaluation_query()
+                .where(C.c.key == circuit.key)
+                .order_by(E.c.created_at.desc(), E.c.id.desc())
+                .limit(limit)
+            ).all()
         return [self._evaluation_record(r, circuit) for r in rows]
 
-    def evaluations(self, task: str | None = None, model: str | None = None, job_id: int | None = None,
-                    limit: int = 1000) -> list[EvaluationRecord]:
+    def evaluations(
+        self, task: str | None = None, model: str | None = None, job_id: int | None = None, limit: int = 1000
+    ) -> list[EvaluationRecord]:
         stmt = self._evaluation_query()
         if task:
             stmt = stmt.where(D.c.task == task)
@@ -361,34 +478,73 @@ class Store:
 
     def evaluation_summary(self) -> list[dict[str, Any]]:
         """Evaluation counts per model, task and method: model, task, ablation, level, metric, n, best, last."""
-        stmt = (sa.select(M.c.name.label("model"), D.c.task, E.c.ablation, E.c.level, E.c.ablate_mlps, E.c.metric,
-                          sa.func.count().label("n"), sa.func.count(sa.distinct(E.c.circuit_id)).label("circuits"),
-                          sa.func.max(E.c.created_at).label("last"))
-                .select_from(E.join(M, E.c.model_id == M.c.id).join(D, E.c.dataset_id == D.c.id))
-                .group_by(M.c.name, D.c.task, E.c.ablation, E.c.level, E.c.ablate_mlps, E.c.metric)
-                .order_by(M.c.name, D.c.task))
+        stmt = (
+            sa.select(
+                M.c.name.label("model"),
+                D.c.task,
+                E.c.ablation,
+                E.c.level,
+                E.c.ablate_mlps,
+                E.c.metric,
+                sa.func.count().label("n"),
+                sa.func.count(sa.distinct(E.c.circuit_id)).label("circuits"),
+                sa.func.max(E.c.created_at).label("last"),
+            )
+            .select_from(E.join(M, E.c.model_id == M.c.id).join(D, E.c.dataset_id == D.c.id))
+            .group_by(M.c.name, D.c.task, E.c.ablation, E.c.level, E.c.ablate_mlps, E.c.metric)
+            .order_by(M.c.name, D.c.task)
+        )
         with self._transaction("summarising evaluations") as conn:
             return [dict(r._mapping, last=_utc(r.last)) for r in conn.execute(stmt)]
 
     # --- jobs ------------------------------------------------------------------------------------
-    def create_job(self, method: str, params: dict[str, Any], task: str, model: str, *,
-                   tasks: Sequence[str] | None = None, config: dict[str, Any] | None = None,
-                   model_id: int | None = None, total: int | None = None) -> int:
+    def create_job(
+        self,
+        method: str,
+        params: dict[str, Any],
+        task: str,
+        model: str,
+        *,
+        tasks: Sequence[str] | None = None,
+        config: dict[str, Any] | None = None,
+        model_id: int | None = None,
+        total: int | None = None,
+    ) -> int:
         """A queued job; returns its id. ``config``: anything else the worker needs (n, seed, ablation...)."""
-        row = {"method": method, "params": json_safe(params or {}), "config": json_safe(config or {}), "task": task,
-               "tasks": list(tasks) if tasks else None, "model": model, "model_id": model_id,
-               "status": JobStatus.QUEUED, "progress_done": 0, "progress_total": total, "attempts": 0}
+        row = {
+            "method": method,
+            "params": json_safe(params or {}),
+            "config": json_safe(config or {}),
+            "task": task,
+            "tasks": list(tasks) if tasks else None,
+            "model": model,
+            "model_id": model_id,
+            "status": JobStatus.QUEUED,
+            "progress_done": 0,
+            "progress_total": total,
+            "attempts": 0,
+        }
         with self._transaction("creating a job", write=True) as conn:
             return int(conn.execute(sa.insert(J).values(**row).returning(J.c.id)).scalar_one())
 
     def claim_job(self, job_id: int, worker_id: str, stale_after: float = DEFAULT_STALE_SECONDS) -> bool:
         """Mark the job running for ``worker_id`` if it is queued, or running with a heartbeat older than
         ``stale_after`` seconds (its worker died). One conditional UPDATE: returns whether this worker won."""
-        stale = sa.and_(J.c.status == JobStatus.RUNNING.value,
-                        sa.or_(J.c.heartbeat_at.is_(None), J.c.heartbeat_at < db_seconds_ago(stale_after)))
-        stmt = (sa.update(J).where(J.c.id == job_id, sa.or_(J.c.status == JobStatus.QUEUED.value, stale))
-                .values(status=JobStatus.RUNNING, worker_id=worker_id, heartbeat_at=db_now(),
-                        started_at=sa.func.coalesce(J.c.started_at, db_now()), attempts=J.c.attempts + 1))
+        stale = sa.and_(
+            J.c.status == JobStatus.RUNNING.value,
+            sa.or_(J.c.heartbeat_at.is_(None), J.c.heartbeat_at < db_seconds_ago(stale_after)),
+        )
+        stmt = (
+            sa.update(J)
+            .where(J.c.id == job_id, sa.or_(J.c.status == JobStatus.QUEUED.value, stale))
+            .values(
+                status=JobStatus.RUNNING,
+                worker_id=worker_id,
+                heartbeat_at=db_now(),
+                started_at=sa.func.coalesce(J.c.started_at, db_now()),
+                attempts=J.c.attempts + 1,
+            )
+        )
         with self._transaction(f"claiming job {job_id}", write=True) as conn:
             won = conn.execute(stmt).rowcount == 1
             if not won:
@@ -414,24 +570,42 @@ class Store:
         finished, or - with ``worker_id`` - re-claimed by another worker): the worker should stop."""
         return self._update_running(job_id, f"heartbeat of job {job_id}", {"heartbeat_at": db_now()}, worker_id)
 
-    def update_progress(self, job_id: int, done: int, total: int | None, message: str = "",
-                        worker_id: str | None = None) -> bool:
+    def update_progress(
+        self, job_id: int, done: int, total: int | None, message: str = "", worker_id: str | None = None
+    ) -> bool:
         """Record progress (and a heartbeat); False if the job is no longer running."""
-        return self._update_running(job_id, f"progress of job {job_id}",
-                                    {"progress_done": int(done), "progress_total": total,
-                                     "progress_message": message, "heartbeat_at": db_now()}, worker_id)
+        return self._update_running(
+            job_id,
+            f"progress of job {job_id}",
+            {
+                "progress_done": int(done),
+                "progress_total": total,
+                "progress_message": message,
+                "heartbeat_at": db_now(),
+            },
+            worker_id,
+        )
 
     def set_job_model(self, job_id: int, model_id: int) -> None:
         with self._transaction(f"setting the model of job {job_id}", write=True) as conn:
             conn.execute(sa.update(J).where(J.c.id == job_id).values(model_id=model_id))
 
-    def _finish(self, job_id: int, what: str, values: dict[str, Any], from_states: Sequence[JobStatus],
-                circuit: Circuit | None = None) -> bool:
+    def _finish(
+        self,
+        job_id: int,
+        what: str,
+        values: dict[str, Any],
+        from_states: Sequence[JobStatus],
+        circuit: Circuit | None = None,
+    ) -> bool:
         with self._transaction(what, write=True) as conn:
             if circuit is not None:
                 values = dict(values, result_circuit_id=self._ensure_circuits(conn, [circuit])[circuit.key])
-            stmt = (sa.update(J).where(J.c.id == job_id, J.c.status.in_([s.value for s in from_states]))
-                    .values(finished_at=db_now(), **values))
+            stmt = (
+                sa.update(J)
+                .where(J.c.id == job_id, J.c.status.in_([s.value for s in from_states]))
+                .values(finished_at=db_now(), **values)
+            )
             ok = conn.execute(stmt).rowcount == 1
             if not ok:
                 self._require_job(conn, job_id)
@@ -442,40 +616,80 @@ class Store:
         change) if the job was already finished, e.g. cancelled meanwhile."""
         score: Score = result.score
         summary = {
-            "metric": score.metric, "normalised": score.normalised, "full": score.full, "ablated": score.ablated,
-            "evaluation_method": asdict(score.method), "size": result.circuit.size, "n_edges": result.circuit.n_edges,
-            "n_evaluations": result.n_evaluations, "seconds": result.seconds, "method": result.method,
-            "params": result.params, "extra": result.extra,
+            "metric": score.metric,
+            "normalised": score.normalised,
+            "full": score.full,
+            "ablated": score.ablated,
+            "evaluation_method": asdict(score.method),
+            "size": result.circuit.size,
+            "n_edges": result.circuit.n_edges,
+            "n_evaluations": result.n_evaluations,
+            "seconds": result.seconds,
+            "method": result.method,
+            "params": result.params,
+            "extra": result.extra,
         }
-        return self._finish(job_id, f"finishing job {job_id}",
-                            {"status": JobStatus.SUCCEEDED, "result_score": json_safe(summary)},
-                            (JobStatus.RUNNING, JobStatus.QUEUED), circuit=result.circuit)
+        return self._finish(
+            job_id,
+            f"finishing job {job_id}",
+            {"status": JobStatus.SUCCEEDED, "result_score": json_safe(summary)},
+            (JobStatus.RUNNING, JobStatus.QUEUED),
+            circuit=result.circuit,
+        )
 
     def fail_job(self, job_id: int, error_type: str, message: str, traceback: str | None = None) -> bool:
         """Mark the job failed with the error's type, message and traceback; False if it was already finished."""
-        return self._finish(job_id, f"failing job {job_id}",
-                            {"status": JobStatus.FAILED, "error_type": error_type[:200], "error_message": message,
-                             "error_traceback": traceback}, (JobStatus.RUNNING, JobStatus.QUEUED))
+        return self._finish(
+            job_id,
+            f"failing job {job_id}",
+            {
+                "status": JobStatus.FAILED,
+                "error_type": error_type[:200],
+                "error_message": message,
+                "error_traceback": traceback,
+            },
+            (JobStatus.RUNNING, JobStatus.QUEUED),
+        )
 
     def cancel_job(self, job_id: int) -> bool:
         """Cancel a queued or running job (a running worker sees it at its next heartbeat); False if finished."""
-        return self._finish(job_id, f"cancelling job {job_id}", {"status": JobStatus.CANCELLED},
-                            (JobStatus.RUNNING, JobStatus.QUEUED))
+        return self._finish(
+            job_id, f"cancelling job {job_id}", {"status": JobStatus.CANCELLED}, (JobStatus.RUNNING, JobStatus.QUEUED)
+        )
 
     def _job_query(self) -> sa.Select:
         return sa.select(J, C.c.canonical.label("result_canonical")).select_from(
-            J.outerjoin(C, J.c.result_circuit_id == C.c.id))
+            J.outerjoin(C, J.c.result_circuit_id == C.c.id)
+        )
 
     @staticmethod
     def _job_record(r: Any) -> JobRecord:
         status = r.status if isinstance(r.status, JobStatus) else JobStatus(r.status)
         return JobRecord(
-            r.id, r.method, dict(r.params or {}), dict(r.config or {}), r.task, tuple(r.tasks or ()), r.model,
-            r.model_id, status, r.progress_done, r.progress_total, r.progress_message, _utc(r.created_at),
-            _utc(r.started_at), _utc(r.finished_at), _utc(r.heartbeat_at), r.worker_id, r.attempts, r.error_type,
-            r.error_message, r.error_traceback,
+            r.id,
+            r.method,
+            dict(r.params or {}),
+            dict(r.config or {}),
+            r.task,
+            tuple(r.tasks or ()),
+            r.model,
+            r.model_id,
+            status,
+            r.progress_done,
+            r.progress_total,
+            r.progress_message,
+            _utc(r.created_at),
+            _utc(r.started_at),
+            _utc(r.finished_at),
+            _utc(r.heartbeat_at),
+            r.worker_id,
+            r.attempts,
+            r.error_type,
+            r.error_message,
+            r.error_traceback,
             Circuit.parse(r.result_canonical) if r.result_canonical is not None else None,
-            dict(r.result_score) if r.result_score is not None else None)
+            dict(r.result_score) if r.result_score is not None else None,
+        )
 
     def get_job(self, job_id: int) -> JobRecord:
         with self._transaction(f"reading job {job_id}") as conn:
@@ -484,8 +698,14 @@ class Store:
             raise UsageError(f"no job with id {job_id}")
         return self._job_record(r)
 
-    def list_jobs(self, status: JobStatus | str | None = None, task: str | None = None, method: str | None = None,
-                  model: str | None = None, limit: int = 50) -> list[JobRecord]:
+    def list_jobs(
+        self,
+        status: JobStatus | str | None = None,
+        task: str | None = None,
+        method: str | None = None,
+        model: str | None = None,
+        limit: int = 50,
+    ) -> list[JobRecord]:
         """Jobs, newest first, optionally filtered."""
         stmt = self._job_query()
         if status is not None:
@@ -503,9 +723,12 @@ class Store:
     def stale_jobs(self, stale_after: float = DEFAULT_STALE_SECONDS) -> list[JobRecord]:
         """Running jobs whose heartbeat is older than ``stale_after`` seconds (for a reaper to re-queue or fail)."""
         with self._transaction("listing stale jobs") as conn:
-            rows = conn.execute(self._job_query().where(
-                J.c.status == JobStatus.RUNNING.value,
-                sa.or_(J.c.heartbeat_at.is_(None), J.c.heartbeat_at < db_seconds_ago(stale_after)))).all()
+            rows = conn.execute(
+                self._job_query().where(
+                    J.c.status == JobStatus.RUNNING.value,
+                    sa.or_(J.c.heartbeat_at.is_(None), J.c.heartbeat_at < db_seconds_ago(stale_after)),
+                )
+            ).all()
         return [self._job_record(r) for r in rows]
 
     def job_evaluation_count(self, job_id: int) -> int:
@@ -522,11 +745,19 @@ class Store:
         """
         model_cond = (M.c.id == model) if isinstance(model, int) else (M.c.name == model)
         with self._transaction("finding the best circuits") as conn:
-            job_model = (J.c.model_id == model) if isinstance(model, int) else sa.or_(
-                J.c.model == model, J.c.model_id.in_(sa.select(M.c.id).where(M.c.name == model)))
-            jobs = conn.execute(self._job_query().where(
-                J.c.status == JobStatus.SUCCEEDED.value, J.c.task == task, job_model,
-                J.c.result_circuit_id.is_not(None))).all()
+            job_model = (
+                (J.c.model_id == model)
+                if isinstance(model, int)
+                else sa.or_(J.c.model == model, J.c.model_id.in_(sa.select(M.c.id).where(M.c.name == model)))
+            )
+            jobs = conn.execute(
+                self._job_query().where(
+                    J.c.status == JobStatus.SUCCEEDED.value,
+                    J.c.task == task,
+                    job_model,
+                    J.c.result_circuit_id.is_not(None),
+                )
+            ).all()
             if jobs:
                 records = [self._job_record(r) for r in jobs]
 
@@ -537,22 +768,56 @@ class Store:
                 out = []
                 for j in sorted(records, key=rank)[:limit]:
                     s = j.result_score or {}
-                    out.append(BestCircuit(j.result_circuit, task, j.model, s.get("normalised"), s.get("metric"),  # type: ignore[arg-type]
-                                           j.id, j.method, {"params": j.params}))
+                    out.append(
+                        BestCircuit(
+                            j.result_circuit,
+                            task,
+                            j.model,
+                            s.get("normalised"),
+                            s.get("metric"),  # type: ignore[arg-type]
+                            j.id,
+                            j.method,
+                            {"params": j.params},
+                        )
+                    )
                 return out
             rows = conn.execute(
                 sa.select(C.c.canonical, C.c.size, E.c.normalised, E.c.score, E.c.job_id, M.c.name)
-                .select_from(E.join(C, E.c.circuit_id == C.c.id).join(M, E.c.model_id == M.c.id)
-                             .join(D, E.c.dataset_id == D.c.id))
+                .select_from(
+                    E.join(C, E.c.circuit_id == C.c.id)
+                    .join(M, E.c.model_id == M.c.id)
+                    .join(D, E.c.dataset_id == D.c.id)
+                )
                 .where(D.c.task == task, model_cond, E.c.level == "node", E.c.normalised >= threshold, C.c.size > 0)
-                .order_by(C.c.size, E.c.normalised.desc(), E.c.id).limit(limit)).all()
-        return [BestCircuit(Circuit.parse(r.canonical), task, r.name, r.normalised, r.score, r.job_id, "evaluation",
-                            {"threshold": threshold}) for r in rows]
+                .order_by(C.c.size, E.c.normalised.desc(), E.c.id)
+                .limit(limit)
+            ).all()
+        return [
+            BestCircuit(
+                Circuit.parse(r.canonical),
+                task,
+                r.name,
+                r.normalised,
+                r.score,
+                r.job_id,
+                "evaluation",
+                {"threshold": threshold},
+            )
+            for r in rows
+        ]
 
     # --- patching ------------------------------------------------------------------------------
-    def save_patching(self, result: Any, model_id: int | None = None, dataset_id: int | None = None, *,
-                      model: ModelIdentity | None = None, dataset: Any = None, kind: str = "path",
-                      job_id: int | None = None) -> int:
+    def save_patching(
+        self,
+        result: Any,
+        model_id: int | None = None,
+        dataset_id: int | None = None,
+        *,
+        model: ModelIdentity | None = None,
+        dataset: Any = None,
+        kind: str = "path",
+        job_id: int | None = None,
+    ) -> int:
         """Store a patching heatmap, one row per cell; returns the number of new cells (NaN cells are skipped).
 
         Name the model and dataset by id, or pass ``model=`` (a ModelIdentity) and ``dataset=`` (a Dataset).
@@ -570,16 +835,32 @@ class Store:
                 raise UsageError("save_patching needs dataset_id or dataset=")
             dataset_id = self.get_or_create_dataset(dataset).id
         cells = [c for c in _patching_cells(result) if not math.isnan(c.effect)]
-        rows = [{"model_id": model_id, "dataset_id": dataset_id, "kind": kind, "receiver": c.receiver,
-                 "sender_layer": int(c.sender_layer), "sender_head": int(c.sender_head), "effect": float(c.effect),
-                 "job_id": job_id} for c in cells]
+        rows = [
+            {
+                "model_id": model_id,
+                "dataset_id": dataset_id,
+                "kind": kind,
+                "receiver": c.receiver,
+                "sender_layer": int(c.sender_layer),
+                "sender_head": int(c.sender_head),
+                "effect": float(c.effect),
+                "job_id": job_id,
+            }
+            for c in cells
+        ]
         with self._transaction("saving patching results", write=True) as conn:
-            inserted = self._insert_ignore(conn, P, rows, ["model_id", "dataset_id", "kind", "receiver",
-                                                          "sender_layer", "sender_head"], returning=P.c.id)
+            inserted = self._insert_ignore(
+                conn,
+                P,
+                rows,
+                ["model_id", "dataset_id", "kind", "receiver", "sender_layer", "sender_head"],
+                returning=P.c.id,
+            )
         return len(inserted)
 
-    def get_patching(self, model_id: int, dataset_id: int, kind: str | None = None,
-                     receiver: str | None = None) -> list[PatchingCell]:
+    def get_patching(
+        self, model_id: int, dataset_id: int, kind: str | None = None, receiver: str | None = None
+    ) -> list[PatchingCell]:
         stmt = sa.select(P).where(P.c.model_id == model_id, P.c.dataset_id == dataset_id)
         if kind:
             stmt = stmt.where(P.c.kind == kind)
@@ -610,5 +891,8 @@ def _patching_cells(result: Any) -> Iterator[PatchingCell]:
                 yield PatchingCell(str(result.receiver), layer, -1 if mlp_column else h, float(value))
         return
     for item in result:
-        yield item if isinstance(item, PatchingCell) else PatchingCell(str(item[0]), int(item[1]), int(item[2]),
-                                                                     float(item[3]))
+        yield (
+            item
+            if isinstance(item, PatchingCell)
+            else PatchingCell(str(item[0]), int(item[1]), int(item[2]), float(item[3]))
+        )

@@ -12,9 +12,7 @@ from discovery.tasks.months import MonthsTask
 from discovery.tasks.number_words import NumberWordsTask
 from discovery.tasks.user_file import FileTask
 
-TASKS: dict[str, type[Task]] = {
-    t.name: t for t in (DigitsTask, NumberWordsTask, MonthsTask, GreaterThanTask)
-}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (DigitsTask, NumberWordsTask, MonthsTask, GreaterThanTask)}
 
 
 def register_task(task_class: type[Task]) -> type[Task]:
@@ -40,7 +38,7 @@ def task_names() -> list[str]:
 def get_task(name: str, **params: Any) -> Task:
     """The task called ``name`` (``file:PATH`` for a prompt file), built with ``params``."""
     if name.startswith("file:"):
-        return FileTask(name[len("file:"):], **params)
+        return FileTask(name[len("file:") :], **params)
     _load_optional_tasks()
     if name not in TASKS:
         raise UsageError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
@@ -50,5 +48,15 @@ def get_task(name: str, **params: Any) -> Task:
         raise UsageError(f"task {name!r}: bad parameters {params}: {e}") from e
 
 
-__all__ = ["Dataset", "DatasetSpec", "Example", "Task", "TASKS", "build_dataset", "get_task",
-           "metric_from_logits", "register_task", "task_names"]
+__all__ = [
+    "Dataset",
+    "DatasetSpec",
+    "Example",
+    "Task",
+    "TASKS",
+    "build_dataset",
+    "get_task",
+    "metric_from_logits",
+    "register_task",
+    "task_names",
+]

@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -64,8 +65,7 @@ class Task(ABC):
         corruption = corruption or self.default_corruption
         if corruption not in self.corruptions:
             raise UsageError(
-                f"task {self.name!r} has no corruption {corruption!r}; "
-                f"choose one of: {', '.join(self.corruptions)}"
+                f"task {self.name!r} has no corruption {corruption!r}; choose one of: {', '.join(self.corruptions)}"
             )
         return corruption
 
@@ -116,10 +116,16 @@ class Dataset:
     def description(self) -> str:
         return self.spec.describe()
 
-    def to(self, device: torch.device | str) -> "Dataset":
+    def to(self, device: torch.device | str) -> Dataset:
         return Dataset(
-            self.spec, self.examples, self.clean_ids.to(device), self.corrupt_ids.to(device),
-            self.answer_tokens.to(device), self.answer_weights.to(device), self.metric, self.prompt_hash,
+            self.spec,
+            self.examples,
+            self.clean_ids.to(device),
+            self.corrupt_ids.to(device),
+            self.answer_tokens.to(device),
+            self.answer_weights.to(device),
+            self.metric,
+            self.prompt_hash,
         )
 
 
@@ -206,11 +212,16 @@ def build_dataset(
     digest.update(weights.numpy().tobytes())
     digest.update(task.metric.encode())
     spec = DatasetSpec(
-        task.name, corruption, n, seed,
-        tuple(sorted((k, _jsonable(v)) for k, v in task.params.items())), prepend_bos,
+        task.name,
+        corruption,
+        n,
+        seed,
+        tuple(sorted((k, _jsonable(v)) for k, v in task.params.items())),
+        prepend_bos,
     )
-    return Dataset(spec, tuple(examples), clean_ids, corrupt_ids, answer_tokens, weights, task.metric,
-                   digest.hexdigest())
+    return Dataset(
+        spec, tuple(examples), clean_ids, corrupt_ids, answer_tokens, weights, task.metric, digest.hexdigest()
+    )
 
 
 def _jsonable(value: Any) -> Any:

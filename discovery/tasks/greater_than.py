@@ -19,16 +19,80 @@ from discovery.errors import TokenizationError
 from discovery.tasks.base import Example, Task
 
 NOUNS = (
-    "war", "dynasty", "abduction", "accord", "affair", "agreement", "assessment", "attack",
-    "campaign", "captivity", "case", "challenge", "clash", "competition", "conspiracy",
-    "construction", "contract", "convention", "cooperation", "custody", "deal", "decline",
-    "development", "dispute", "effort", "employment", "engagement", "epidemic", "exchange",
-    "expansion", "expedition", "fall", "friendship", "growth", "illness", "impact", "imprisonment",
-    "increase", "invasion", "investigation", "journey", "kingdom", "marriage", "negotiation",
-    "operation", "order", "outbreak", "pilgrimage", "plague", "plan", "practice", "process",
-    "program", "progress", "project", "pursuit", "quest", "reign", "relationship", "riot", "rise",
-    "rivalry", "rule", "siege", "study", "test", "therapy", "tour", "tradition", "treaty", "trial",
-    "trip", "voyage", "work",
+    "war",
+    "dynasty",
+    "abduction",
+    "accord",
+    "affair",
+    "agreement",
+    "assessment",
+    "attack",
+    "campaign",
+    "captivity",
+    "case",
+    "challenge",
+    "clash",
+    "competition",
+    "conspiracy",
+    "construction",
+    "contract",
+    "convention",
+    "cooperation",
+    "custody",
+    "deal",
+    "decline",
+    "development",
+    "dispute",
+    "effort",
+    "employment",
+    "engagement",
+    "epidemic",
+    "exchange",
+    "expansion",
+    "expedition",
+    "fall",
+    "friendship",
+    "growth",
+    "illness",
+    "impact",
+    "imprisonment",
+    "increase",
+    "invasion",
+    "investigation",
+    "journey",
+    "kingdom",
+    "marriage",
+    "negotiation",
+    "operation",
+    "order",
+    "outbreak",
+    "pilgrimage",
+    "plague",
+    "plan",
+    "practice",
+    "process",
+    "program",
+    "progress",
+    "project",
+    "pursuit",
+    "quest",
+    "reign",
+    "relationship",
+    "riot",
+    "rise",
+    "rivalry",
+    "rule",
+    "siege",
+    "study",
+    "test",
+    "therapy",
+    "tour",
+    "tradition",
+    "treaty",
+    "trial",
+    "trip",
+    "voyage",
+    "work",
 )
 YEARS = tuple(f"{yy:02d}" for yy in range(100))
 
@@ -55,11 +119,16 @@ class GreaterThanTask(Task):
         if not nouns:
             raise TokenizationError("greater-than: none of the nouns is one token for this tokenizer")
         century_ids = _ids(tokenizer, " " + cc)
-        years = [yy for yy in range(2, 99)
-                 if _ids(tokenizer, f" {cc}{yy:02d}") == century_ids + _ids(tokenizer, f"{yy:02d}")
-                 and len(_ids(tokenizer, f"{yy:02d}")) == 1]
+        years = [
+            yy
+            for yy in range(2, 99)
+            if _ids(tokenizer, f" {cc}{yy:02d}") == century_ids + _ids(tokenizer, f"{yy:02d}")
+            and len(_ids(tokenizer, f"{yy:02d}")) == 1
+        ]
         if not years:
-            raise TokenizationError(f"greater-than: no year {cc}02..{cc}98 splits into '{cc}' + 'YY' for this tokenizer")
+            raise TokenizationError(
+                f"greater-than: no year {cc}02..{cc}98 splits into '{cc}' + 'YY' for this tokenizer"
+            )
         rng = np.random.default_rng(seed)
         out = []
         for _ in range(n):
@@ -67,10 +136,12 @@ class GreaterThanTask(Task):
             yy = years[int(rng.integers(len(years)))]
             start = f"{yy:02d}" if corruption != "01-year" else "01"
             template = "The {noun} lasted from the year {cc}{yy} to the year {cc}"
-            out.append(Example(
-                clean=template.format(noun=noun, cc=cc, yy=f"{yy:02d}"),
-                corrupt=template.format(noun=noun, cc=cc, yy=start),
-                correct=YEARS[yy + 1:],
-                wrong=YEARS[:yy + 1],
-            ))
+            out.append(
+                Example(
+                    clean=template.format(noun=noun, cc=cc, yy=f"{yy:02d}"),
+                    corrupt=template.format(noun=noun, cc=cc, yy=start),
+                    correct=YEARS[yy + 1 :],
+                    wrong=YEARS[: yy + 1],
+                )
+            )
         return out

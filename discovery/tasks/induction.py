@@ -62,17 +62,19 @@ class InductionTask(Task):
         out = []
         for _ in range(n):
             words = [str(w) for w in rng.choice(pool, n_distinct, replace=False)]
-            prefix = words[:self.prefix]
-            segment = words[self.prefix:self.prefix + self.length]
-            gap = words[self.prefix + self.length:]
+            prefix = words[: self.prefix]
+            segment = words[self.prefix : self.prefix + self.length]
+            gap = words[self.prefix + self.length :]
             clean = prefix + segment + gap + segment[:-1]
             unused = [w for w in pool if w not in set(words)]
             fresh = [str(w) for w in corrupt_rng.choice(unused, self.length - 1, replace=False)]
             corrupt = prefix + segment + gap + fresh
-            out.append(Example(
-                clean=" ".join(clean),
-                corrupt=" ".join(corrupt),
-                correct=(" " + segment[-1],),
-                wrong=(" " + prefix[-1],),
-            ))
+            out.append(
+                Example(
+                    clean=" ".join(clean),
+                    corrupt=" ".join(corrupt),
+                    correct=(" " + segment[-1],),
+                    wrong=(" " + prefix[-1],),
+                )
+            )
         return out

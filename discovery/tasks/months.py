@@ -6,5 +6,17 @@ from discovery.tasks.sequence import SequenceTask
 class MonthsTask(SequenceTask):
     name = "months"
     description = "continue a sequence of months: January February March -> April"
-    vocabulary = ("January", "February", "March", "April", "May", "June", "July", "August",
-                  "September", "October", "November", "December")
+    vocabulary = (
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    )

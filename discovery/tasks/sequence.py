@@ -24,8 +24,28 @@ from discovery.tasks.base import Example, Task
 
 TEMPLATES = ("plain", "done-in")
 # One-token objects in GPT-2's vocabulary (with a leading space), as in Lan & Barez's prompts.
-DONE_IN_OBJECTS = ("Van", "Hat", "Ring", "Desk", "Sun", "Car", "Cup", "Box", "Pen", "Door",
-                   "Book", "Key", "Bag", "Bed", "Bus", "Lamp", "Shoe", "Tree", "Ship", "Coat")
+DONE_IN_OBJECTS = (
+    "Van",
+    "Hat",
+    "Ring",
+    "Desk",
+    "Sun",
+    "Car",
+    "Cup",
+    "Box",
+    "Pen",
+    "Door",
+    "Book",
+    "Key",
+    "Bag",
+    "Bed",
+    "Bus",
+    "Lamp",
+    "Shoe",
+    "Tree",
+    "Ship",
+    "Coat",
+)
 
 
 class SequenceTask(Task):
@@ -36,7 +56,9 @@ class SequenceTask(Task):
 
     def __init__(self, length: int = 4, template: str = "plain", **params: Any) -> None:
         if template not in TEMPLATES:
-            raise UsageError(f"task {self.name!r}: unknown template {template!r}; choose one of: {', '.join(TEMPLATES)}")
+            raise UsageError(
+                f"task {self.name!r}: unknown template {template!r}; choose one of: {', '.join(TEMPLATES)}"
+            )
         if not 2 <= length <= len(self.vocabulary) - 1:
             raise UsageError(
                 f"task {self.name!r}: length must be between 2 and {len(self.vocabulary) - 1}, got {length}"
@@ -78,7 +100,7 @@ class SequenceTask(Task):
         out = []
         for _ in range(n):
             start = int(rng.integers(0, len(vocab) - self.length))
-            members = list(vocab[start:start + self.length])
+            members = list(vocab[start : start + self.length])
             answer = vocab[start + self.length]
             objects = [str(o) for o in rng.choice(objects_pool, self.length + 1, replace=False)]
             clean = self.render(members, objects)
@@ -86,12 +108,14 @@ class SequenceTask(Task):
                 corrupt = self.render(members[:-1] + [members[-2]], objects)
             else:
                 corrupt = self._random_twin(corrupt_rng, clean, objects, tokenizer)
-            out.append(Example(
-                clean=clean,
-                corrupt=corrupt,
-                correct=(" " + answer,),
-                wrong=(" " + members[-1],),
-            ))
+            out.append(
+                Example(
+                    clean=clean,
+                    corrupt=corrupt,
+                    correct=(" " + answer,),
+                    wrong=(" " + members[-1],),
+                )
+            )
         return out
 
     def _random_twin(self, rng: np.random.Generator, clean: str, objects: list[str], tokenizer: Any) -> str:
