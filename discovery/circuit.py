@@ -155,6 +155,8 @@ class ModelShape:
 
     n_layers: int
     n_heads: int
+    parallel_attn_mlp: bool = False
+    """GPT-NeoX-style blocks: a layer's MLP reads the block's input, so no head -> MLP edge within a layer."""
 
     def all_heads(self) -> list[Node]:
         return [head(layer, h) for layer in range(self.n_layers) for h in range(self.n_heads)]
@@ -284,6 +286,16 @@ class Circuit:
         for edge in self.edges:
             if _layer_order(edge.sender) >= _layer_order(edge.receiver):
                 raise UsageError(f"edge {edge.name}: the sender does not come before the receiver")
+            if (
+                shape.parallel_attn_mlp
+                and edge.sender.kind == "head"
+                and edge.receiver.kind == "mlp"
+                and edge.sender.layer == edge.receiver.layer
+            ):
+                raise UsageError(
+                    f"edge {edge.name}: in this model's parallel blocks a layer's MLP reads the block's "
+                    "input, not its heads"
+                )
         return self
 
     def to_networkx(self) -> nx.DiGraph:
@@ -319,7 +331,8 @@ def all_edges(shape: ModelShape, include_mlps: bool = True) -> list[Edge]:
                 edges.extend(Edge(s, receiver, receiver_input) for s in senders)
         senders = senders + layer_heads
         if include_mlps:
-            edges.extend(Edge(s, mlp(layer)) for s in senders)
+            mlp_senders = [s for s in senders if not (shape.parallel_attn_mlp and s in layer_heads)]
+            edges.extend(Edge(s, mlp(layer)) for s in mlp_senders)
             senders = senders + [mlp(layer)]
     edges.extend(Edge(s, LOGITS) for s in senders)
     return edges

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from discovery.circuit import HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
+from discovery.engine import Engine, record_forward
 from discovery.tasks.base import metric_from_logits
 
 Slot = tuple[Node, "str | None"]
@@ -154,15 +155,15 @@ def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | Non
     After the last layer with an active head nothing mixes positions and only the last one is kept.
     """
     graph = graph_of(evaluator)
-    w = evaluator.weights
+    eng: Engine = evaluator.engine
     ds = evaluator.dataset
     rep = evaluator.replacement
     shape = evaluator.shape
     H = shape.n_heads
     per_layer_r = graph.receivers_per_layer
-    masks = masks.to(device=w.W_E.device, dtype=w.W_E.dtype)
+    masks = masks.to(device=eng.device, dtype=eng.dtype)
     c = masks.shape[0]
-    x0 = w.embed(ds.clean_ids)  # [n, p, d]
+    x0 = eng.embed(ds.clean_ids)  # [n, p, d]
     n, p, d = x0.shape
     differentiable = torch.is_grad_enabled() and (masks.requires_grad or probes is not None)
     if differentiable:
@@ -183,7 +184,7 @@ def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | Non
     buffer = None if differentiable else torch.zeros(c, A, n, p, d, device=x0.device, dtype=x0.dtype)
     pieces: list[torch.Tensor] = []
     filled = 0
-    causal = torch.ones(p, p, dtype=torch.bool, device=x0.device).tril()
+    positions = torch.arange(p, device=x0.device)
     last_only = False
 
     def push(delta: torch.Tensor) -> None:  # [c, s, n, p or 1, d]
@@ -196,9 +197,13 @@ def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | Non
             buffer[:, filled : filled + delta.shape[1]] = delta
         filled += delta.shape[1]
 
-    def gather(rows: torch.Tensor | slice, count: int, last: bool = False) -> torch.Tensor:
-        """Inputs of receiver slots ``rows`` from every active sender pushed so far: [c, count, n, p, d]."""
-        out = (base[:, None, :, -1:] if last and not last_only else base[:, None]).expand(-1, count, -1, -1, -1)
+    def gather(
+        rows: torch.Tensor | slice, count: int, last: bool = False, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Inputs of receiver slots ``rows`` from every active sender pushed so far: [c, count, n, p, d].
+        ``start``: the stream the senders' deltas are added to (default: ``base``)."""
+        origin = base if start is None else start
+        out = (origin[:, None, :, -1:] if last and not last_only else origin[:, None]).expand(-1, count, -1, -1, -1)
         if filled:
             D = buffer[:, :filled] if buffer is not None else torch.cat(pieces, dim=1)
             if last:
@@ -210,7 +215,7 @@ def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | Non
             out = out + (pr[:, :, :, -1:] if last else pr)
         return out
 
-    for layer, lw in enumerate(w.layers):
+    for layer in range(eng.n_layers):
         r0 = layer * per_layer_r
         heads_here = [h for h in range(H) if layer * spl + h in active_set]
         if heads_here:
@@ -219,42 +224,43 @@ def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | Non
             k_heads = len(heads_here)
             # each of q, k, v reads its own residual stream
             inp = gather(rows, 3 * k_heads)  # [c, 3k, n, p, d]
-            ln = w.layer_norm(inp, lw.ln1_w, lw.ln1_b).reshape(c, k_heads, 3, n, p, d)
-            q = torch.einsum("chnpd,hde->cnphe", ln[:, :, 0], lw.W_Q[hs]) + lw.b_Q[hs]
-            k = torch.einsum("chnpd,hde->cnphe", ln[:, :, 1], lw.W_K[hs]) + lw.b_K[hs]
-            v = torch.einsum("chnpd,hde->cnphe", ln[:, :, 2], lw.W_V[hs]) + lw.b_V[hs]
-            scores = torch.einsum("cnqhe,cnkhe->cnhqk", q, k) * w.attn_scale
-            pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
-            z = torch.einsum("cnhqk,cnkhe->cnqhe", pattern, v)
-            push(torch.einsum("cnphe,hed->chnpd", z - rep.z[layer][:, :, hs], lw.W_O[hs]))  # [c, k, n, p, d]
+            ln = eng.ln1(layer, inp).reshape(c, k_heads, 3, n, p, d).transpose(1, 3)  # [c, n, 3, k, p, d]
+            q = eng.project(layer, "q", ln[:, :, 0], hs, positions, per_head_input=True)  # [c, n, p, k, e]
+            k = eng.project(layer, "k", ln[:, :, 1], hs, positions, per_head_input=True)
+            v = eng.project(layer, "v", ln[:, :, 2], hs, positions, per_head_input=True)
+            z = eng.attend(q, k, v, positions)
+            delta = eng.head_outputs(layer, z - rep.z[layer][:, :, hs], hs)  # [c, n, k, p, d]
+            push(delta.transpose(1, 2))  # [c, k, n, p, d]
         if layer > last_head_layer and not last_only and not differentiable:
             last_only = True  # nothing after this mixes positions
             base = base[:, :, -1:]
         pos = slice(-1, None) if last_only else slice(None)
+        block_in = base
         base = base + rep.attn_constant[layer][:, pos]
-        # the MLP reads this layer's heads too: its slot comes after them
+        # the MLP reads this layer's heads too (its slot comes after them), except in parallel blocks,
+        # where it reads the block's input and the graph has no head -> MLP edge within the layer
         mlp_active = (layer * spl + H) in active_set if graph.ablate_mlps else True
         if not mlp_active:
             base = base + rep.mlp_out[layer][:, pos]
             continue
         m_row = r0 + 3 * H
-        m_in = gather(slice(m_row, m_row + 1), 1, last=last_only)[:, 0]  # [c, n, p or 1, d]
-        m_out = w.mlp(layer, w.layer_norm(m_in, lw.ln2_w, lw.ln2_b))
+        m_in = gather(slice(m_row, m_row + 1), 1, last=last_only, start=eng.mlp_input(block_in, base))[:, 0]
+        m_out = eng.mlp(layer, eng.ln2(layer, m_in))
         if graph.ablate_mlps:
             push((m_out - rep.mlp_out[layer][:, pos]).expand(c, n, m_out.shape[2], d).unsqueeze(1))
             base = base + rep.mlp_out[layer][:, pos]
         else:
             base = base + m_out
     final_in = gather(slice(len(graph.receivers) - 1, len(graph.receivers)), 1, last=True)[:, 0, :, -1]
-    final = w.layer_norm(final_in, w.lnf_w, w.lnf_b)  # [c, n, d]
-    answer_logits = final @ w.W_U[:, ds.answer_tokens]
-    lse = torch.logsumexp(final @ w.W_U, dim=-1) if ds.metric == "prob_diff" else None
+    final = eng.final_norm(final_in)  # [c, n, d]
+    answer_logits = eng.token_logits(final, ds.answer_tokens)
+    lse = torch.logsumexp(eng.token_logits(final), dim=-1) if ds.metric == "prob_diff" else None
     return metric_from_logits(ds, answer_logits, lse)
 
 
 def _chunk_size(evaluator: Any, graph: EdgeGraph, budget_floats: float = 1.2e8) -> int:
     n, p = evaluator.dataset.clean_ids.shape
-    d = evaluator.weights.W_E.shape[1]
+    d = evaluator.engine.d_model
     per_circuit = (len(graph.senders) + graph.receivers_per_layer + 4) * n * p * d
     return max(1, int(budget_floats // per_circuit))
 
@@ -288,15 +294,15 @@ def edge_attribution(evaluator: Any, steps: int = 1) -> tuple[list[Edge], np.nda
     alpha = (k + 1/2) / steps, interpolating from the empty circuit (alpha = 0) to the full model.
     """
     graph = graph_of(evaluator)
-    w = evaluator.weights
+    eng: Engine = evaluator.engine
     n, p = evaluator.dataset.clean_ids.shape
-    d = w.W_E.shape[1]
+    d = eng.d_model
     R = len(graph.receivers)
-    valid = graph.full_mask().to(w.W_E.device)
-    grad_sum = torch.zeros(R, n, p, d, device=w.W_E.device)
+    valid = graph.full_mask().to(eng.device)
+    grad_sum = torch.zeros(R, n, p, d, device=eng.device)
     alphas = [1.0] if steps <= 1 else [(k + 0.5) / steps for k in range(steps)]
     for alpha in alphas:
-        probes = torch.zeros(1, R, n, p, d, device=w.W_E.device, requires_grad=True)
+        probes = torch.zeros(1, R, n, p, d, device=eng.device, requires_grad=True)
         metric = edge_forward(evaluator, valid * alpha, probes).mean()
         (grad,) = torch.autograd.grad(metric, probes)
         grad_sum += grad[0]
@@ -311,15 +317,13 @@ def edge_attribution(evaluator: Any, steps: int = 1) -> tuple[list[Edge], np.nda
 @torch.no_grad()
 def sender_deltas(evaluator: Any) -> torch.Tensor:
     """[S, n, p, d]: each ablatable sender's clean output minus its replacement."""
-    from discovery.evaluator import record_forward
-
     graph = graph_of(evaluator)
-    w = evaluator.weights
+    eng: Engine = evaluator.engine
     rep = evaluator.replacement
-    rec = record_forward(w, evaluator.dataset.clean_ids)
+    rec = record_forward(eng, evaluator.dataset.clean_ids)
     out = []
-    for layer, lw in enumerate(w.layers):
-        out.append(torch.einsum("nphe,hed->hnpd", rec.z[layer] - rep.z[layer], lw.W_O))
+    for layer in range(eng.n_layers):
+        out.append(eng.head_outputs(layer, rec.z[layer] - rep.z[layer]).transpose(0, 1))  # [h, n, p, d]
         if graph.ablate_mlps:
             out.append((rec.mlp_out[layer] - rep.mlp_out[layer]).unsqueeze(0))
     return torch.cat(out, dim=0)

@@ -22,7 +22,9 @@ ablated heads contribute a precomputed constant. After the last layer that keeps
 layers cannot mix positions, so only the last position is computed; the unembedding reads only the
 answer tokens (and the log partition, for ``prob_diff``).
 
-Edge-level circuits (with edges) are delegated to :mod:`discovery.edge_forward`.
+Edge-level circuits (with edges) are delegated to :mod:`discovery.edge_forward`. Both run on the
+one forward of :mod:`discovery.engine`; models without the engine's fast path are scored through
+TransformerLens hooks (:mod:`discovery.engine.hooked`, node level only).
 """
 
 from __future__ import annotations
@@ -36,11 +38,15 @@ import numpy as np
 import torch
 
 from discovery.circuit import Circuit
+from discovery.edge_forward import edge_metric_values
+from discovery.engine import Engine, Recording, record_forward
+from discovery.engine.hooked import HookedScorer
 from discovery.errors import UsageError
 from discovery.model import LoadedModel
 from discovery.progress import ProgressCallback
 from discovery.tasks.base import Dataset, metric_from_logits
-from discovery.weights import GPT2Weights
+
+__all__ = ["Ablation", "EvaluationMethod", "Evaluator", "Recording", "Replacement", "Score", "record_forward"]
 
 AblationKind = Literal["mean", "resample", "zero"]
 ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "resample", "zero")
@@ -113,38 +119,6 @@ class Replacement:
     """Per layer [n or 1, seq, d_model]: the attention output when every head is replaced (b_O included)."""
 
 
-@dataclass(frozen=True, eq=False)
-class Recording:
-    """Activations of an unablated forward pass."""
-
-    z: tuple[torch.Tensor, ...]  # per layer [n, seq, heads, d_head]
-    mlp_out: tuple[torch.Tensor, ...]  # per layer [n, seq, d]
-    resid_final: torch.Tensor  # [n, seq, d]
-
-
-@torch.no_grad()
-def record_forward(weights: GPT2Weights, ids: torch.Tensor) -> Recording:
-    """A plain forward over ``ids`` recording each head's z and each MLP's output."""
-    x = weights.embed(ids)
-    seq = ids.shape[1]
-    causal = torch.ones(seq, seq, dtype=torch.bool, device=ids.device).tril()
-    zs, mlps = [], []
-    for layer, w in enumerate(weights.layers):
-        ln = weights.layer_norm(x, w.ln1_w, w.ln1_b)
-        q = torch.einsum("npd,hde->nphe", ln, w.W_Q) + w.b_Q
-        k = torch.einsum("npd,hde->nphe", ln, w.W_K) + w.b_K
-        v = torch.einsum("npd,hde->nphe", ln, w.W_V) + w.b_V
-        scores = torch.einsum("nqhe,nkhe->nhqk", q, k) * weights.attn_scale
-        scores = scores.masked_fill(~causal, float("-inf"))
-        z = torch.einsum("nhqk,nkhe->nqhe", scores.softmax(-1), v)
-        x = x + torch.einsum("nqhe,hed->nqd", z, w.W_O) + w.b_O
-        m = weights.mlp(layer, weights.layer_norm(x, w.ln2_w, w.ln2_b))
-        x = x + m
-        zs.append(z)
-        mlps.append(m)
-    return Recording(tuple(zs), tuple(mlps), x)
-
-
 class Evaluator:
     """Scores circuits of one model on one dataset under one ablation.
 
@@ -163,15 +137,19 @@ class Evaluator:
         self.model = model
         self.dataset = dataset.to(model.device)
         self.ablation = ablation
-        self.weights: GPT2Weights = model.weights
         self.shape = model.shape
         self.max_tokens_per_chunk = max_tokens_per_chunk
         self.circuits_per_pass = circuits_per_pass
         self.forward_count = 0
-        if self.dataset.seq_len > self.weights.W_pos.shape[0]:
-            raise UsageError(
-                f"prompts of {self.dataset.seq_len} tokens exceed the model's context of {self.weights.W_pos.shape[0]}"
-            )
+        context = int(model.bridge.cfg.n_ctx)
+        if self.dataset.seq_len > context:
+            raise UsageError(f"prompts of {self.dataset.seq_len} tokens exceed the model's context of {context}")
+        self.hooked = None if model.fast_path else HookedScorer(model, self.dataset, ablation)
+        """The slow path (TransformerLens hooks) for architectures the engine has no fast path for."""
+
+    @cached_property
+    def engine(self) -> Engine:
+        return self.model.engine
 
     # --- what a score means ---------------------------------------------------------------
     def method(self, level: Literal["node", "edge"] = "node") -> EvaluationMethod:
@@ -182,7 +160,7 @@ class Evaluator:
     @cached_property
     def source_recording(self) -> Recording:
         ids = self.dataset.corrupt_ids if self.ablation.source == "corrupt" else self.dataset.clean_ids
-        return record_forward(self.weights, ids)
+        return record_forward(self.engine, ids)
 
     @cached_property
     def replacement(self) -> Replacement:
@@ -195,7 +173,7 @@ class Evaluator:
         else:
             zs = [torch.zeros_like(z[:1]) for z in rec.z]
             mlps = [torch.zeros_like(m[:1]) for m in rec.mlp_out]
-        consts = [torch.einsum("nqhe,hed->nqd", z, w.W_O) + w.b_O for z, w in zip(zs, self.weights.layers)]
+        consts = [self.engine.attention_output(layer, z) for layer, z in enumerate(zs)]
         return Replacement(tuple(zs), tuple(mlps), tuple(consts))
 
     # --- the two ends of the normalisation --------------------------------------------------
@@ -238,11 +216,15 @@ class Evaluator:
         node_level = [i for i, c in enumerate(circuits) if not c.edges]
         edge_level = [i for i, c in enumerate(circuits) if c.edges]
         out = np.empty(len(circuits), dtype=np.float64)
+        if self.hooked is not None:
+            if edge_level:
+                self.model.engine  # noqa: B018 - raises the one-line error: edge level needs the fast path
+            out[:] = [self.hooked.metric(c, *self.masks([c])) for c in circuits]
+            self.forward_count += len({c.key for c in circuits})
+            return out
         if node_level:
             out[node_level] = self._node_metric_values([circuits[i] for i in node_level])
         if edge_level:
-            from discovery.edge_forward import edge_metric_values
-
             out[edge_level] = edge_metric_values(self, [circuits[i] for i in edge_level])
             self.forward_count += len({circuits[i].key for i in edge_level})
         return out
@@ -265,12 +247,12 @@ class Evaluator:
     @torch.no_grad()
     def _node_metric_values(self, circuits: Sequence[Circuit]) -> np.ndarray:
         head_masks, mlp_masks = self.masks(circuits)
-        w = self.weights
+        eng = self.engine
         device = self.model.device
         kept_layers = np.nonzero(head_masks.any(axis=(0, 2)))[0]
         last_kept = int(kept_layers.max()) if len(kept_layers) else -1
 
-        x = w.embed(self.dataset.clean_ids)
+        x = eng.embed(self.dataset.clean_ids)
         if last_kept < 0:
             x = x[:, -1:]
         states = x.unsqueeze(0)  # [groups, n, positions, d]
@@ -290,11 +272,11 @@ class Evaluator:
             states = self._layer(layer, states, parents, layer_heads, layer_mlps, last_only=layer >= last_kept)
             group_of = new_group_of
 
-        final = w.layer_norm(states[:, :, -1], w.lnf_w, w.lnf_b)  # [groups, n, d]
-        answer_logits = final @ w.W_U[:, self.dataset.answer_tokens]
+        final = eng.final_norm(states[:, :, -1])  # [groups, n, d]
+        answer_logits = eng.token_logits(final, self.dataset.answer_tokens)
         logsumexp = None
         if self.dataset.metric == "prob_diff":
-            logsumexp = torch.stack([torch.logsumexp(g @ w.W_U, dim=-1) for g in final])
+            logsumexp = torch.stack([torch.logsumexp(eng.token_logits(g), dim=-1) for g in final])
         per_group = metric_from_logits(self.dataset, answer_logits, logsumexp).mean(-1)
         self.forward_count += int(states.shape[0])
         return per_group.double().cpu().numpy()[group_of]
@@ -321,38 +303,26 @@ class Evaluator:
     def _layer_chunk(
         self, layer: int, x: torch.Tensor, head_mask: torch.Tensor, mlp_mask: torch.Tensor, last_only: bool
     ) -> torch.Tensor:
-        w = self.weights.layers[layer]
+        eng = self.engine
+        W_O = eng.layers[layer].W_O
         rep = self.replacement
         q_pos = slice(-1, None) if last_only else slice(None)
         kept = torch.nonzero(head_mask.any(0)).flatten()
         attn = rep.attn_constant[layer][:, q_pos]  # [n|1, q, d]
         if len(kept):
             g, n, p, d = x.shape
-            ln = self.weights.layer_norm(x, w.ln1_w, w.ln1_b)
-            n_kept, dh = len(kept), self.weights.d_head
-
-            def project(inp: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-                flat = inp.reshape(-1, d) @ W[kept].permute(1, 0, 2).reshape(d, n_kept * dh)
-                return flat.reshape(*inp.shape[:-1], n_kept, dh) + b[kept]
-
-            k = project(ln, w.W_K, w.b_K)  # [g, n, p, h, e]
-            v = project(ln, w.W_V, w.b_V)
-            q = project(ln[:, :, q_pos], w.W_Q, w.b_Q)
-            scores = torch.einsum("gnqhe,gnkhe->gnhqk", q, k) * self.weights.attn_scale
-            q_abs = torch.arange(p, device=x.device)[q_pos]
-            causal = q_abs[:, None] >= torch.arange(p, device=x.device)[None, :]
-            scores = scores.masked_fill(~causal, float("-inf"))
-            z = torch.einsum("gnhqk,gnkhe->gnqhe", scores.softmax(-1), v)
+            n_kept, dh = len(kept), eng.d_head
+            z = eng.attention_z(layer, eng.ln1(layer, x), kept, last_only)  # [g, n, q, h, e]
             z_rep = rep.z[layer][:, q_pos][:, :, kept]  # [n|1, q, h, e]
             delta = (z - z_rep) * head_mask[:, kept].to(z.dtype)[:, None, None, :, None]
-            attn = attn + (delta.reshape(g, n, -1, n_kept * dh) @ w.W_O[kept].reshape(n_kept * dh, d))
-        x = x[:, :, q_pos] + attn
-        mlp_rep = rep.mlp_out[layer][:, q_pos]
+            attn = attn + (delta.reshape(g, n, -1, n_kept * dh) @ W_O[kept].reshape(n_kept * dh, d))
+        block_in = x[:, :, q_pos]
+        after = block_in + attn
         if bool(mlp_mask.all()):
-            return x + self.weights.mlp(layer, self.weights.layer_norm(x, w.ln2_w, w.ln2_b))
-        result = x + mlp_rep
+            return after + eng.mlp(layer, eng.ln2(layer, eng.mlp_input(block_in, after)))
+        result = after + rep.mlp_out[layer][:, q_pos]
         live = torch.nonzero(mlp_mask).flatten()
         if len(live):
-            xs = x[live]
-            result[live] = xs + self.weights.mlp(layer, self.weights.layer_norm(xs, w.ln2_w, w.ln2_b))
+            mlp_in = eng.mlp_input(block_in[live], after[live])
+            result[live] = after[live] + eng.mlp(layer, eng.ln2(layer, mlp_in))
         return result

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from discovery.circuit import HEAD_INPUTS, ModelShape
+from discovery.engine import Engine, record_forward
 from discovery.errors import UsageError
-from discovery.evaluator import record_forward
 from discovery.model import LoadedModel
 from discovery.progress import ProgressCallback, no_progress
 from discovery.tasks.base import Dataset, metric_from_logits
-from discovery.weights import GPT2Weights
 
-ReceiverHead = tuple[int, int, Literal["q", "k", "v"]]
+ReceiverInput = Literal["q", "k", "v"]
+ReceiverHead = tuple[int, int, ReceiverInput]
 
 
 @dataclass(frozen=True)
@@ -102,32 +102,26 @@ class PatchingResult:
         return sorted(flat, key=lambda t: -abs(t[1]))[:k]
 
 
-def _metric(w: GPT2Weights, dataset: Dataset, resid_last: torch.Tensor) -> torch.Tensor:
+def _metric(eng: Engine, dataset: Dataset, resid_last: torch.Tensor) -> torch.Tensor:
     """Mean metric over prompts from last-position residuals [..., n, d] -> [...]."""
-    final = w.layer_norm(resid_last, w.lnf_w, w.lnf_b)
-    answer_logits = final @ w.W_U[:, dataset.answer_tokens]
-    lse = torch.logsumexp(final @ w.W_U, dim=-1) if dataset.metric == "prob_diff" else None
+    final = eng.final_norm(resid_last)
+    answer_logits = eng.token_logits(final, dataset.answer_tokens)
+    lse = torch.logsumexp(eng.token_logits(final), dim=-1) if dataset.metric == "prob_diff" else None
     return metric_from_logits(dataset, answer_logits, lse).mean(-1)
 
 
 def _attention(
-    w: GPT2Weights, layer: int, x: torch.Tensor, overrides: dict[tuple[int, str], torch.Tensor] | None = None
+    eng: Engine, layer: int, x: torch.Tensor, overrides: dict[tuple[int, ReceiverInput], torch.Tensor] | None = None
 ) -> torch.Tensor:
     """Attention output of ``layer`` on residual ``x`` [b, n, p, d]; ``overrides[(head, input)]`` is
-    the LayerNorm-ed residual [b, n, p, d] that head's q, k or v reads instead of ``x``'s."""
-    lw = w.layers[layer]
-    ln = w.layer_norm(x, lw.ln1_w, lw.ln1_b)
-    q = torch.einsum("bnpd,hde->bnphe", ln, lw.W_Q) + lw.b_Q
-    k = torch.einsum("bnpd,hde->bnphe", ln, lw.W_K) + lw.b_K
-    v = torch.einsum("bnpd,hde->bnphe", ln, lw.W_V) + lw.b_V
+    the normed residual [b, n, p, d] that head's q, k or v reads instead of ``x``'s."""
+    ln = eng.ln1(layer, x)
+    qkv = {which: eng.project(layer, which, ln) for which in ("q", "k", "v")}  # [b, n, p, h, e]
     for (head, inp), other in (overrides or {}).items():
-        W, b, target = {"q": (lw.W_Q, lw.b_Q, q), "k": (lw.W_K, lw.b_K, k), "v": (lw.W_V, lw.b_V, v)}[inp]
-        target[:, :, :, head] = other @ W[head] + b[head]
-    p = x.shape[2]
-    scores = torch.einsum("bnqhe,bnkhe->bnhqk", q, k) * w.attn_scale
-    causal = torch.ones(p, p, dtype=torch.bool, device=x.device).tril()
-    z = torch.einsum("bnhqk,bnkhe->bnqhe", scores.masked_fill(~causal, float("-inf")).softmax(-1), v)
-    return torch.einsum("bnqhe,hed->bnqd", z, lw.W_O) + lw.b_O
+        one = torch.tensor([head], device=x.device)
+        qkv[inp][:, :, :, head] = eng.project(layer, inp, other, one)[:, :, :, 0]
+    z = eng.attend(qkv["q"], qkv["k"], qkv["v"], torch.arange(x.shape[2], device=x.device))
+    return eng.attention_output(layer, z)
 
 
 @torch.no_grad()
@@ -136,55 +130,50 @@ def path_patching(
 ) -> PatchingResult:
     """The effect of every sender head on ``receiver`` (see the module docstring)."""
     progress = progress or no_progress
-    w = model.weights
+    eng = model.engine
     shape = model.shape
     if isinstance(receiver, str):
         receiver = Receiver.parse(receiver, shape)
     dataset = dataset.to(model.device)
-    clean = record_forward(w, dataset.clean_ids)
-    corrupt = record_forward(w, dataset.corrupt_ids)
-    clean_metric = float(_metric(w, dataset, clean.resid_final[:, -1]))
-    corrupt_metric = float(_metric(w, dataset, corrupt.resid_final[:, -1]))
+    clean = record_forward(eng, dataset.clean_ids)
+    corrupt = record_forward(eng, dataset.corrupt_ids)
+    clean_metric = float(_metric(eng, dataset, clean.resid_final[:, -1]))
+    corrupt_metric = float(_metric(eng, dataset, corrupt.resid_final[:, -1]))
 
     n_layers, n_heads = shape.n_layers, shape.n_heads
     last_sender_layer = n_layers - 1 if receiver.is_logits else receiver.first_layer - 1
-    frozen_attn = [torch.einsum("nqhe,hed->nqd", z, lw.W_O) + lw.b_O for z, lw in zip(clean.z, w.layers)]
+    frozen_attn = [eng.attention_output(layer, z) for layer, z in enumerate(clean.z)]
     effects = np.full((n_layers, n_heads), np.nan)
     receiver_layers = sorted({layer for layer, _, _ in receiver.heads})
     # the residual entering each layer in the clean run: where a sender's batch starts from
-    clean_pre = [w.embed(dataset.clean_ids)]
+    clean_pre = [eng.embed(dataset.clean_ids)]
     for layer in range(n_layers - 1):
-        x = clean_pre[-1] + frozen_attn[layer]
-        lw = w.layers[layer]
-        clean_pre.append(x + w.mlp(layer, w.layer_norm(x, lw.ln2_w, lw.ln2_b)))
+        clean_pre.append(eng.block_with_attention(layer, clean_pre[-1], frozen_attn[layer]))
 
     for sender_layer in range(last_sender_layer + 1):
-        lw = w.layers[sender_layer]
         # step 1: all heads frozen clean, each sender (batch row) swapped to its corrupted output
-        delta = torch.einsum("nqhe,hed->hnqd", corrupt.z[sender_layer] - clean.z[sender_layer], lw.W_O)
-        x = clean_pre[sender_layer].unsqueeze(0) + frozen_attn[sender_layer] + delta  # [h, n, p, d]
-        x = x + w.mlp(sender_layer, w.layer_norm(x, lw.ln2_w, lw.ln2_b))
+        delta = eng.head_outputs(sender_layer, corrupt.z[sender_layer] - clean.z[sender_layer]).transpose(0, 1)
+        block_in = clean_pre[sender_layer].unsqueeze(0).expand(n_heads, -1, -1, -1)
+        x = eng.block_with_attention(sender_layer, block_in, frozen_attn[sender_layer] + delta)  # [h, n, p, d]
         pre_at: dict[int, torch.Tensor] = {}
         stop = n_layers if receiver.is_logits else receiver_layers[-1]
         for layer in range(sender_layer + 1, stop):
             if layer in receiver_layers:
                 pre_at[layer] = x
-            lw2 = w.layers[layer]
-            x = x + frozen_attn[layer]
-            x = x + w.mlp(layer, w.layer_norm(x, lw2.ln2_w, lw2.ln2_b))
+            x = eng.block_with_attention(layer, x, frozen_attn[layer])
         if receiver.is_logits:
-            patched = _metric(w, dataset, x[:, :, -1])
+            patched = _metric(eng, dataset, x[:, :, -1])
         else:
             if stop in receiver_layers:
                 pre_at[stop] = x
-            patched = _receiver_run(w, dataset, receiver, pre_at, clean_pre, n_heads)
+            patched = _receiver_run(eng, dataset, receiver, pre_at, clean_pre, n_heads)
         effects[sender_layer] = (patched - clean_metric).double().cpu().numpy()
         progress(sender_layer + 1, last_sender_layer + 1, f"sender layer {sender_layer}")
     return PatchingResult(receiver.name, effects, clean_metric, corrupt_metric, dataset.description, dataset.metric)
 
 
 def _receiver_run(
-    w: GPT2Weights,
+    eng: Engine,
     dataset: Dataset,
     receiver: Receiver,
     pre_at: dict[int, torch.Tensor],
@@ -194,15 +183,13 @@ def _receiver_run(
     """Step 2: a clean run where the receiver heads' inputs read the step-1 residuals ``pre_at``."""
     first = receiver.first_layer
     x = clean_pre[first].unsqueeze(0).expand(batch, -1, -1, -1)
-    for layer in range(first, len(w.layers)):
-        lw = w.layers[layer]
+    for layer in range(first, eng.n_layers):
         overrides = {}
         for r_layer, r_head, inp in receiver.heads:
             if r_layer == layer:
-                overrides[(r_head, inp)] = w.layer_norm(pre_at[layer], lw.ln1_w, lw.ln1_b)
-        x = x + _attention(w, layer, x, overrides)
-        x = x + w.mlp(layer, w.layer_norm(x, lw.ln2_w, lw.ln2_b))
-    return _metric(w, dataset, x[:, :, -1])
+                overrides[(r_head, inp)] = eng.ln1(layer, pre_at[layer])
+        x = eng.block_with_attention(layer, x, _attention(eng, layer, x, overrides))
+    return _metric(eng, dataset, x[:, :, -1])
 
 
 def save_heatmap(result: PatchingResult, path: str | Path, title: str | None = None) -> Path:

@@ -1,7 +1,7 @@
 """The edge-level forward and EAP against a literal per-edge loop in double precision.
 
 The reference reads HF's own modules (``c_attn``/``c_proj`` Conv1D weights, LayerNorms, the MLP),
-not :mod:`discovery.weights`, and builds every receiver input as an explicit sum over senders:
+not :mod:`discovery.engine`, and builds every receiver input as an explicit sum over senders:
 input(r) = embed + biases + sum_s (rep_s + mask(s->r) * (out_s - rep_s)) for ablatable senders,
 plus out_s for senders that are never ablated (MLPs when they are kept).
 """

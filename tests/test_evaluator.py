@@ -25,9 +25,9 @@ def random_circuits(shape, count: int, seed: int, with_mlps: bool = False) -> li
 
 def test_record_forward_reproduces_hf_logits(tiny_model3, tokenizer):
     ds = build_dataset(get_task("digits"), tokenizer, n=8, seed=3)
-    w = tiny_model3.weights
-    rec = record_forward(w, ds.clean_ids)
-    ours = w.layer_norm(rec.resid_final, w.lnf_w, w.lnf_b) @ w.W_U
+    engine = tiny_model3.engine
+    rec = record_forward(engine, ds.clean_ids)
+    ours = engine.logits(rec.resid_final)
     with torch.no_grad():
         theirs = tiny_model3.hf_model(ds.clean_ids).logits
     assert torch.allclose(ours, theirs, atol=1e-4)
