@@ -219,7 +219,7 @@ class Evaluator:
         if self.hooked is not None:
             if edge_level:
                 self.model.engine  # noqa: B018 - raises the one-line error: edge level needs the fast path
-            out[:] = [self.hooked.metric(c, *self.masks([c])) for c in circuits]
+            out[:] = [self.hooked.metric(*self.masks([c])) for c in circuits]
             self.forward_count += len({c.key for c in circuits})
             return out
         if node_level:

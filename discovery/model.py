@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from discovery.circuit import ModelShape
+from discovery.engine.architectures import FAST_PATH
 from discovery.errors import UsageError
 
 if TYPE_CHECKING:
@@ -36,16 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("discovery")
 
-FAST_PATH_ARCHITECTURES = (
-    "GPT2LMHeadModel",
-    "GPTNeoXForCausalLM",
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "GemmaForCausalLM",
-)
-"""HF classes the engine's own forward runs (``discovery.engine.FAST_PATH`` is the source; the test checks they agree)."""
-SUPPORTED_ARCHITECTURES = FAST_PATH_ARCHITECTURES
+SUPPORTED_ARCHITECTURES = tuple(FAST_PATH)
+"""HF classes the engine's own forward runs; other TransformerLens architectures take the hooked slow path."""
 
 
 @dataclass(frozen=True)
@@ -177,9 +170,11 @@ def _boot_bridge(hf_model: Any, name: str, tokenizer: Any, device: torch.device)
             name, hf_model=copy.deepcopy(hf_model, shared), tokenizer=tokenizer, device=str(device)
         )
     except Exception as e:  # TransformerLens raises several types for an unknown architecture
+        reason = (str(e).splitlines() or [""])[0]
+        reason = reason if len(reason) <= 100 else reason[:100] + "..."
         raise UsageError(
             f"model {name!r} is a {architecture}, which neither the engine nor TransformerLens supports "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            f"({type(e).__name__}: {reason})"
         ) from e
     bridge.eval()
     return bridge
@@ -259,6 +254,15 @@ def gpt2_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(GPT2_ASSETS))
 
 
+def wrap_model(
+    hf_model: Any, tokenizer: Any, name: str | None = None, device: str | torch.device | None = None
+) -> LoadedModel:
+    """A Hugging Face causal LM already in memory, ready to score (its identity hashes its weights now)."""
+    dev = resolve_device(device) if device is not None else next(hf_model.parameters()).device
+    label = name or getattr(hf_model.config, "_name_or_path", "") or f"in-memory-{type(hf_model).__name__}"
+    return _loaded(hf_model.to(dev).eval(), tokenizer, label, dev, None)
+
+
 RANDOM_ARCHITECTURES = ("gpt2", "gpt-neox", "llama", "qwen2", "gemma")
 
 
@@ -282,9 +286,9 @@ def _random_config(architecture: str, n_layers: int, n_heads: int, d_model: int,
             num_key_value_heads=kv,
             intermediate_size=2 * d_model,
             max_position_embeddings=n_positions,
-            rope_theta=500000.0,
-            rope_scaling={
+            rope_parameters={
                 "rope_type": "llama3",
+                "rope_theta": 500000.0,
                 "factor": 8.0,
                 "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0,

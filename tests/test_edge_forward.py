@@ -30,8 +30,7 @@ class Literal:
         self.ds = dataset
         self.kind = kind
         self.ablate_mlps = ablate_mlps
-        self.n_layers, self.n_heads = self.cfg.n_layer, self.cfg.n_head
-        self.dh = self.cfg.n_embd // self.n_heads
+        self.n_layers, self.n_heads, self.dh = self._sizes()
         source = self.run(dataset.corrupt_ids, lambda name: 1.0, {}, rep=None)[1]
         if kind == "mean":
             self.rep = {s: o.mean(0, keepdim=True) for s, o in source.items()}
@@ -39,6 +38,9 @@ class Literal:
             self.rep = source
         else:
             self.rep = {s: torch.zeros_like(o[:1]) for s, o in source.items()}
+
+    def _sizes(self) -> tuple[int, int, int]:
+        return self.cfg.n_layer, self.cfg.n_head, self.cfg.n_embd // self.cfg.n_head
 
     def ablatable(self, sender: str) -> bool:
         return not sender.startswith("m") or self.ablate_mlps
