@@ -1,7 +1,9 @@
-"""Evaluator throughput against a naive hooked loop, on a GPT-2-small-shaped model.
+"""Evaluator throughput against a naive hooked loop, on a full-size model of each architecture.
 
-Prints one JSON line. The model has GPT-2 small's exact shape (12 layers, 12 heads, d_model 768,
-vocab 50257) with random weights: the cost is the real model's, the scores mean nothing.
+Prints one JSON line. ``--architecture gpt2`` (default) has GPT-2 small's exact shape (12 layers,
+12 heads, d_model 768, vocab 50257); ``gpt-neox`` Pythia-160m's; ``llama`` / ``qwen2`` / ``gemma``
+a model of GPT-2 small's width and depth (``discovery.model.random_model(full_size=True)``). The
+weights are random: the cost is the real model's, the scores mean nothing.
 
 Workloads (50 digits prompts of 12 tokens; mean ablation over the corrupted prompts):
 - ``random``: 200 dense random head circuits (each head kept with probability 1/2): nothing to skip;
@@ -11,7 +13,7 @@ Workloads (50 digits prompts of 12 tokens; mean ablation over the corrupted prom
 The naive loop is what a notebook does: one TransformerLens ``run_with_hooks`` forward per circuit,
 patching ``hook_z`` of every ablated head with its mean; it is timed on the first ``--naive`` circuits.
 
-    python bench/eval_throughput.py [--circuits 200] [--naive 20] [--threads 2]
+    python bench/eval_throughput.py [--architecture gpt2|gpt-neox|llama|qwen2|gemma] [--circuits 200] [--naive 20]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch  # noqa: E402
 
 from discovery.circuit import Circuit  # noqa: E402
 from discovery.evaluator import Evaluator  # noqa: E402
-from discovery.model import random_gpt2  # noqa: E402
+from discovery.model import RANDOM_ARCHITECTURES, random_model  # noqa: E402
 from discovery.tasks import build_dataset, get_task  # noqa: E402
 
 
@@ -57,10 +59,12 @@ def naive_scores(model, dataset, evaluator, circuits):
     return values
 
 
-def forward_gflop(cfg, n_tokens: int, seq: int) -> float:
+def forward_gflop(model, n_tokens: int, seq: int) -> float:
     """Multiply-adds x2 of one full forward (all positions, full unembedding)."""
-    d, d_mlp, layers, vocab = cfg.n_embd, cfg.n_inner or 4 * cfg.n_embd, cfg.n_layer, cfg.vocab_size
-    per_token = layers * (2 * 4 * d * d + 2 * 2 * d * d_mlp + 2 * 2 * seq * d) + 2 * d * vocab
+    ident = model.identity
+    d, d_mlp, layers, vocab = ident.d_model, ident.d_mlp, ident.n_layers, ident.vocab_size
+    mlp_mats = 3 if model.engine.flags.gated_mlp else 2
+    per_token = layers * (2 * 4 * d * d + 2 * mlp_mats * d * d_mlp + 2 * 2 * seq * d) + 2 * d * vocab
     return per_token * n_tokens / 1e9
 
 
@@ -82,6 +86,7 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--architecture", default="gpt2", choices=RANDOM_ARCHITECTURES)
     parser.add_argument("--circuits", type=int, default=200)
     parser.add_argument("--naive", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
@@ -89,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = random_gpt2(full_size=True, device=args.device)
+    model = random_model(args.architecture, full_size=True, device=args.device)
     dataset = build_dataset(get_task("digits", length=11), model.tokenizer, n=50, seed=0).to(model.device)
     heads = model.shape.all_heads()
     rng = random.Random(0)
@@ -108,7 +113,7 @@ def main() -> None:
     naive_greedy, t_naive_greedy = timed(lambda: naive_scores(model, dataset, evaluator, greedy_step[: args.naive]))
     naive_small, t_naive_small = timed(lambda: naive_scores(model, dataset, evaluator, small_circuits[: args.naive]))
     _, t_forward = timed(lambda: model.hf_model(dataset.clean_ids))
-    gflop = forward_gflop(model.hf_model.config, dataset.n * dataset.seq_len, dataset.seq_len)
+    gflop = forward_gflop(model, dataset.n * dataset.seq_len, dataset.seq_len)
     peak = matmul_gflops()
 
     ours_rate = args.circuits / t_random
@@ -119,7 +124,19 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "eval_throughput",
-                "model": "gpt2-small shape, random weights",
+                "architecture": args.architecture,
+                "model": f"{model.identity.name} ({model.identity.flags}), random weights",
+                "workloads": {
+                    "random": {"speedup": round(ours_rate / naive_rate, 2), "ours_circuits_per_s": round(ours_rate, 3)},
+                    "small": {
+                        "speedup": round((args.circuits / t_small) / (args.naive / t_naive_small), 2),
+                        "ours_circuits_per_s": round(args.circuits / t_small, 3),
+                    },
+                    "greedy_step": {
+                        "speedup": round(greedy_rate / naive_greedy_rate, 2),
+                        "ours_circuits_per_s": round(greedy_rate, 3),
+                    },
+                },
                 "device": str(model.device),
                 "threads": args.threads,
                 "prompts": dataset.n,

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +36,25 @@ from discovery.engine import Engine, record_forward
 from discovery.tasks.base import metric_from_logits
 
 Slot = tuple[Node, "str | None"]
+
+
+class ForwardInputs(Protocol):
+    """What the edge-level forward reads off an evaluator (``discovery.evaluator.Evaluator`` has it all)."""
+
+    @property
+    def shape(self) -> ModelShape: ...
+
+    @property
+    def ablation(self) -> Any: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def dataset(self) -> Any: ...
+
+    @property
+    def replacement(self) -> Any: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,7 +162,7 @@ def _graph(shape: ModelShape, ablate_mlps: bool) -> EdgeGraph:
     return EdgeGraph(shape, ablate_mlps)
 
 
-def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | None = None) -> torch.Tensor:
+def edge_forward(evaluator: ForwardInputs, masks: torch.Tensor, probes: torch.Tensor | None = None) -> torch.Tensor:
     """Per-circuit, per-prompt metric [c, n] of edge masks ``masks`` [c, R, S] (floats; 1 kept, 0 ablated).
 
     Differentiable in ``masks`` and in ``probes`` [c, R, n, p, d], which is added to each receiver
@@ -258,7 +277,7 @@ def edge_forward(evaluator: Any, masks: torch.Tensor, probes: torch.Tensor | Non
     return metric_from_logits(ds, answer_logits, lse)
 
 
-def _chunk_size(evaluator: Any, graph: EdgeGraph, budget_floats: float = 1.2e8) -> int:
+def _chunk_size(evaluator: ForwardInputs, graph: EdgeGraph, budget_floats: float = 1.2e8) -> int:
     n, p = evaluator.dataset.clean_ids.shape
     d = evaluator.engine.d_model
     per_circuit = (len(graph.senders) + graph.receivers_per_layer + 4) * n * p * d
@@ -266,7 +285,7 @@ def _chunk_size(evaluator: Any, graph: EdgeGraph, budget_floats: float = 1.2e8) 
 
 
 @torch.no_grad()
-def edge_metric_values(evaluator: Any, circuits: Sequence[Circuit]) -> np.ndarray:
+def edge_metric_values(evaluator: ForwardInputs, circuits: Sequence[Circuit]) -> np.ndarray:
     """The metric (mean over prompts) of each edge-level circuit; equal circuits computed once."""
     graph = graph_of(evaluator)
     unique: dict[str, int] = {}
@@ -284,7 +303,7 @@ def edge_metric_values(evaluator: Any, circuits: Sequence[Circuit]) -> np.ndarra
     return values[np.array(order, dtype=np.int64)]
 
 
-def edge_attribution(evaluator: Any, steps: int = 1) -> tuple[list[Edge], np.ndarray]:
+def edge_attribution(evaluator: ForwardInputs, steps: int = 1) -> tuple[list[Edge], np.ndarray]:
     """EAP (``steps=1``) or EAP-IG scores of every ablatable edge, in :attr:`EdgeGraph.edges` order.
 
     score(s -> r) = (rep_s - out_s) . mean over alpha of dMetric/d input(r) at alpha, where out_s is
@@ -315,7 +334,7 @@ def edge_attribution(evaluator: Any, steps: int = 1) -> tuple[list[Edge], np.nda
 
 
 @torch.no_grad()
-def sender_deltas(evaluator: Any) -> torch.Tensor:
+def sender_deltas(evaluator: ForwardInputs) -> torch.Tensor:
     """[S, n, p, d]: each ablatable sender's clean output minus its replacement."""
     graph = graph_of(evaluator)
     eng: Engine = evaluator.engine

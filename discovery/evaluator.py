@@ -151,6 +151,11 @@ class Evaluator:
     def engine(self) -> Engine:
         return self.model.engine
 
+    @property
+    def base_evaluator(self) -> Evaluator:
+        """This evaluator (the :class:`~discovery.search.scorer.Scorer` member wrappers forward to)."""
+        return self
+
     # --- what a score means ---------------------------------------------------------------
     def method(self, level: Literal["node", "edge"] = "node") -> EvaluationMethod:
         source = f"{self.dataset.description}:{self.ablation.source}"

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from discovery.circuit import Circuit, Node, parse_node
 from discovery.errors import UsageError
 from discovery.evaluator import Score
+from discovery.search.scorer import Scorer
 
 
-def ablates_mlps(evaluator: Any) -> bool:
+def ablates_mlps(evaluator: Scorer) -> bool:
     ablation = getattr(evaluator, "ablation", None)
     return bool(getattr(ablation, "ablate_mlps", False))
 
 
-def parse_nodes(evaluator: Any, names: Iterable[str], method: str, what: str = "pool") -> list[Node]:
+def parse_nodes(evaluator: Scorer, names: Iterable[str], method: str, what: str = "pool") -> list[Node]:
     nodes = []
     for name in names:
         node = parse_node(name)
@@ -31,7 +31,7 @@ def parse_nodes(evaluator: Any, names: Iterable[str], method: str, what: str = "
     return sorted(set(nodes), key=lambda n: n.sort_key)
 
 
-def candidate_pool(evaluator: Any, pool: Sequence[str] | None, mlps: bool, method: str) -> list[Node]:
+def candidate_pool(evaluator: Scorer, pool: Sequence[str] | None, mlps: bool, method: str) -> list[Node]:
     """The components a node-level search may pick: ``pool`` if given, else every head (and MLP)."""
     if pool:
         return parse_nodes(evaluator, pool, method)

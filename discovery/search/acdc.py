@@ -25,9 +25,10 @@ from discovery.errors import UsageError
 from discovery.progress import ProgressCallback
 from discovery.search._helpers import parse_nodes
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
+from discovery.search.scorer import Scorer
 
 
-def _start_edges(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> list[Edge]:
+def _start_edges(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> list[Edge]:
     graph = graph_of(evaluator)
     edges = list(graph.edges)
     if params["nodes"]:
@@ -45,7 +46,7 @@ def _start_edges(evaluator: Any, params: dict[str, Any], progress: ProgressCallb
     return sorted(edges, key=lambda e: e.sort_key)
 
 
-def acdc(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
+def acdc(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     tau, batch = params["tau"], params["batch"]
     graph = graph_of(evaluator)
     current_edges = set(_start_edges(evaluator, params, progress))

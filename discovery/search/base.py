@@ -15,22 +15,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from discovery.circuit import Circuit, ModelShape
 from discovery.errors import UsageError
-from discovery.evaluator import Score
+from discovery.evaluator import Ablation, EvaluationMethod, Evaluator, Score
+from discovery.model import LoadedModel
 from discovery.progress import ProgressCallback, no_progress
+from discovery.search.scorer import Scorer
+from discovery.tasks.base import Dataset
 
-
-class ScoringEvaluator(Protocol):
-    """What a search method may use: scores of circuits, the two ends, and the model/dataset."""
-
-    shape: ModelShape
-    full_metric: float
-    ablated_metric: float
-
-    def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]: ...
+ScoringEvaluator = Scorer  # the older name
 
 
 @dataclass(frozen=True)
@@ -85,7 +80,7 @@ class SearchResult:
     """Method-specific results, JSON-serialisable (e.g. EAP's edge scores, top-k's ranking)."""
 
 
-SearchFunc = Callable[[ScoringEvaluator, dict[str, Any], ProgressCallback], SearchResult]
+SearchFunc = Callable[[Scorer, dict[str, Any], ProgressCallback], SearchResult]
 
 
 @dataclass(frozen=True)
@@ -127,9 +122,9 @@ def get_method(key: str) -> SearchMethodSpec:
 
 
 class CountingEvaluator:
-    """Counts the circuits a method asks for, delegating everything else to the wrapped evaluator."""
+    """Counts the circuits a method asks for; every other member is forwarded explicitly."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Scorer) -> None:
         self.inner = inner
         self.n_evaluations = 0
 
@@ -137,13 +132,41 @@ class CountingEvaluator:
         self.n_evaluations += len(circuits)
         return self.inner.evaluate(circuits, progress)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    @property
+    def shape(self) -> ModelShape:
+        return self.inner.shape
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.inner.model
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.inner.dataset
+
+    @property
+    def ablation(self) -> Ablation:
+        return self.inner.ablation
+
+    @property
+    def full_metric(self) -> float:
+        return self.inner.full_metric
+
+    @property
+    def ablated_metric(self) -> float:
+        return self.inner.ablated_metric
+
+    @property
+    def base_evaluator(self) -> Evaluator:
+        return self.inner.base_evaluator
+
+    def method(self, level: Literal["node", "edge"] = "node") -> EvaluationMethod:
+        return self.inner.method(level)
 
 
 def run_search(
     key: str,
-    evaluator: ScoringEvaluator,
+    evaluator: Scorer,
     params: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
 ) -> SearchResult:
@@ -152,7 +175,7 @@ def run_search(
     checked = spec.validate(params or {})
     counting = CountingEvaluator(evaluator)
     start = time.perf_counter()
-    result = spec.func(counting, checked, progress or no_progress)  # type: ignore[arg-type]
+    result = spec.func(counting, checked, progress or no_progress)
     seconds = time.perf_counter() - start
     return SearchResult(
         key, checked, result.circuit, result.score, counting.n_evaluations, seconds, result.steps, result.extra

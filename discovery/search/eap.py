@@ -21,18 +21,19 @@ from discovery.circuit import Circuit, Edge
 from discovery.edge_forward import edge_attribution
 from discovery.progress import ProgressCallback
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
+from discovery.search.scorer import Scorer
 
 
-def ranked_edges(evaluator: Any, steps: int, progress: ProgressCallback) -> list[tuple[Edge, float]]:
+def ranked_edges(evaluator: Scorer, steps: int, progress: ProgressCallback) -> list[tuple[Edge, float]]:
     """Every ablatable edge with its attribution score, strongest |score| first (ties: canonical order)."""
     progress(0, 1, f"attribution over {steps} step(s)")
-    edges, scores = edge_attribution(evaluator, steps=steps)
+    edges, scores = edge_attribution(evaluator.base_evaluator, steps=steps)
     progress(1, 1, "attribution done")
     order = np.argsort(-np.abs(scores), kind="stable")
     return [(edges[i], float(scores[i])) for i in order]
 
 
-def _run(key: str, evaluator: Any, params: dict[str, Any], steps: int, progress: ProgressCallback) -> SearchResult:
+def _run(key: str, evaluator: Scorer, params: dict[str, Any], steps: int, progress: ProgressCallback) -> SearchResult:
     ranked = ranked_edges(evaluator, steps, progress)
     if params["threshold"] > 0:
         kept = [e for e, s in ranked if abs(s) >= params["threshold"]]
@@ -44,11 +45,11 @@ def _run(key: str, evaluator: Any, params: dict[str, Any], steps: int, progress:
     return SearchResult(key, params, circuit, score, 0, 0.0, (score,), extra)
 
 
-def eap(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
+def eap(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     return _run("eap", evaluator, params, 1, progress)
 
 
-def eap_ig(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
+def eap_ig(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     return _run("eap-ig", evaluator, params, params["steps"], progress)
 
 

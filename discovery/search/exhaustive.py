@@ -16,11 +16,12 @@ from discovery.errors import UsageError
 from discovery.progress import ProgressCallback
 from discovery.search._helpers import best, candidate_pool
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
+from discovery.search.scorer import Scorer
 
 BATCH = 2048
 
 
-def exhaustive(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
+def exhaustive(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     pool = candidate_pool(evaluator, params["pool"], params["mlps"], "exhaustive")
     k = min(params["k"], len(pool))
     total = sum(math.comb(len(pool), size) for size in range(1, k + 1))

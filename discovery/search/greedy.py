@@ -15,9 +15,10 @@ from discovery.circuit import Circuit
 from discovery.progress import ProgressCallback
 from discovery.search._helpers import best, candidate_pool, parse_nodes
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
+from discovery.search.scorer import Scorer
 
 
-def greedy(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
+def greedy(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     target = params["target"]
     pool = candidate_pool(evaluator, params["pool"], params["mlps"], "greedy")
     start_nodes = parse_nodes(evaluator, params["start"] or [], "greedy", "start")

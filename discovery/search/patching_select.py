@@ -15,9 +15,10 @@ import numpy as np
 from discovery.circuit import Circuit
 from discovery.progress import ProgressCallback
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
+from discovery.search.scorer import Scorer
 
 
-def _ranking(evaluator: Any, receiver: str, progress: ProgressCallback) -> list[tuple[str, float]]:
+def _ranking(evaluator: Scorer, receiver: str, progress: ProgressCallback) -> list[tuple[str, float]]:
     from discovery.patching import path_patching
 
     result = path_patching(evaluator.model, evaluator.dataset, receiver, progress=progress)
@@ -33,7 +34,7 @@ def _ranking(evaluator: Any, receiver: str, progress: ProgressCallback) -> list[
 
 def _result(
     key: str,
-    evaluator: Any,
+    evaluator: Scorer,
     params: dict[str, Any],
     ranked: list[tuple[str, float]],
     chosen: list[str],
@@ -45,13 +46,13 @@ def _result(
     return SearchResult(key, params, circuit, score, 0, 0.0, (score,), extra)
 
 
-def topk(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
+def topk(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     ranked = _ranking(evaluator, params["receiver"], progress)
     chosen = [name for name, _ in ranked[: params["k"]]]
     return _result("topk", evaluator, params, ranked, chosen, {})
 
 
-def threshold(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
+def threshold(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     ranked = _ranking(evaluator, params["receiver"], progress)
     strongest = max((abs(e) for _, e in ranked), default=0.0)
     cut = params["threshold"] * strongest if params["relative"] else params["threshold"]

@@ -14,13 +14,14 @@ from discovery.circuit import Circuit, head
 from discovery.progress import ProgressCallback
 from discovery.search._helpers import best, parse_nodes
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
+from discovery.search.scorer import Scorer
 
 
-def _layer_heads(evaluator: Any, layer: int) -> list:
+def _layer_heads(evaluator: Scorer, layer: int) -> list:
     return [head(layer, h) for h in range(evaluator.shape.n_heads)]
 
 
-def layer_sweep(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
+def layer_sweep(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     base = parse_nodes(evaluator, params["base"] or [], "layer-sweep", "base")
     circuits = [Circuit.of(base + _layer_heads(evaluator, layer)) for layer in range(evaluator.shape.n_layers)]
     scores = evaluator.evaluate(circuits, progress)
@@ -38,7 +39,7 @@ def layer_sweep(evaluator: Any, params: dict[str, Any], progress: ProgressCallba
     )
 
 
-def cumulative_sweep(evaluator: Any, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
+def cumulative_sweep(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     base = parse_nodes(evaluator, params["base"] or [], "cumulative-sweep", "base")
     circuits = []
     nodes = list(base)
