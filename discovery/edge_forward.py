@@ -26,14 +26,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
 from discovery.circuit import HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
 from discovery.engine import Engine, record_forward
-from discovery.tasks.base import metric_from_logits
 
 Slot = tuple[Node, "str | None"]
 
@@ -55,6 +54,8 @@ class ForwardInputs(Protocol):
 
     @property
     def replacement(self) -> Any: ...
+
+    def readout(self, final_normed: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,8 +163,15 @@ def _graph(shape: ModelShape, ablate_mlps: bool) -> EdgeGraph:
     return EdgeGraph(shape, ablate_mlps)
 
 
-def edge_forward(evaluator: ForwardInputs, masks: torch.Tensor, probes: torch.Tensor | None = None) -> torch.Tensor:
+def edge_forward(
+    evaluator: ForwardInputs,
+    masks: torch.Tensor,
+    probes: torch.Tensor | None = None,
+    embedding: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-circuit, per-prompt metric [c, n] of edge masks ``masks`` [c, R, S] (floats; 1 kept, 0 ablated).
+
+    ``embedding`` [n, p, d] replaces the clean prompts' input embedding (EAP-IG's interpolated inputs).
 
     Differentiable in ``masks`` and in ``probes`` [c, R, n, p, d], which is added to each receiver
     slot's input (zeros: no change; the gradient there is dMetric/d(receiver input)). The logits
@@ -182,7 +190,7 @@ def edge_forward(evaluator: ForwardInputs, masks: torch.Tensor, probes: torch.Te
     per_layer_r = graph.receivers_per_layer
     masks = masks.to(device=eng.device, dtype=eng.dtype)
     c = masks.shape[0]
-    x0 = eng.embed(ds.clean_ids)  # [n, p, d]
+    x0 = eng.embed(ds.clean_ids) if embedding is None else embedding  # [n, p, d]
     n, p, d = x0.shape
     differentiable = torch.is_grad_enabled() and (masks.requires_grad or probes is not None)
     if differentiable:
@@ -272,9 +280,7 @@ def edge_forward(evaluator: ForwardInputs, masks: torch.Tensor, probes: torch.Te
             base = base + m_out
     final_in = gather(slice(len(graph.receivers) - 1, len(graph.receivers)), 1, last=True)[:, 0, :, -1]
     final = eng.final_norm(final_in)  # [c, n, d]
-    answer_logits = eng.token_logits(final, ds.answer_tokens)
-    lse = torch.logsumexp(eng.token_logits(final), dim=-1) if ds.metric == "prob_diff" else None
-    return metric_from_logits(ds, answer_logits, lse)
+    return evaluator.readout(final)
 
 
 def _chunk_size(evaluator: ForwardInputs, graph: EdgeGraph, budget_floats: float = 1.2e8) -> int:
@@ -303,14 +309,22 @@ def edge_metric_values(evaluator: ForwardInputs, circuits: Sequence[Circuit]) ->
     return values[np.array(order, dtype=np.int64)]
 
 
-def edge_attribution(evaluator: ForwardInputs, steps: int = 1) -> tuple[list[Edge], np.ndarray]:
+def edge_attribution(
+    evaluator: ForwardInputs, steps: int = 1, interpolate: Literal["inputs", "edges"] = "inputs"
+) -> tuple[list[Edge], np.ndarray]:
     """EAP (``steps=1``) or EAP-IG scores of every ablatable edge, in :attr:`EdgeGraph.edges` order.
 
     score(s -> r) = (rep_s - out_s) . mean over alpha of dMetric/d input(r) at alpha, where out_s is
     the sender's output in the clean (unablated) run and rep_s its replacement: the first-order
     estimate of the metric change when that one edge is ablated (negative: the edge helps).
-    With ``steps > 1`` the gradient is averaged over runs in which every ablatable edge is scaled by
-    alpha = (k + 1/2) / steps, interpolating from the empty circuit (alpha = 0) to the full model.
+    With ``steps > 1`` the gradient is averaged over ``steps`` runs of the full model:
+
+    - ``interpolate="inputs"`` (EAP-IG as published, Hanna et al. 2024, hannamw/EAP-IG
+      ``get_scores_eap_ig``): the input embedding is ``corrupt + alpha (clean - corrupt)`` with
+      alpha = k / steps, k = 0 .. steps-1;
+    - ``interpolate="edges"``: every ablatable edge scaled by alpha = (k + 1/2) / steps,
+      interpolating from the empty circuit (alpha = 0) to the full model (this project's earlier
+      variant, kept as ``eap-ig-edges``).
     """
     graph = graph_of(evaluator)
     eng: Engine = evaluator.engine
@@ -319,10 +333,19 @@ def edge_attribution(evaluator: ForwardInputs, steps: int = 1) -> tuple[list[Edg
     R = len(graph.receivers)
     valid = graph.full_mask().to(eng.device)
     grad_sum = torch.zeros(R, n, p, d, device=eng.device)
-    alphas = [1.0] if steps <= 1 else [(k + 0.5) / steps for k in range(steps)]
+    by_inputs = interpolate == "inputs" and steps > 1
+    if by_inputs:
+        alphas = [k / steps for k in range(steps)]
+        clean_x, corrupt_x = eng.embed(evaluator.dataset.clean_ids), eng.embed(evaluator.dataset.corrupt_ids)
+    else:
+        alphas = [1.0] if steps <= 1 else [(k + 0.5) / steps for k in range(steps)]
     for alpha in alphas:
         probes = torch.zeros(1, R, n, p, d, device=eng.device, requires_grad=True)
-        metric = edge_forward(evaluator, valid * alpha, probes).mean()
+        if by_inputs:
+            inputs = corrupt_x + alpha * (clean_x - corrupt_x)
+            metric = edge_forward(evaluator, valid, probes, embedding=inputs).mean()
+        else:
+            metric = edge_forward(evaluator, valid * alpha, probes).mean()
         (grad,) = torch.autograd.grad(metric, probes)
         grad_sum += grad[0]
     grad_mean = grad_sum / len(alphas)

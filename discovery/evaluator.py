@@ -44,13 +44,17 @@ from discovery.engine.hooked import HookedScorer
 from discovery.errors import UsageError
 from discovery.model import LoadedModel
 from discovery.progress import ProgressCallback
-from discovery.tasks.base import Dataset, metric_from_logits
+from discovery.readout import check_metric, per_prompt_metric
+from discovery.tasks.base import Dataset
 
 __all__ = ["Ablation", "EvaluationMethod", "Evaluator", "Recording", "Replacement", "Score", "record_forward"]
 
 AblationKind = Literal["mean", "resample", "zero"]
 ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "resample", "zero")
 NORMALISER = "(circuit - ablated) / (full - ablated)"
+RELIABLE_SPAN = 0.5
+"""|full - ablated| below this many standard deviations of the full model's per-prompt metric makes
+the normalised score unreliable: the two ends differ by less than prompts differ from each other."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,14 @@ class Score:
     full: float
     ablated: float
     method: EvaluationMethod
+    reliable: bool = True
+    """False when full and ablated nearly coincide (see :attr:`Evaluator.span_note`): the normalised
+    score then means nothing and is flagged wherever it is shown."""
+
+    @property
+    def ratio(self) -> float:
+        """``metric(circuit) / metric(full)``: Lan & Barez's score (no ablated baseline)."""
+        return float("nan") if self.full == 0 else self.metric / self.full
 
 
 def normalise(value: float, full: float, ablated: float) -> float:
@@ -133,10 +145,23 @@ class Evaluator:
         ablation: Ablation = Ablation(),
         max_tokens_per_chunk: int = 32768,
         circuits_per_pass: int = 256,
+        metric: str | None = None,
+        source_dataset: Dataset | None = None,
     ) -> None:
         self.model = model
         self.dataset = dataset.to(model.device)
         self.ablation = ablation
+        self.metric_name = check_metric(self.dataset, metric)
+        """The task's metric, or ``kl`` (KL divergence to the full model)."""
+        self.source_dataset = (source_dataset or dataset).to(model.device)
+        """Where replacement values come from: the evaluated prompts, or a separate (larger) set."""
+        if source_dataset is not None and source_dataset.seq_len != dataset.seq_len:
+            raise UsageError(
+                f"the mean source {source_dataset.description} has prompts of {source_dataset.seq_len} tokens, "
+                f"the evaluated prompts {dataset.seq_len}: means are per position, so lengths must agree"
+            )
+        if source_dataset is not None and ablation.kind == "resample" and source_dataset.n != dataset.n:
+            raise UsageError("resample ablation pairs prompt i with source prompt i: the two sets need one size")
         self.shape = model.shape
         self.max_tokens_per_chunk = max_tokens_per_chunk
         self.circuits_per_pass = circuits_per_pass
@@ -146,6 +171,16 @@ class Evaluator:
             raise UsageError(f"prompts of {self.dataset.seq_len} tokens exceed the model's context of {context}")
         self.hooked = None if model.fast_path else HookedScorer(model, self.dataset, ablation)
         """The slow path (TransformerLens hooks) for architectures the engine has no fast path for."""
+        if self.hooked is not None and self.metric_name == "kl":
+            raise UsageError("the kl metric needs the engine's fast path; this model runs on the hooked slow path")
+        self._settings = (max_tokens_per_chunk, circuits_per_pass, source_dataset)
+
+    def with_metric(self, metric: str) -> Evaluator:
+        """The same evaluation scored by another metric (e.g. ``kl`` for ACDC's criterion)."""
+        if metric == self.metric_name:
+            return self
+        chunk, per_pass, source = self._settings
+        return Evaluator(self.model, self.dataset, self.ablation, chunk, per_pass, metric, source)
 
     @cached_property
     def engine(self) -> Engine:
@@ -158,13 +193,14 @@ class Evaluator:
 
     # --- what a score means ---------------------------------------------------------------
     def method(self, level: Literal["node", "edge"] = "node") -> EvaluationMethod:
-        source = f"{self.dataset.description}:{self.ablation.source}"
-        return EvaluationMethod(self.ablation.kind, source, level, self.ablation.ablate_mlps, self.dataset.metric)
+        source = f"{self.source_dataset.description}:{self.ablation.source}"
+        return EvaluationMethod(self.ablation.kind, source, level, self.ablation.ablate_mlps, self.metric_name)
 
     # --- replacement values ---------------------------------------------------------------
     @cached_property
     def source_recording(self) -> Recording:
-        ids = self.dataset.corrupt_ids if self.ablation.source == "corrupt" else self.dataset.clean_ids
+        src = self.source_dataset
+        ids = src.corrupt_ids if self.ablation.source == "corrupt" else src.clean_ids
         return record_forward(self.engine, ids)
 
     @cached_property
@@ -191,15 +227,53 @@ class Evaluator:
     def ablated_metric(self) -> float:
         return float(self._metric_values([Circuit()])[0])
 
+    @cached_property
+    def clean_final(self) -> torch.Tensor:
+        """[n, d] the full model's final-normed last-position residual on the clean prompts."""
+        if self.hooked is not None:
+            raise UsageError("the kl metric and the spread check need the engine's fast path")
+        rec = record_forward(self.engine, self.dataset.clean_ids)
+        return self.engine.final_norm(rec.resid_final[:, -1])
+
+    @cached_property
+    def reference_logprobs(self) -> torch.Tensor:
+        """[n, vocab] the full model's next-token log-probabilities (the kl metric's reference)."""
+        return torch.log_softmax(self.engine.token_logits(self.clean_final).double(), dim=-1)
+
+    @cached_property
+    def prompt_spread(self) -> float:
+        """Standard deviation over prompts of the full model's per-prompt metric (0 for kl)."""
+        if self.hooked is not None or self.metric_name == "kl":
+            return 0.0
+        values = per_prompt_metric(self.engine, self.dataset, self.clean_final, self.metric_name)
+        return float(values.double().std()) if values.numel() > 1 else 0.0
+
+    @property
+    def span_reliable(self) -> bool:
+        """Whether full and ablated differ by more than the prompts' spread (see :data:`RELIABLE_SPAN`)."""
+        span = abs(self.full_metric - self.ablated_metric)
+        return span > 0 and span >= RELIABLE_SPAN * self.prompt_spread
+
+    @property
+    def span_note(self) -> str:
+        """One line on why normalised scores are unreliable, or "" when they are not."""
+        if self.span_reliable:
+            return ""
+        return (
+            f"normalised score unreliable: full ({self.full_metric:.4f}) and ablated ({self.ablated_metric:.4f}) "
+            f"differ by {abs(self.full_metric - self.ablated_metric):.4f}, less than {RELIABLE_SPAN} x the "
+            f"prompts' spread ({self.prompt_spread:.4f})"
+        )
+
     # --- public API --------------------------------------------------------------------------
     def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]:
         """Score every circuit; equal circuits are computed once."""
         for c in circuits:
             c.validate(self.shape)
-        full, ablated = self.full_metric, self.ablated_metric
+        full, ablated, reliable = self.full_metric, self.ablated_metric, self.span_reliable
         values = self.metric_values(circuits, progress)
         return [
-            Score(c, float(v), normalise(float(v), full, ablated), full, ablated, self.method(c.level))
+            Score(c, float(v), normalise(float(v), full, ablated), full, ablated, self.method(c.level), reliable)
             for c, v in zip(circuits, values)
         ]
 
@@ -278,13 +352,19 @@ class Evaluator:
             group_of = new_group_of
 
         final = eng.final_norm(states[:, :, -1])  # [groups, n, d]
-        answer_logits = eng.token_logits(final, self.dataset.answer_tokens)
-        logsumexp = None
-        if self.dataset.metric == "prob_diff":
-            logsumexp = torch.stack([torch.logsumexp(eng.token_logits(g), dim=-1) for g in final])
-        per_group = metric_from_logits(self.dataset, answer_logits, logsumexp).mean(-1)
+        per_group = self.readout(final).mean(-1)
         self.forward_count += int(states.shape[0])
         return per_group.double().cpu().numpy()[group_of]
+
+    def readout(self, final_normed: torch.Tensor) -> torch.Tensor:
+        """The metric per prompt from final-normed last-position residuals [groups, n, d] -> [groups, n]."""
+        reference = self.reference_logprobs if self.metric_name == "kl" else None
+        if self.metric_name == "logit_diff":  # answer columns only: no full-vocabulary logits
+            return per_prompt_metric(self.engine, self.dataset, final_normed, self.metric_name)
+        # a group at a time: full-vocabulary logits of every group at once can take gigabytes
+        return torch.stack(
+            [per_prompt_metric(self.engine, self.dataset, g, self.metric_name, reference) for g in final_normed]
+        )
 
     def _layer(
         self,

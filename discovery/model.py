@@ -270,7 +270,9 @@ def _random_config(architecture: str, n_layers: int, n_heads: int, d_model: int,
     """A tiny transformers config of ``architecture`` (rotary families: partial rotary / GQA as their real models)."""
     import transformers as tf
 
-    common = dict(num_hidden_layers=n_layers, num_attention_heads=n_heads, hidden_size=d_model, vocab_size=vocab)
+    common: dict[str, Any] = dict(
+        num_hidden_layers=n_layers, num_attention_heads=n_heads, hidden_size=d_model, vocab_size=vocab
+    )
     if architecture == "gpt2":
         return tf.GPT2Config(
             n_layer=n_layers, n_head=n_heads, n_embd=d_model, n_positions=n_positions, vocab_size=vocab

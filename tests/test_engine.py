@@ -134,12 +134,15 @@ class LlamaLiteral(Literal):
     def rms(self, x, module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.p(module.weight)
 
-    def run(self, ids, mask, perturb, rep):
+    def embedding(self, ids):
+        return self.p(self.hf.model.embed_tokens.weight)[ids]
+
+    def run(self, ids, mask, perturb, rep, embed=None):
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         inner = self.hf.model
         p_len = ids.shape[1]
-        embed = self.p(inner.embed_tokens.weight)[ids]
+        embed = self.embedding(ids) if embed is None else embed
         cos, sin = inner.rotary_emb(embed.float(), torch.arange(p_len).unsqueeze(0))
         cos, sin = cos.double(), sin.double()
         outputs: dict[str, torch.Tensor] = {}

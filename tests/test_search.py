@@ -173,7 +173,7 @@ def test_eap_ig_and_threshold_selection(planted):
 @pytest.mark.parametrize("restriction", [{}, {"nodes": "0.1,1.2,2.3,0.0,1.0"}, {"eap_top": 40}])
 def test_acdc_recovers_the_planted_heads(planted, necessary, restriction):
     _, ev = planted
-    result = run_search("acdc", ev, {"tau": 0.02, **restriction})
+    result = run_search("acdc", ev, {"tau": 0.02, "criterion": "metric", **restriction})
     assert heads_of(result.circuit) == necessary
     assert result.score.method.level == "edge"
     assert result.score.metric == pytest.approx(ev.evaluate_one(result.circuit).metric, abs=1e-6)
@@ -183,8 +183,8 @@ def test_acdc_recovers_the_planted_heads(planted, necessary, restriction):
 
 def test_acdc_speculative_batches_make_the_sequential_decisions(planted):
     _, ev = planted
-    one = run_search("acdc", ev, {"tau": 0.05, "batch": 1, "nodes": "0.1,1.2,2.3,1.1"})
-    many = run_search("acdc", ev, {"tau": 0.05, "batch": 16, "nodes": "0.1,1.2,2.3,1.1"})
+    one = run_search("acdc", ev, {"tau": 0.01, "batch": 1, "nodes": "0.1,1.2,2.3,1.1"})
+    many = run_search("acdc", ev, {"tau": 0.01, "batch": 16, "nodes": "0.1,1.2,2.3,1.1"})
     assert one.circuit == many.circuit
     assert one.score.metric == pytest.approx(many.score.metric)
 

@@ -1,10 +1,21 @@
-"""``acdc``: ACDC-style edge pruning (Conmy et al. 2023) over the evaluator's edge-level ablation.
+"""``acdc``: ACDC edge pruning (Conmy et al. 2023) over the evaluator's edge-level ablation.
 
 Receivers are visited from the logits backwards (a layer's MLP, then its heads' v, k, q inputs);
 each incoming edge still in the circuit is removed, ablated to its sender's replacement output,
-when the normalised score drops by less than ``tau`` (with ``absolute``: changes by less than tau
-either way). A receiver head with no outgoing edge left cannot affect the output, so its incoming
-edges are dropped without evaluation.
+when the removal changes the criterion by less than ``tau``:
+
+- ``criterion=kl`` (default, as published): the KL divergence KL(full model || circuit) of the
+  next-token distribution at the last position; an edge is removed when removing it raises the
+  KL by less than tau (the paper's scale: tau around 0.01 - 0.1 nats);
+- ``criterion=metric``: a one-sided drop of the task's normalised score (an edge whose removal
+  lowers it by less than tau goes, including removals that push the circuit *above* the model;
+  with ``absolute``: changes by less than tau either way). An earlier version of this project ran
+  this by default; it is not what the paper ran.
+
+The paper patches with the paired corrupted prompt's activations: score with ``--ablation
+resample`` to match it (mean and zero ablation work too, and are recorded with the score). A
+receiver head with no outgoing edge left cannot affect the output, so its incoming edges are
+dropped without evaluation. The returned score is the task metric's, normalised as everywhere.
 
 GPT-2-small has ~30k ablatable edges; on a CPU restrict the walk: ``nodes`` starts from the edges
 among those components (plus the logits, and the MLPs when they are not ablated), ``eap_top`` from
@@ -22,6 +33,7 @@ from typing import Any
 from discovery.circuit import LOGITS, Circuit, Edge
 from discovery.edge_forward import graph_of
 from discovery.errors import UsageError
+from discovery.evaluator import Score
 from discovery.progress import ProgressCallback
 from discovery.search._helpers import parse_nodes
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
@@ -49,14 +61,19 @@ def _start_edges(evaluator: Scorer, params: dict[str, Any], progress: ProgressCa
 def acdc(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
     tau, batch = params["tau"], params["batch"]
     graph = graph_of(evaluator)
+    kl = params["criterion"] == "kl"
+    judge = evaluator.with_metric("kl") if kl else evaluator
     current_edges = set(_start_edges(evaluator, params, progress))
     start_count = len(current_edges)
-    current = evaluator.evaluate([Circuit.from_edges(current_edges)])[0]
+    current = judge.evaluate([Circuit.from_edges(current_edges)])[0]
     steps = [current]
     removed, free_removed = 0, 0
 
-    def keeps(before: float, after: float) -> bool:
-        change = before - after
+    def keeps(before: Score, after: Score) -> bool:
+        """Whether removing the edge that turned ``before`` into ``after`` is accepted."""
+        if kl:
+            return after.metric - before.metric < tau
+        change = before.normalised - after.normalised
         return abs(change) < tau if params["absolute"] else change < tau
 
     visited = 0
@@ -84,9 +101,9 @@ def acdc(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) 
             for e in chunk:
                 trial.discard(e)
                 circuits.append(Circuit.from_edges(trial))
-            scores = evaluator.evaluate(circuits)
+            scores = judge.evaluate(circuits)
             for e, s in zip(chunk, scores):
-                if keeps(current.normalised, s.normalised):
+                if keeps(current, s):
                     current_edges.discard(e)
                     current = s
                     removed += 1
@@ -95,14 +112,13 @@ def acdc(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) 
                     i += 1
                     break
         steps.append(current)
-        progress(
-            visited,
-            None,
-            f"{receiver.name}{'.' + inp if inp else ''}: {len(current_edges)} edges, score {current.normalised:.3f}",
-        )
+        shown = f"KL {current.metric:.4f}" if kl else f"score {current.normalised:.3f}"
+        progress(visited, None, f"{receiver.name}{'.' + inp if inp else ''}: {len(current_edges)} edges, {shown}")
     circuit = Circuit.from_edges(current_edges)
     final = evaluator.evaluate([circuit])[0]
     extra = {
+        "criterion": params["criterion"],
+        "final_kl": float(current.metric) if kl else None,
         "start_edges": start_count,
         "removed_by_test": removed,
         "removed_unreachable": free_removed,
@@ -116,8 +132,15 @@ register(
         key="acdc",
         summary="ACDC edge pruning from the logits backwards, removing edges that change the score by < tau",
         params=(
-            Param("tau", float, 0.01, "largest drop in normalised score an edge's removal may cause", minimum=0),
-            Param("absolute", bool, False, "compare |change| with tau (also keep edges whose removal helps a lot)"),
+            Param("tau", float, 0.01, "largest rise in KL (criterion kl) or drop in normalised score", minimum=0),
+            Param(
+                "criterion",
+                str,
+                "kl",
+                "kl: KL divergence to the full model, as published; metric: one-sided normalised drop",
+                choices=("kl", "metric"),
+            ),
+            Param("absolute", bool, False, "criterion metric: compare |change| with tau (also keep edges that help)"),
             Param("nodes", list, None, "restrict to edges among these components, comma list"),
             Param("eap_top", int, 0, "restrict to the top N edges by EAP score (0: off)", minimum=0),
             Param("eap_steps", int, 1, "EAP-IG steps for eap_top (1: plain EAP)", minimum=1),

@@ -127,9 +127,13 @@ class CountingEvaluator:
     def __init__(self, inner: Scorer) -> None:
         self.inner = inner
         self.n_evaluations = 0
+        self.parent: CountingEvaluator | None = None
 
     def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]:
-        self.n_evaluations += len(circuits)
+        counter: CountingEvaluator | None = self
+        while counter is not None:
+            counter.n_evaluations += len(circuits)
+            counter = counter.parent
         return self.inner.evaluate(circuits, progress)
 
     @property
@@ -162,6 +166,12 @@ class CountingEvaluator:
 
     def method(self, level: Literal["node", "edge"] = "node") -> EvaluationMethod:
         return self.inner.method(level)
+
+    def with_metric(self, metric: str) -> CountingEvaluator:
+        """Counted too: the circuits a method scores under another metric are evaluations as well."""
+        sibling = CountingEvaluator(self.inner.with_metric(metric))
+        sibling.parent = self
+        return sibling
 
 
 def run_search(

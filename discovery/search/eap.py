@@ -5,7 +5,9 @@ Every ablatable edge ``s -> r`` (see :mod:`discovery.edge_forward`) gets
     score = (rep_s - out_s) . dMetric/d input(r)
 
 from one forward and one backward pass (``eap``), or with the gradient averaged over ``steps``
-runs that scale every edge by alpha in (0, 1) (``eap-ig``). The score estimates the metric change
+runs of the full model on input embeddings interpolated from the corrupted prompts to the clean
+ones (``eap-ig``, as published by Hanna et al. 2024), or over runs that scale every edge by alpha in
+(0, 1) (``eap-ig-edges``, this project's earlier variant). The score estimates the metric change
 when the edge alone is ablated (negative: the edge carries the behaviour). The circuit is the
 ``top_n`` edges by |score| (or every edge with |score| >= ``threshold`` when that is set), scored by
 the evaluator as an edge-level circuit; ``extra["edge_scores"]`` holds the whole ranking.
@@ -13,7 +15,7 @@ the evaluator as an edge-level circuit; ``extra["edge_scores"]`` holds the whole
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,17 +26,26 @@ from discovery.search.base import Param, SearchMethodSpec, SearchResult, registe
 from discovery.search.scorer import Scorer
 
 
-def ranked_edges(evaluator: Scorer, steps: int, progress: ProgressCallback) -> list[tuple[Edge, float]]:
+def ranked_edges(
+    evaluator: Scorer, steps: int, progress: ProgressCallback, interpolate: Literal["inputs", "edges"] = "inputs"
+) -> list[tuple[Edge, float]]:
     """Every ablatable edge with its attribution score, strongest |score| first (ties: canonical order)."""
     progress(0, 1, f"attribution over {steps} step(s)")
-    edges, scores = edge_attribution(evaluator.base_evaluator, steps=steps)
+    edges, scores = edge_attribution(evaluator.base_evaluator, steps=steps, interpolate=interpolate)
     progress(1, 1, "attribution done")
     order = np.argsort(-np.abs(scores), kind="stable")
     return [(edges[i], float(scores[i])) for i in order]
 
 
-def _run(key: str, evaluator: Scorer, params: dict[str, Any], steps: int, progress: ProgressCallback) -> SearchResult:
-    ranked = ranked_edges(evaluator, steps, progress)
+def _run(
+    key: str,
+    evaluator: Scorer,
+    params: dict[str, Any],
+    steps: int,
+    progress: ProgressCallback,
+    interpolate: Literal["inputs", "edges"] = "inputs",
+) -> SearchResult:
+    ranked = ranked_edges(evaluator, steps, progress, interpolate)
     if params["threshold"] > 0:
         kept = [e for e, s in ranked if abs(s) >= params["threshold"]]
     else:
@@ -50,7 +61,11 @@ def eap(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -
 
 
 def eap_ig(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
-    return _run("eap-ig", evaluator, params, params["steps"], progress)
+    return _run("eap-ig", evaluator, params, params["steps"], progress, "inputs")
+
+
+def eap_ig_edges(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
+    return _run("eap-ig-edges", evaluator, params, params["steps"], progress, "edges")
 
 
 SELECT = (
@@ -71,9 +86,19 @@ register(
 register(
     SearchMethodSpec(
         key="eap-ig",
-        summary="edge attribution patching with integrated gradients over edge scaling",
+        summary="EAP-IG as published: integrated gradients over inputs interpolated from corrupted to clean",
         params=SELECT + (Param("steps", int, 10, "integration steps", minimum=1, maximum=1000),),
         func=eap_ig,
+        level="edge",
+    )
+)
+
+register(
+    SearchMethodSpec(
+        key="eap-ig-edges",
+        summary="EAP with integrated gradients over edge scaling (empty circuit to full model)",
+        params=SELECT + (Param("steps", int, 10, "integration steps", minimum=1, maximum=1000),),
+        func=eap_ig_edges,
         level="edge",
     )
 )

@@ -57,3 +57,6 @@ class Scorer(Protocol):
 
     def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]:
         """One score per circuit, in order (equal circuits may be computed once)."""
+
+    def with_metric(self, metric: str) -> Scorer:
+        """The same model, dataset and ablation scored by ``metric`` (``kl``, or the task's own)."""
