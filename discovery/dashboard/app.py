@@ -42,6 +42,22 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
+def _short(spec: str | None) -> str:
+    """A model spec as it fits a table cell: a local directory by its last component (the title has it all)."""
+    if not spec:
+        return "-"
+    return Path(spec).name if "/" in spec and not spec.startswith("ref:") else spec
+
+
+def _when(iso: str | None) -> str:
+    """An ISO timestamp (UTC) as ``2026-12-01 21:14:13 UTC``."""
+    if not iso:
+        return "-"
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "n/a"
@@ -65,6 +81,8 @@ def create_app(store: Store, allow_actions: bool = False, title: str = "circuit-
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters["fmt"] = _fmt
     templates.env.filters["duration"] = _duration
+    templates.env.filters["short"] = _short
+    templates.env.filters["when"] = _when
     templates.env.globals["cell_colour"] = svg.matrix_cell_colour
     app.state.store = store
     app.state.allow_actions = allow_actions

@@ -46,7 +46,7 @@ def shape_of(circuits: Sequence[Circuit], n_layers: int | None = None, n_heads: 
 class _Layout:
     """Pixel positions of a model's components in the layer x head grid."""
 
-    def __init__(self, n_layers: int, n_heads: int, edge_level: bool, cell: float = 46.0) -> None:
+    def __init__(self, n_layers: int, n_heads: int, edge_level: bool, cell: float = 52.0) -> None:
         self.n_layers, self.n_heads, self.edge_level, self.cell = n_layers, n_heads, edge_level, cell
         self.left = 54.0 + (cell if edge_level else 0.0)
         self.top = 34.0
@@ -172,7 +172,7 @@ def score_size_svg(
         return "".join(out) + "</svg>"
     xs = [int(p["size"]) for p in pts]
     ys = [float(p["normalised"]) for p in pts]
-    x0, x1 = 0, max(max(xs), 1)
+    x0, x1 = -0.4, max(max(xs), 1) + 0.4
     y0, y1 = min(0.0, min(ys)), max(1.0, max(ys))
     pw, ph = width - pad_l - pad_r, height - pad_t - pad_b
 
@@ -189,7 +189,7 @@ def score_size_svg(
             f'<text x="{pad_l - 6}" y="{Y(t) + 4:.1f}" text-anchor="end" class="axis">{t:g}</text>'
         )
     step = max(1, math.ceil((x1 - x0) / 12))
-    for t in range(x0, x1 + 1, step):
+    for t in range(0, int(x1) + 1, step):
         out.append(f'<text x="{X(t):.1f}" y="{pad_t + ph + 16}" text-anchor="middle" class="axis">{t}</text>')
     out.append(
         f'<text x="{pad_l + pw / 2}" y="{height - 6}" text-anchor="middle" class="axis">'
