@@ -243,13 +243,14 @@ def test_patching_heatmap_cells_carry_their_effects(filled, db_url):
         ("/circuits/not-a-key", 400, "write the circuit's sha256 key"),
         ("/api/compare?a=0.1", 400, "b: missing"),
         ("/compare?a=0.1&b=x.y", 400, "x.y"),
+        ("/compare?a=0.1", 400, "b: missing"),
         ("/compare?a=987654&b=0.1", 404, "no job with id 987654"),
         ("/api/overlap?model=m&task=digits", 400, "at least two distinct task"),
         ("/api/overlap?task=digits&task=months", 400, "model: missing"),
         ("/api/overlap?model=m&task=a&task=b&threshold=high", 400, "threshold='high'"),
     ],
 )
-def test_bad_input_is_a_clear_error_never_a_traceback(filled, db_url, path, status, message):
+def test_bad_input_is_a_clear_error_never_a_traceback(store, db_url, path, status, message):
     client = client_for(db_url)
     response = client.get(path)
     assert response.status_code == status, response.text
@@ -273,6 +274,8 @@ def test_read_only_mode_writes_nothing(filled, db_url, store):
         f"/circuits/{A.key}",
         f"/compare?a={filled['digits']}&b={filled['months']}",
         "/overlap?model=x&task=digits&task=months",
+        "/compare",
+        "/patching",
         f"/patching/{heatmap}",
     ]:
         assert client.get(path).status_code == 200, path

@@ -241,7 +241,11 @@ def create_app(store: Store, allow_actions: bool = False, title: str = "circuit-
         return queries.compare_circuits(store, a, b)
 
     @app.get("/compare", response_class=HTMLResponse)
-    def compare_page(request: Request, a: str = Side(), b: str = Side()) -> Response:
+    def compare_page(request: Request, a: str | None = None, b: str | None = None) -> Response:
+        if a is None and b is None:  # the form alone
+            return page(request, "compare.html", data=None, diagrams=None, a="", b="")
+        if a is None or b is None:
+            raise UsageError(f"bad parameter: {'a' if a is None else 'b'}: missing (compare needs ?a=...&b=...)")
         data = queries.compare_circuits(store, a, b)
         ca, cb = Circuit.parse(data["a"]), Circuit.parse(data["b"])
         membership = {n: "both" for n in data["shared_nodes"]}
