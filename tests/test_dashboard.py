@@ -338,3 +338,17 @@ def test_cli_refuses_bad_options_before_serving(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["dashboard", "--port", "70000"])
     assert "--port 70000" in capsys.readouterr().err
+
+
+def test_edge_level_result_is_drawn_with_edges_weighted_by_score(store, db_url):
+    circuit = Circuit.from_edges(["0.1->1.2.q", "1.2->logits"])
+    extra = {"edge_scores": [["1.2->logits", -2.0], ["0.1->1.2.q", 0.5], ["0.0->1.1.k", 0.1]]}
+    job = finished_job(store, "digits", circuit, 0.7, extra=extra)
+    client = client_for(db_url)
+    assert client.get(f"/api/jobs/{job}").json()["edge_scores"] == {"1.2->logits": -2.0, "0.1->1.2.q": 0.5}
+    page = client.get(f"/jobs/{job}").text
+    assert sorted(node_names(page)[0]) == ["0.1", "1.2"]  # heads and MLPs only; embed/logits are the frame
+    widths = {unescape(k): v for k, v in re.findall(r'data-edge="([^"]+)"[^>]*stroke-width="([\d.]+)"', page)}
+    # width 1.2 + 5 * |score| / max |score|
+    assert widths == {"0.1->1.2.q": "2.45", "1.2->logits": "6.20"}
+    assert "Edge width is proportional to |edge score|" in page

@@ -267,7 +267,7 @@ def job_detail(store: Store, job_id: int, max_evaluations: int = 5000) -> dict[s
     result = job.result_score or {}
     extra = result.get("extra") or {}
     edge_scores = {name: score for name, score in extra.get("edge_scores", [])} if "edge_scores" in extra else {}
-    result_edges = set(job.result_circuit.canonical.split(",")) if job.result_circuit is not None else set()
+    result_edges = {e.name for e in job.result_circuit.edges} if job.result_circuit is not None else set()
     return {
         "job": summary,
         "config": job.config,

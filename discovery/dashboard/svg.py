@@ -48,7 +48,7 @@ class _Layout:
 
     def __init__(self, n_layers: int, n_heads: int, edge_level: bool, cell: float = 52.0) -> None:
         self.n_layers, self.n_heads, self.edge_level, self.cell = n_layers, n_heads, edge_level, cell
-        self.left = 54.0 + (cell if edge_level else 0.0)
+        self.left = 54.0 + (cell + 12 if edge_level else 0.0)
         self.top = 34.0
         self.width = self.left + n_layers * cell + (cell if edge_level else 0.0) + 20
         self.height = self.top + (n_heads + 1) * cell + 22
@@ -57,7 +57,7 @@ class _Layout:
         c = self.cell
         mid_y = self.top + (self.n_heads + 1) * c / 2 - c / 2
         if node.kind == "embed":
-            return self.left - c + c / 2 - 6, mid_y
+            return self.left - c + c / 2 - 4, mid_y
         if node.kind == "logits":
             return self.left + self.n_layers * c + c / 2 + 6, mid_y
         row = node.head if node.kind == "head" else self.n_heads
@@ -128,9 +128,12 @@ def circuit_svg(
         colour = MEMBERSHIP_COLOURS.get((edge_membership or {}).get(edge.name, ""), "#64748b")
         label = f"{edge.name}" + (f": score {edge_scores[edge.name]:.4g}" if w is not None and edge_scores else "")
         bend = (x2 - x1) * 0.18
+        # a head's q, k and v edges from one sender arrive side by side, not on top of each other
+        lift = {"q": -7.0, "k": 0.0, "v": 7.0}.get(edge.receiver_input or "", 0.0)
         out.append(
-            f'<path class="edge" data-edge="{escape(edge.name)}" d="M{x1:.1f},{y1:.1f} C{x1 + bend:.1f},{y1:.1f} '
-            f'{x2 - bend:.1f},{y2:.1f} {x2:.1f},{y2:.1f}" stroke="{colour}" stroke-width="{width:.2f}" '
+            f'<path class="edge" data-edge="{escape(edge.name)}" '
+            f'd="M{x1:.1f},{y1:.1f} C{x1 + bend:.1f},{y1 + lift:.1f} '
+            f'{x2 - bend:.1f},{y2 + lift:.1f} {x2:.1f},{y2:.1f}" stroke="{colour}" stroke-width="{width:.2f}" '
             f'fill="none" stroke-opacity="0.55"><title>{escape(label)}</title></path>'
         )
     nodes = {n for n in circuit.nodes} | set(extra_nodes)
