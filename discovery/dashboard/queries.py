@@ -95,10 +95,9 @@ def row_counts(store: Store) -> dict[str, int]:
 def _db_now(store: Store) -> datetime:
     """The database's clock (job timestamps come from it, so elapsed times use it too)."""
     with store.engine.connect() as conn:
-        value = conn.execute(sa.select(db_now())).scalar_one()
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        value = _utc_time(conn.execute(sa.select(db_now())).scalar_one())
+    assert value is not None
+    return value
 
 
 # --- jobs -----------------------------------------------------------------------------------------
@@ -241,28 +240,15 @@ def job_detail(store: Store, job_id: int, max_evaluations: int = 5000) -> dict[s
     evaluated, and its sweep's comparison."""
     job = get_job(store, job_id)
     summary = job_summary(job, _db_now(store))
-    records = store.evaluations(job_id=job_id, limit=max_evaluations)
-    evaluations = [
-        {
-            "circuit": r.circuit.canonical,
-            "key": r.circuit.key,
-            "size": r.circuit.size,
-            "n_edges": r.circuit.n_edges,
-            "metric": json_safe(r.score.metric),
-            "normalised": json_safe(r.score.normalised),
-            "task": r.task,
-            "dataset": r.dataset,
-            "method": r.method.describe(),
-            "created_at": r.created_at.isoformat() if r.created_at else None,
-        }
-        for r in records
-    ]
+    evaluations = job_evaluations(store, job_id, max_evaluations)
     # progress over time: when each evaluation this job stored was written (one point per batch)
     history: list[dict[str, Any]] = []
     if job.started_at is not None:
-        for i, r in enumerate(records):
-            if r.created_at is not None and (i == len(records) - 1 or records[i + 1].created_at != r.created_at):
-                history.append({"t_s": _seconds(job.started_at, r.created_at), "evaluations": i + 1})
+        for i, e in enumerate(evaluations):
+            if i == len(evaluations) - 1 or evaluations[i + 1]["created_at"] != e["created_at"]:
+                history.append({"t_s": _seconds(job.started_at, e["_created"]), "evaluations": i + 1})
+    for e in evaluations:
+        del e["_created"]
     n_layers, n_heads = _model_shape(store, job.model_id)
     result = job.result_score or {}
     extra = result.get("extra") or {}
@@ -273,13 +259,76 @@ def job_detail(store: Store, job_id: int, max_evaluations: int = 5000) -> dict[s
         "config": job.config,
         "model_shape": {"n_layers": n_layers, "n_heads": n_heads},
         "evaluations": evaluations,
-        "evaluations_truncated": len(records) >= max_evaluations,
+        "evaluations_truncated": len(evaluations) >= max_evaluations,
         "evaluations_note": "circuits this job stored first; scores it was served from the store are not repeated",
         "unscored": sum(1 for e in evaluations if e["normalised"] is None),
         "history": history,
         "edge_scores": {k: v for k, v in edge_scores.items() if k in result_edges},
         "sweep": sweep_of(store, job),
     }
+
+
+def job_evaluations(store: Store, job_id: int, limit: int) -> list[dict[str, Any]]:
+    """The evaluations a job stored, oldest first, read straight from the tables: the circuits' stored
+    canonical spelling, key and size are used as they are (parsing thousands of circuits back into
+    values would cost seconds for nothing), and each method is described once."""
+    from discovery.evaluator import EvaluationMethod
+
+    stmt = (
+        sa.select(
+            C.c.canonical,
+            C.c.key,
+            C.c.size,
+            C.c.n_edges,
+            E.c.score,
+            E.c.normalised,
+            E.c.ablation,
+            E.c.source,
+            E.c.level,
+            E.c.ablate_mlps,
+            E.c.metric,
+            E.c.normaliser,
+            E.c.created_at,
+            D.c.task,
+            D.c.description,
+        )
+        .select_from(E.join(C, E.c.circuit_id == C.c.id).join(D, E.c.dataset_id == D.c.id))
+        .where(E.c.job_id == job_id)
+        .order_by(E.c.id)
+        .limit(limit)
+    )
+    described: dict[tuple, str] = {}
+    out = []
+    with store.engine.connect() as conn:
+        for r in conn.execute(stmt):
+            key = (r.ablation, r.source, r.level, bool(r.ablate_mlps), r.metric, r.normaliser)
+            if key not in described:
+                described[key] = EvaluationMethod(*key).describe()
+            created = _utc_time(r.created_at)
+            out.append(
+                {
+                    "circuit": r.canonical,
+                    "key": r.key,
+                    "size": r.size,
+                    "n_edges": r.n_edges,
+                    "metric": json_safe(r.score),
+                    "normalised": json_safe(r.normalised),
+                    "task": r.task,
+                    "dataset": r.description,
+                    "method": described[key],
+                    "created_at": created.isoformat() if created else None,
+                    "_created": created,
+                }
+            )
+    return out
+
+
+def _utc_time(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def sweep_of(store: Store, job: JobRecord) -> dict[str, Any] | None:
