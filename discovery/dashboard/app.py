@@ -137,7 +137,9 @@ def create_app(store: Store, allow_actions: bool = False, title: str = "circuit-
     def jobs_data(model: str | None, task: str | None, method: str | None, status: str | None, limit: int) -> Any:
         return queries.list_jobs(store, model or None, task or None, method or None, status or None, limit)
 
-    Limit = Query(100, ge=1, le=1000, description="most jobs to list")
+    # each parameter gets its own Query object (FastAPI binds one to the parameter it first declares)
+    def Limit() -> Any:
+        return Query(100, ge=1, le=1000, description="most jobs to list")
 
     @app.get("/api/jobs")
     def api_jobs(
@@ -145,7 +147,7 @@ def create_app(store: Store, allow_actions: bool = False, title: str = "circuit-
         task: str | None = None,
         method: str | None = None,
         status: str | None = None,
-        limit: int = Limit,
+        limit: int = Limit(),
     ) -> Any:
         return jobs_data(model, task, method, status, limit)
 
@@ -156,7 +158,7 @@ def create_app(store: Store, allow_actions: bool = False, title: str = "circuit-
         task: str | None = None,
         method: str | None = None,
         status: str | None = None,
-        limit: int = Limit,
+        limit: int = Limit(),
     ) -> Response:
         return page(request, "jobs.html", data=jobs_data(model, task, method, status, limit))
 
@@ -270,17 +272,22 @@ def create_app(store: Store, allow_actions: bool = False, title: str = "circuit-
             raise UsageError("overlap needs at least two distinct task parameters (?model=...&task=A&task=B)")
         return queries.overlap(store, model, tasks, threshold)
 
-    Model = Query(..., min_length=1, description="the model's stored name")
-    Tasks = Query(..., description="a task (repeat: at least two)")
-    Threshold = Query(0.8, ge=-10, le=10, description="without search jobs: the smallest circuit reaching this")
+    def Model() -> Any:
+        return Query(..., min_length=1, description="the model's stored name")
+
+    def Tasks() -> Any:
+        return Query(..., description="a task (repeat: at least two)")
+
+    def Threshold() -> Any:
+        return Query(0.8, ge=-10, le=10, description="without search jobs: the smallest circuit reaching this")
 
     @app.get("/api/overlap")
-    def api_overlap(model: str = Model, task: list[str] = Tasks, threshold: float = Threshold) -> Any:
+    def api_overlap(model: str = Model(), task: list[str] = Tasks(), threshold: float = Threshold()) -> Any:
         return overlap_data(model, task, threshold)
 
     @app.get("/overlap", response_class=HTMLResponse)
     def overlap_page(
-        request: Request, model: str = Model, task: list[str] = Tasks, threshold: float = Threshold
+        request: Request, model: str = Model(), task: list[str] = Tasks(), threshold: float = Threshold()
     ) -> Response:
         return page(request, "overlap.html", data=overlap_data(model, task, threshold))
 
