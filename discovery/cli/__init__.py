@@ -11,6 +11,7 @@ import sys
 import typer
 
 from discovery.cli import (
+    dashboard_commands,
     eval_commands,
     patch_commands,
     reference_commands,
@@ -28,7 +29,15 @@ app = typer.Typer(
     help="Find, score, store and compare circuits in transformer language models.",
 )
 
-for module in (eval_commands, patch_commands, search_commands, store_commands, service_commands, reference_commands):
+for module in (
+    eval_commands,
+    patch_commands,
+    search_commands,
+    store_commands,
+    service_commands,
+    reference_commands,
+    dashboard_commands,
+):
     module.register(app)
 
 
