@@ -2,7 +2,8 @@
 
 The ground truth comes from attention patterns alone (``discovery.reference.ground_truth``), never
 from a hard-coded list: the layer-1 heads with induction score > 0.5 and the layer-0 heads with
-previous-token score > 0.5 that they read from. Each method's circuit must contain all of them and
+previous-token score > 0.5 that they read from, both averaged over the grid of half lengths 4..24,
+with and without BOS. Each method's circuit must contain all of them and
 keep >= 0.9 of the full model's logit difference under mean ablation.
 """
 
@@ -13,7 +14,7 @@ import pytest
 from discovery.circuit import Circuit
 from discovery.evaluator import Evaluator
 from discovery.model import load_model
-from discovery.reference import head_scores
+from discovery.reference import head_scores_grid
 from discovery.search import run_search
 from discovery.tasks import build_dataset, get_task
 
@@ -22,10 +23,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def setting(induction_reference):
-    scores = head_scores(induction_reference.path)
+    scores = head_scores_grid(induction_reference.path, n=40)
     previous = {f"{l}.{h}" for l, h in scores.previous_token_heads(0.5) if l == 0}
     induction = {f"{l}.{h}" for l, h in scores.induction_heads(0.5) if l == 1}
-    assert previous and induction, (scores.previous_token, scores.induction)
+    assert previous and induction, (scores.previous_token_mean, scores.induction_mean)
     model = load_model(str(induction_reference.path))
     dataset = build_dataset(get_task("induction"), model.tokenizer, n=50, seed=0)
     return Evaluator(model, dataset), previous | induction
