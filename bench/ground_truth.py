@@ -28,7 +28,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import torch  # noqa: E402 - after the sys.path fix above
 
 METHODS = ("greedy", "exhaustive", "topk", "eap", "eap-ig", "acdc")
-PARAMS: dict[str, dict] = {"eap-ig": {"steps": 5}}
+PARAMS: dict[str, dict] = {"eap-ig": {"steps": 5}, "acdc": {"batch": 32}}
 
 
 def induction_truth(path: Path):
@@ -94,7 +94,9 @@ def main() -> None:
                 "methods": {},
             }
             for method in args.methods.split(","):
-                entry["methods"][method] = recover(method, evaluator, truth, dict(PARAMS.get(method, {}))).to_json()
+                found = recover(method, evaluator, truth, dict(PARAMS.get(method, {}))).to_json()
+                entry["methods"][method] = found
+                print(f"{name} {method}: {found}", file=sys.stderr, flush=True)  # progress; stdout keeps one line
             result["models"][name] = entry
     result["total_seconds"] = round(time.perf_counter() - total, 1)
     print(json.dumps(result, sort_keys=True))

@@ -86,7 +86,7 @@ def planted_setting(tmp_path_factory):
 @pytest.mark.parametrize("method", sorted(PLANTED_FLOORS))
 def test_method_recovers_the_planted_circuit(planted_setting, method: str) -> None:
     evaluator, truth = planted_setting
-    params = {"steps": 5} if method == "eap-ig" else {}
+    params = {"eap-ig": {"steps": 5}, "acdc": {"batch": 32}}.get(method, {})
     result = recover(method, evaluator, truth, params)
     node_floor, edge_floor = PLANTED_FLOORS[method]
     assert result.node_auc >= node_floor, result.to_json()
@@ -110,7 +110,7 @@ def induction_setting(induction_reference):
 @pytest.mark.parametrize("method", sorted(INDUCTION_FLOORS))
 def test_method_recovers_the_induction_heads(induction_setting, method: str) -> None:
     evaluator, truth = induction_setting
-    params = {"steps": 5} if method == "eap-ig" else {}
+    params: dict = {"eap-ig": {"steps": 5}, "acdc": {"batch": 32}}.get(method, {})
     if method == "exhaustive":
         params["pool"] = [h.name for h in evaluator.shape.all_heads()]  # 8 heads: every subset up to 3
     result = recover(method, evaluator, truth, params)

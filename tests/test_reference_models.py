@@ -1,7 +1,8 @@
 """Reference models: accuracy, ground-truth heads, determinism, the HF directory round trip, the cache.
 
-The two full trainings happen once per session (``tests/reference_fixtures.py``) and are marked
-``slow``; the rest trains a few dozen steps at most.
+The full models are made once per session (``tests/reference_fixtures.py``; ``induction`` is built
+by hand in seconds, ``sequences`` trained in minutes) and their tests are marked ``slow``; the rest
+trains a few dozen steps at most.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 import discovery.reference as reference
 from discovery.errors import UsageError
 from discovery.reference import REFERENCE_MODELS, build_tokenizer, ensure_reference_model, train_reference
-from discovery.reference.training import TrainingReport, save, train_model
+from discovery.reference.training import ReferenceSpec, TrainingReport, save, train_model
 from tests.reference_fixtures import TrainedReference
 
 torch.set_num_threads(2)
@@ -43,7 +44,7 @@ def test_tokenizer_splits_like_gpt2_and_loads_with_auto_tokenizer(tmp_path: Path
 # --- short runs: determinism, the saved directory, the cache -----------------------------------------
 
 
-@pytest.mark.parametrize("name", ["induction", "sequences"])
+@pytest.mark.parametrize("name", ["induction", "induction-trained", "sequences", "planted-chains"])
 def test_same_seed_gives_identical_weights(tmp_path: Path, name: str) -> None:
     a = train_reference(name, tmp_path / "a", seed=3, steps=30)
     b = train_reference(name, tmp_path / "b", seed=3, steps=30)
@@ -60,7 +61,8 @@ def test_same_seed_gives_identical_weights(tmp_path: Path, name: str) -> None:
 def test_saved_directory_loads_with_the_same_logits(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = REFERENCE_MODELS["induction"]
+    spec = REFERENCE_MODELS["induction-trained"]
+    assert isinstance(spec, ReferenceSpec)
     tok = build_tokenizer(spec.words)
     model, _, _ = train_model(spec, tok, seed=0, steps=20)
     save(model, tok, tmp_path, TrainingReport("induction", 0, 20, 0.0, {}, tmp_path))
@@ -204,3 +206,18 @@ def test_sequence_tasks_run_unchanged_on_the_loaded_model(sequences_reference: T
             )
             accuracy = float((logits.argmax(-1) == correct).float().mean())
             assert accuracy >= 0.9, (task, template, accuracy)
+
+
+def test_heads_command_reports_the_whole_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from discovery.cli import main
+
+    train_reference("induction", tmp_path / "m", seed=0, steps=3)
+    main(["heads", "--model", str(tmp_path / "m"), "--n", "3", "--png", str(tmp_path / "h.png")])
+    out = capsys.readouterr().out
+    assert "worst cell" in out and "per grid cell" in out
+    # one row per (half length, BOS) cell: 6 lengths with BOS, 6 without
+    assert out.count("│ yes │") == 6 and out.count("│  no │") == 6, out
+    assert (tmp_path / "h.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        main(["heads", "--model", str(tmp_path / "m"), "--n", "0"])
+    assert "--n must be at least 1" in capsys.readouterr().err

@@ -3,10 +3,14 @@
 Computed from attention patterns alone, with a plain Hugging Face forward pass
 (``output_attentions=True``, eager attention), on held-out repeated random sequences::
 
-    BOS n1 n2 n3 r1 r2 ... rL r1 r2 ... rL
+    [BOS] n1 .. nk r1 r2 ... rL r1 r2 ... rL m1 ..
 
-(all ``n`` and ``r`` distinct tokens drawn from the words that follow a space, ``Ġword``). Nothing
-here uses the discovery code (evaluator, ablations, search), so it can check what that code finds.
+(all ``n``, ``r`` and ``m`` distinct tokens drawn from the words that follow a space, ``Ġword``).
+:func:`head_scores` scores one setting; :func:`head_scores_grid` the robustness grid: halves
+``L`` of 4, 8, ..., 24, with and without BOS, each sequence with its own offset ``k`` (0 up to what
+the context allows), reporting each head's worst cell, its mean, and the top-1 accuracy of the
+model's next-token prediction on the repeated half. Nothing here uses the discovery code
+(evaluator, ablations, search), so it can check what that code finds.
 
 - previous-token score of a head: mean attention from position i to i-1, over positions i >= 1;
 - induction score: mean attention from each token of the second ``r`` block to the token right

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from discovery.words import INDUCTION_WORDS
+
 BIG = 1000.0
 """Norm of the constant residual component that makes layer norm (nearly) linear."""
 CODE_DIM = 8
@@ -68,6 +70,9 @@ class PlantedSpec:
     n_prompts: int = 400
     default_seed: int = 0
     targets: dict[str, float] = field(default_factory=lambda: {"task top-1": 0.95})
+    n_positions: int = PROMPT_LEN + 1
+    builder: str = "chains"
+    """``chains`` (the planted task above) or ``induction`` (:func:`build_induction`)."""
 
 
 PLANTED_CHAINS = PlantedSpec(
@@ -89,9 +94,22 @@ PLANTED_WIDE = PlantedSpec(
     n_head=12,
     d_model=144,
     n_chains=3,
-    seed=1,
 )
-PLANTED: dict[str, PlantedSpec] = {s.name: s for s in (PLANTED_CHAINS, PLANTED_WIDE)}
+INDUCTION_BUILT = PlantedSpec(
+    name="induction",
+    description="2 layers x 4 heads, width 256, set by hand: a previous-token head (layer 0) and two "
+    "induction heads (layer 1, K-composition); 5 distractor heads",
+    version=2,
+    n_layer=2,
+    n_head=4,
+    d_model=256,
+    n_chains=0,
+    words=INDUCTION_WORDS,
+    n_positions=64,
+    builder="induction",
+    targets={"repeated-half (worst cell)": 0.95, "induction": 0.9},
+)
+PLANTED: dict[str, PlantedSpec] = {s.name: s for s in (PLANTED_CHAINS, PLANTED_WIDE, INDUCTION_BUILT)}
 
 
 @dataclass(frozen=True)
@@ -147,13 +165,14 @@ def _layout(spec: PlantedSpec, rng: np.random.Generator) -> dict[str, Any]:
     return {"previous": prev, "movers": movers, "chains": chains}
 
 
-def build_planted(spec: PlantedSpec) -> PlantedModel:
-    """Construct ``spec``'s model (deterministic in ``spec.seed``); nothing is trained."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+def build_planted(spec: PlantedSpec, seed: int | None = None) -> PlantedModel:
+    """Construct ``spec``'s model (deterministic in ``seed``, default ``spec.seed``); nothing is trained."""
     from discovery.reference.tokenizer import build_tokenizer
 
-    rng = np.random.default_rng([spec.seed, 1616])
+    seed = spec.seed if seed is None else seed
+    if spec.builder == "induction":
+        return build_induction(spec, seed)
+    rng = np.random.default_rng([seed, 1616])
     tokenizer = build_tokenizer(spec.words)
     d, n_head = spec.d_model, spec.n_head
     dh = d // n_head
@@ -177,23 +196,7 @@ def build_planted(spec: PlantedSpec) -> PlantedModel:
     codes = rng.standard_normal((len(CONTENT_WORDS), CODE_DIM))
     codes /= np.linalg.norm(codes, axis=1, keepdims=True)
 
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=n_pos,
-        n_embd=d,
-        n_layer=spec.n_layer,
-        n_head=n_head,
-        n_inner=4,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(spec.seed)
-    model = GPT2LMHeadModel(config).eval()
+    model = _gpt2(tokenizer, spec.n_layer, n_head, d, n_pos, seed)
 
     # embeddings: a word's code (bare and spaced forms alike), the mark feature; positions: BIG u + a one-hot code
     wte = np.zeros((len(tokenizer), d))
@@ -286,6 +289,25 @@ def build_planted(spec: PlantedSpec) -> PlantedModel:
     for i, w in enumerate(CONTENT_WORDS):  # answers follow a space: only the spaced form is predicted
         unembed[vocab["\u0120" + w]] = out_space @ codes[i] * 10.0
 
+    _load_weights(model, wte, wpe, ln_weight, Wq, Wk, Wv, Wo, unembed)
+    nodes = tuple(sorted(roles, key=lambda s: tuple(int(x) for x in s.split("."))))
+    return PlantedModel(model, tokenizer, nodes, tuple(edges), roles)
+
+
+def _load_weights(
+    model: Any,
+    wte: np.ndarray,
+    wpe: np.ndarray,
+    ln_weight: np.ndarray,
+    Wq: np.ndarray,
+    Wk: np.ndarray,
+    Wv: np.ndarray,
+    Wo: np.ndarray,
+    unembed: np.ndarray,
+) -> None:
+    """Write per-head weights ([layer, head, d, d_head]; W_O [layer, head, d_head, d]) into a GPT-2 model:
+    biases zero, MLPs zero, every layer norm the same (nearly identity) scaling."""
+
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.tensor(a, dtype=torch.float32)
 
@@ -298,9 +320,8 @@ def build_planted(spec: PlantedSpec) -> PlantedModel:
             block.ln_1.bias.zero_()
             block.ln_2.weight.copy_(t(ln_weight))
             block.ln_2.bias.zero_()
-            qkv = np.concatenate(
-                [np.concatenate(list(W[layer]), axis=1) for W in (Wq, Wk, Wv)], axis=1
-            )  # [d, 3d], heads side by side
+            # HF's Conv1D computes x @ W with W [d, 3d]: q, k, v blocks, heads side by side in each
+            qkv = np.concatenate([np.concatenate(list(W[layer]), axis=1) for W in (Wq, Wk, Wv)], axis=1)
             block.attn.c_attn.weight.copy_(t(qkv))
             block.attn.c_attn.bias.zero_()
             block.attn.c_proj.weight.copy_(t(np.concatenate(list(Wo[layer]), axis=0)))
@@ -310,6 +331,111 @@ def build_planted(spec: PlantedSpec) -> PlantedModel:
         tr.ln_f.weight.copy_(t(ln_weight))
         tr.ln_f.bias.zero_()
         model.lm_head.weight.copy_(t(unembed))
+
+
+def _gpt2(tokenizer: Any, n_layer: int, n_head: int, d: int, n_pos: int, seed: int) -> Any:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_pos,
+        n_embd=d,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_inner=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config).eval()
+
+
+INDUCTION_CODE_DIM = 48
+"""Dimension of the induction model's word codes (128 words: random unit codes, |cos| mostly < 0.5)."""
+
+
+def build_induction(spec: PlantedSpec, seed: int) -> PlantedModel:
+    """The textbook two-layer induction circuit, set by hand in a 2-layer, 4-head GPT-2 (width 256).
+
+    Layer 0 head A is a previous-token head (query and key read the position code, one apart; its
+    value copies the token's code into a "previous token" subspace). Layer 1 heads B and C are
+    induction heads: the query reads the current token's code, the key the previous-token subspace
+    (K-composition with A), so they attend to the token after an earlier occurrence of the current
+    token, and their values copy that token's code to the unembedding's subspace (half each). The
+    other heads are distractors (random, writing to a subspace nothing reads). Works at every
+    position of the context, with or without BOS, for any half length: nothing depends on where the
+    repeat is.
+    """
+    from discovery.reference.data import bare_ids, spaced_ids
+    from discovery.reference.tokenizer import build_tokenizer
+
+    rng = np.random.default_rng([seed, 2929])
+    tokenizer = build_tokenizer(spec.words)
+    d, n_head, n_pos = spec.d_model, spec.n_head, spec.n_positions
+    dh = d // n_head
+    k = INDUCTION_CODE_DIM
+    if dh < max(n_pos, k):
+        raise ValueError(f"induction model {spec.name}: d_head {dh} must hold {n_pos} positions and {k}-dim codes")
+    basis = _Basis(d, rng)
+    u = basis.take(1)[:, 0]
+    word_space, pos_space, prev_space, out_space = basis.take(k), basis.take(n_pos), basis.take(k), basis.take(k)
+    junk_space = basis.rest()
+    n_words = len(spec.words)
+    codes = rng.standard_normal((n_words, k))
+    codes /= np.linalg.norm(codes, axis=1, keepdims=True)
+
+    wte = np.zeros((len(tokenizer), d))
+    for ids in (bare_ids(n_words), spaced_ids(n_words)):
+        wte[ids] = codes @ word_space.T
+    wpe = BIG * u[None, :] + pos_space.T
+    ln_weight = np.full(d, BIG / np.sqrt(d))
+    Wq = np.zeros((spec.n_layer, n_head, d, dh))
+    Wk, Wv = np.zeros_like(Wq), np.zeros_like(Wq)
+    Wo = np.zeros((spec.n_layer, n_head, dh, d))
+    eye = np.eye(dh)
+    heads_of = {layer: list(rng.permutation(n_head)) for layer in range(spec.n_layer)}
+    prev = (0, int(heads_of[0].pop()))
+    inductions = [(1, int(heads_of[1].pop())) for _ in range(2)]
+    # previous-token head: query position i matches key position i - 1
+    scale = ATTENTION_MARGIN * np.sqrt(dh)
+    Wq[prev] = pos_space @ (eye[:n_pos] * scale)
+    shifted = np.zeros((n_pos, dh))
+    for j in range(n_pos - 1):
+        shifted[j, j + 1] = 1.0
+    shifted[0, 0] = 1.0  # position 0 attends to itself
+    Wk[prev] = pos_space @ shifted
+    Wv[prev] = word_space @ eye[:k]
+    Wo[prev] = eye[:k].T @ prev_space.T
+    # induction heads: query = current token's code, key = previous token's code (same coordinates)
+    match = 2.0 * ATTENTION_MARGIN * np.sqrt(dh)  # a full match gains this much over a cos-0.5 near miss
+    for head in inductions:
+        Wq[head] = word_space @ (eye[:k] * match)
+        Wk[head] = prev_space @ eye[:k]
+        Wv[head] = word_space @ eye[:k]
+        Wo[head] = eye[:k].T @ out_space.T * (1.0 / len(inductions))
+    roles = {f"{prev[0]}.{prev[1]}": "previous-token"}
+    roles.update({f"{l}.{h}": "induction" for l, h in inductions})
+    features = np.concatenate([word_space, pos_space, prev_space], axis=1)
+    for layer in range(spec.n_layer):
+        for h in range(n_head):
+            if f"{layer}.{h}" in roles:
+                continue
+            r = features.shape[1]
+            Wq[layer, h] = features @ rng.standard_normal((r, dh)) * (4.0 / np.sqrt(r))
+            Wk[layer, h] = features @ rng.standard_normal((r, dh)) * (4.0 / np.sqrt(r))
+            Wv[layer, h] = features @ rng.standard_normal((r, dh)) * (2.0 / np.sqrt(r))
+            Wo[layer, h] = rng.standard_normal((dh, junk_space.shape[1])) @ junk_space.T * (1.0 / np.sqrt(dh))
+    unembed = np.zeros((len(tokenizer), d))
+    unembed[spaced_ids(n_words)] = codes @ out_space.T * 20.0  # words after a space are what is predicted
+    model = _gpt2(tokenizer, spec.n_layer, n_head, d, n_pos, seed)
+    _load_weights(model, wte, wpe, ln_weight, Wq, Wk, Wv, Wo, unembed)
+    edges = [f"{prev[0]}.{prev[1]}->{l}.{h}.k" for l, h in inductions]
+    edges += [f"{l}.{h}->logits" for l, h in inductions]
     nodes = tuple(sorted(roles, key=lambda s: tuple(int(x) for x in s.split("."))))
     return PlantedModel(model, tokenizer, nodes, tuple(edges), roles)
 
@@ -337,23 +463,32 @@ def task_examples(spec: PlantedSpec, n: int | None = None, seed: int = 0) -> lis
     return rows
 
 
-def save_planted(spec: PlantedSpec, out_dir: Path) -> dict[str, Any]:
-    """Write ``spec``'s model as a Hugging Face directory, its task file ``task.json`` and ``reference.json``
-    (which records the circuit: nodes, edges, roles). Returns that record."""
+def save_planted(spec: PlantedSpec, out_dir: Path, seed: int | None = None) -> dict[str, Any]:
+    """Write ``spec``'s model as a Hugging Face directory, its task file ``task.json`` (the chains
+    builder; the induction model uses the ``induction`` task) and ``reference.json`` (which records
+    the circuit: nodes, edges, roles). Returns that record."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    planted = build_planted(spec)
+    planted = build_planted(spec, seed)
     planted.hf_model.save_pretrained(out_dir, safe_serialization=True)
     planted.tokenizer.save_pretrained(out_dir)
-    (out_dir / "task.json").write_text(json.dumps({"examples": task_examples(spec)}, indent=1) + "\n")
+    if spec.builder == "induction":
+        from discovery.reference.specs import induction_accuracy
+
+        accuracy = induction_accuracy(planted.hf_model, planted.tokenizer, spec.seed if seed is None else seed)
+        task = "induction"
+    else:
+        (out_dir / "task.json").write_text(json.dumps({"examples": task_examples(spec)}, indent=1) + "\n")
+        accuracy = {"task top-1": task_accuracy(planted, spec)}
+        task = "file:task.json (in this directory)"
     record = {
-        "accuracy": {"task top-1": task_accuracy(planted, spec)},
+        "accuracy": accuracy,
         "name": spec.name,
         "kind": "planted",
         "version": spec.version,
-        "seed": spec.seed,
+        "seed": spec.seed if seed is None else seed,
         "circuit": {"nodes": list(planted.nodes), "edges": list(planted.edges), "roles": planted.roles},
-        "task": "file:task.json (in this directory)",
+        "task": task,
     }
     (out_dir / "reference.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record

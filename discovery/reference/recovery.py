@@ -189,7 +189,7 @@ def recover(
       curve runs straight to (1, 1), the pessimistic completion).
     - ``exhaustive``: the best subset of each size up to ``k`` over ``pool`` (default: the 12 heads
       whose single knock-out costs most, found with the evaluator; no ground truth involved).
-    - ``acdc``: one run per ``tau`` in ``taus``.
+    - ``acdc``: one run per ``tau`` in ``taus`` (default 0.003, 0.03, 0.3).
     """
     import time
 
@@ -230,7 +230,7 @@ def recover(
         circuits = [(s.circuit.size, s.circuit, s.normalised) for s in result.steps]
         rec = _points_recovery(method, circuits, truth, shape)
     elif method == "acdc":
-        taus = params.pop("taus", (0.001, 0.01, 0.03, 0.1, 0.3))
+        taus = params.pop("taus", (0.003, 0.03, 0.3))
         circuits = []
         for tau in taus:
             result = run_search("acdc", evaluator, {**params, "tau": tau}, progress)
