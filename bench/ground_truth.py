@@ -28,7 +28,12 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import torch  # noqa: E402 - after the sys.path fix above
 
 METHODS = ("greedy", "exhaustive", "topk", "eap", "eap-ig", "acdc")
-PARAMS: dict[str, dict] = {"eap-ig": {"steps": 5}, "acdc": {"batch": 32}}
+PARAMS: dict[str, dict] = {
+    "eap-ig": {"steps": 5},
+    # on a CPU, ACDC walks the top 200 edges by EAP score (its documented restriction), 32 removals per call
+    "acdc": {"batch": 32, "eap_top": 200},
+    "greedy": {"max_size": 16},
+}
 
 
 def induction_truth(path: Path):
@@ -49,13 +54,13 @@ def setting(name: str, tmp: Path, n: int):
     from discovery.reference.recovery import Truth
     from discovery.tasks import build_dataset, get_task
 
-    if name in PLANTED:
+    if name in PLANTED and PLANTED[name].builder == "chains":
         path = tmp / name
         train_reference(name, path)
         record = planted_truth(path)
         truth = Truth(frozenset(record["nodes"]), frozenset(record["edges"]))
         task = get_task(f"file:{path}/task.json")
-    else:
+    else:  # the induction model: its truth from attention patterns, not from how it was made
         path = ensure_reference_model(name)
         truth = induction_truth(path)
         task = get_task("induction")
@@ -65,7 +70,7 @@ def setting(name: str, tmp: Path, n: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="planted-chains,planted-wide,induction")
+    parser.add_argument("--models", default="planted-chains,induction")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--n", type=int, default=20, help="prompts per dataset")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))

@@ -40,7 +40,7 @@ def induction_accuracy(model: Any, tokenizer: Any, seed: int) -> dict[str, float
     """Top-1 on the repeated half in the worst cell of the robustness grid, and on the ``induction`` task."""
     from discovery.reference.ground_truth import head_scores_grid
 
-    grid = head_scores_grid(model, tokenizer, n=50, seed=20_000 + seed)
+    grid = head_scores_grid(model, tokenizer, n=25, seed=20_000 + seed)
     out = {"repeated-half (worst cell)": grid.accuracy_min}
     out["induction"] = _task_accuracy(model, tokenizer, "induction", 200, seed=10_000 + seed)
     return out
