@@ -23,7 +23,10 @@ from discovery.tasks import build_dataset, get_task
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="module", params=sorted(PLANTED))
+PLANTED_CIRCUITS = sorted(name for name, spec in PLANTED.items() if spec.builder == "chains")
+
+
+@pytest.fixture(scope="module", params=PLANTED_CIRCUITS)
 def planted(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / request.param
     report = train_reference(request.param, out)
@@ -127,7 +130,7 @@ def test_planted_edges_alone_keep_the_behaviour(planted) -> None:
 
 
 def test_planted_build_is_deterministic(tmp_path: Path) -> None:
-    name = sorted(PLANTED)[0]
+    name = PLANTED_CIRCUITS[0]
     train_reference(name, tmp_path / "a")
     train_reference(name, tmp_path / "b")
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
