@@ -61,13 +61,13 @@ def test_edge_universe_counts_head_edges_and_logits() -> None:
 
 # --- floors on the planted model and the induction model ------------------------------------------
 
-PLANTED_FLOORS = {  # method: (node AUC floor, edge AUC floor), measured minus a margin
-    "eap": (0.95, 0.95),
-    "eap-ig": (0.95, 0.95),
-    "acdc": (0.9, 0.9),
-    "topk": (0.5, 0.5),
-    "greedy": (0.6, 0.6),
-    "exhaustive": (0.55, 0.5),
+PLANTED_FLOORS = {  # method: (node AUC floor, edge AUC floor); measured in comments (20 prompts)
+    "eap": (0.95, 0.95),  # 1.000, 1.000
+    "eap-ig": (0.95, 0.95),  # 1.000, 1.000
+    "acdc": (0.95, 0.95),  # 1.000, 1.000
+    "topk": (0.5, 0.58),  # 0.533, 0.619
+    "greedy": (0.53, 0.5),  # 0.570, 0.534
+    "exhaustive": (0.6, 0.5),  # 0.636, 0.541
 }
 INDUCTION_FLOORS = {  # node AUC floor; every method measured 1.000 (bench/ground_truth.py, 20 prompts)
     "eap": 0.95,
