@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from discovery.reference import REFERENCE_MODELS, head_scores, train_reference
+    from discovery.reference import REFERENCE_MODELS, head_scores_grid, train_reference
 
     result: dict = {
         "bench": "reference_models",
@@ -92,6 +92,7 @@ def main() -> None:
             report = train_reference(name, Path(tmp) / name, seed=args.seed)
             entry = {
                 "seconds": report.seconds,
+                "cpu_seconds": report.cpu_seconds,
                 "steps": report.steps,
                 "final_loss": report.final_loss,
                 "heldout_accuracy": report.heldout_accuracy,
@@ -99,11 +100,19 @@ def main() -> None:
                 "meets_targets": report.meets_targets,
             }
             if name == "induction":
-                scores = head_scores(Path(tmp) / name)
-                entry["max_previous_token_score_layer0"] = round(float(scores.previous_token[0].max()), 3)
-                entry["max_induction_score_layer1"] = round(float(scores.induction[1].max()), 3)
-                entry["previous_token_heads"] = [f"{l}.{h}" for l, h in scores.previous_token_heads()]
-                entry["induction_heads"] = [f"{l}.{h}" for l, h in scores.induction_heads()]
+                grid = head_scores_grid(Path(tmp) / name)
+                previous, induction = grid.previous_token_heads(), grid.induction_heads()
+                entry["previous_token_heads"] = [f"{l}.{h}" for l, h in previous]
+                entry["induction_heads"] = [f"{l}.{h}" for l, h in induction]
+                # the worst grid cell (halves 4..24, BOS on/off, random offsets) of the weakest such head
+                entry["worst_cell_previous_token_score"] = round(
+                    min((float(grid.previous_token_min[l, h]) for l, h in previous), default=float("nan")), 3
+                )
+                entry["worst_cell_induction_score"] = round(
+                    min((float(grid.induction_min[l, h]) for l, h in induction), default=float("nan")), 3
+                )
+                entry["worst_cell_top1_repeated_half"] = round(grid.accuracy_min, 3)
+
             result["models"][name] = entry
     if not args.only:
         result.update(main_job(args.threads))

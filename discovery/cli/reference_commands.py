@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from discovery.cli import common
 from discovery.cli.common import console
+from discovery.errors import UsageError
 
 
 def train_reference(
-    name: str = typer.Argument(..., help="reference model: induction or sequences"),
+    name: str = typer.Argument(..., help="reference model: induction, sequences, planted-chains or planted-wide"),
     out: Path | None = typer.Option(None, "--out", help="write the model here (default: the cache that ref:NAME uses)"),
     seed: int = typer.Option(0, "--seed", help="training seed (weights and data)"),
 ) -> None:
-    """Train a reference model (a few minutes on a CPU) and print its held-out accuracy."""
+    """Train a reference model (a few minutes on a CPU; a planted one is built in seconds) and print its accuracy."""
     from discovery.reference import TrainingReport, ensure_reference_model, get_spec, reference_dir
     from discovery.reference import train_reference as train
 
@@ -59,47 +61,71 @@ def train_reference(
 def heads(
     model: str = typer.Option("ref:induction", "--model", "-m", help="local HF directory or ref:NAME"),
     png: Path = typer.Option(Path("heads.png"), "--png", help="where to write the heatmap"),
-    n: int = typer.Option(200, "--n", help="number of repeated random sequences"),
-    threshold: float = typer.Option(0.5, "--threshold", help="score above which a head is listed"),
+    n: int = typer.Option(100, "--n", help="repeated random sequences per grid cell"),
+    threshold: float = typer.Option(0.5, "--threshold", help="grid-mean score above which a head is listed"),
     device: str = common.DeviceOpt,
 ) -> None:
-    """Previous-token and induction scores of every head, from attention patterns (no ablation)."""
-    from discovery.reference.ground_truth import head_scores
+    """Previous-token and induction scores of every head, from attention patterns (no ablation).
 
+    Measured over a grid: halves of 4 to 24 repeated random words, with and without BOS, each
+    sequence at a random offset; the tables show each head's worst cell and its mean.
+    """
+    from discovery.reference.ground_truth import head_scores_grid
+
+    if n < 1:
+        raise UsageError(f"--n must be at least 1, got {n}")
     loaded = common.open_model(model, device)
-    scores = head_scores(loaded.hf_model, loaded.tokenizer, n=n)
-    for title, values in (("previous-token score", scores.previous_token), ("induction score", scores.induction)):
-        table = Table(title=f"{title} (layer x head)")
+    with common.progress_bar("attention patterns over the grid", transient=True) as progress:
+        grid = head_scores_grid(loaded.hf_model, loaded.tokenizer, n=n, progress=progress)
+    first = grid.cells[0][2]
+    n_layers, n_heads = first.n_layers, first.n_heads
+    for title, worst, mean in (
+        ("previous-token score", grid.previous_token_min, grid.previous_token_mean),
+        ("induction score", grid.induction_min, grid.induction_mean),
+    ):
+        table = Table(title=f"{title}, worst cell / mean over the grid (layer x head)")
         table.add_column("layer")
-        for h in range(scores.n_heads):
+        for h in range(n_heads):
             table.add_column(f"h{h}", justify="right")
-        for layer in range(scores.n_layers):
-            table.add_row(str(layer), *[f"{v:.2f}" for v in values[layer]])
+        for layer in range(n_layers):
+            table.add_row(str(layer), *[f"{worst[layer, h]:.2f} / {mean[layer, h]:.2f}" for h in range(n_heads)])
         console.print(table)
-    fmt = ", ".join(f"{l}.{h}" for l, h in scores.previous_token_heads(threshold)) or "none"
-    console.print(f"previous-token heads (> {threshold}): {fmt}")
-    fmt = ", ".join(f"{l}.{h}" for l, h in scores.induction_heads(threshold)) or "none"
-    console.print(f"induction heads (> {threshold}): {fmt}")
-    _heatmap(scores, png, model)
+    prev_heads = grid.previous_token_heads(threshold)
+    ind_heads = grid.induction_heads(threshold)
+    cells = Table(title="per grid cell (random offsets)")
+    for col in ("half", "BOS", "previous-token heads (min)", "induction heads (min)", "top-1 on repeated half"):
+        cells.add_column(col, justify="right")
+    for half, bos, scores in grid.cells:
+        prev = min((float(scores.previous_token[l, h]) for l, h in prev_heads), default=float("nan"))
+        ind = min((float(scores.induction[l, h]) for l, h in ind_heads), default=float("nan"))
+        cells.add_row(str(half), "yes" if bos else "no", f"{prev:.2f}", f"{ind:.2f}", f"{scores.accuracy:.3f}")
+    console.print(cells)
+    fmt = ", ".join(f"{l}.{h}" for l, h in prev_heads) or "none"
+    console.print(f"previous-token heads (grid mean > {threshold}): {fmt}")
+    fmt = ", ".join(f"{l}.{h}" for l, h in ind_heads) or "none"
+    console.print(f"induction heads (grid mean > {threshold}): {fmt}")
+    console.print(f"top-1 on the repeated half: worst cell {grid.accuracy_min:.3f}")
+    _heatmap(grid.previous_token_min, grid.induction_min, png, f"{model}: worst grid cell")
     console.print(f"heatmap    {png}")
 
 
-def _heatmap(scores, png: Path, title: str) -> None:
+def _heatmap(previous: Any, induction: Any, png: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.2 * scores.n_heads * 2, 1.5 + 0.6 * scores.n_layers), squeeze=False)
-    for ax, values, label in zip(axes[0], (scores.previous_token, scores.induction), ("previous-token", "induction")):
+    n_layers, n_heads = previous.shape
+    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.2 * n_heads * 2, 1.5 + 0.6 * n_layers), squeeze=False)
+    for ax, values, label in zip(axes[0], (previous, induction), ("previous-token", "induction")):
         im = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
         ax.set_title(f"{label} score")
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
-        ax.set_xticks(range(scores.n_heads))
-        ax.set_yticks(range(scores.n_layers))
-        for layer in range(scores.n_layers):
-            for h in range(scores.n_heads):
+        ax.set_xticks(range(n_heads))
+        ax.set_yticks(range(n_layers))
+        for layer in range(n_layers):
+            for h in range(n_heads):
                 v = float(values[layer, h])
                 ax.text(
                     h, layer, f"{v:.2f}", ha="center", va="center", color="black" if v > 0.5 else "white", fontsize=8

@@ -5,10 +5,16 @@ deterministically, in a few minutes on a CPU, and saved as ordinary Hugging Face
 (``config.json``, ``model.safetensors``, ``tokenizer.json``) that load through the same path as any
 HF model (``--model ref:NAME`` or the directory itself):
 
-- ``induction``: 2 layers, trained on random words with repeated segments; has previous-token heads
-  in layer 0 and induction heads in layer 1 (see :mod:`discovery.reference.ground_truth`);
+- ``induction``: 2 layers x 4 heads, set by hand (:func:`discovery.reference.planted.build_induction`):
+  a previous-token head in layer 0 and two induction heads in layer 1 that hold on any repeated
+  sequence (checked from attention patterns by :mod:`discovery.reference.ground_truth`);
+- ``induction-trained``: the same task learnt by a 2-layer attention-only model (experimental: it
+  has not reached its targets within the training budget on a busy 2-core machine);
 - ``sequences``: 4 layers, trained on the digits / number-words / months tasks' own prompt
-  distribution (plus variations), so those tasks run on it unchanged.
+  distribution (plus variations), so those tasks run on it unchanged;
+- ``planted-chains`` (10 x 8) and ``planted-wide`` (12 x 12): built by hand, not trained, with a
+  known 11- and 14-head circuit and distractor heads (:mod:`discovery.reference.planted`); their
+  directory holds the task (``task.json``, for ``--task file:DIR/task.json``) and the circuit.
 
 ``ensure_reference_model(name)`` trains a model into the cache on first use (into a temporary
 directory, renamed into place when complete, so a crash never leaves half a model) and reuses it
@@ -19,15 +25,18 @@ afterwards. The cache is ``$CIRCUITS_CACHE_DIR/reference`` if set, else the plat
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from discovery.errors import UsageError
-from discovery.reference.ground_truth import HeadScores, head_scores
-from discovery.reference.specs import INDUCTION, SEQUENCES
+from discovery.reference.ground_truth import GridScores, HeadScores, head_scores, head_scores_grid
+from discovery.reference.planted import PLANTED, PlantedSpec, planted_truth, save_planted
+from discovery.reference.specs import INDUCTION_TRAINED, SEQUENCES
 from discovery.reference.tokenizer import build_tokenizer
 from discovery.reference.training import (
     ProgressCallback,
@@ -38,10 +47,13 @@ from discovery.reference.training import (
     train_model,
 )
 
-REFERENCE_MODELS: dict[str, ReferenceSpec] = {spec.name: spec for spec in (INDUCTION, SEQUENCES)}
+REFERENCE_MODELS: dict[str, ReferenceSpec | PlantedSpec] = {
+    **{spec.name: spec for spec in (INDUCTION_TRAINED, SEQUENCES)},
+    **PLANTED,
+}
 
 
-def get_spec(name: str) -> ReferenceSpec:
+def get_spec(name: str) -> ReferenceSpec | PlantedSpec:
     if name not in REFERENCE_MODELS:
         raise UsageError(f"unknown reference model {name!r}; known: {', '.join(sorted(REFERENCE_MODELS))}")
     return REFERENCE_MODELS[name]
@@ -58,9 +70,13 @@ def train_reference(
     """
     spec = get_spec(name)
     out_dir = Path(out_dir)
+    if isinstance(spec, PlantedSpec):
+        return _build_planted(spec, out_dir, seed, progress)
     with quiet_transformers():
         tokenizer = build_tokenizer(spec.words)
+        cpu_start = time.process_time()
         model, seconds, loss = train_model(spec, tokenizer, seed, steps=steps, progress=progress)
+        cpu_seconds = time.process_time() - cpu_start
         if progress is not None:
             progress(0, None, f"evaluating {name} on held-out prompts")
         accuracy = spec.evaluate(model, tokenizer, seed)
@@ -73,8 +89,33 @@ def train_reference(
             out_dir=out_dir,
             final_loss=round(loss, 4),
             targets=dict(spec.targets),
+            cpu_seconds=round(cpu_seconds, 2),
         )
         save(model, tokenizer, out_dir, report)
+    return report
+
+
+def _build_planted(spec: PlantedSpec, out_dir: Path, seed: int, progress: ProgressCallback | None) -> TrainingReport:
+    """A planted model is built, not trained: its report holds the build time and its task accuracy."""
+    if progress is not None:
+        progress(0, 1, f"building {spec.name}")
+    start = time.perf_counter()
+    with quiet_transformers():
+        record = save_planted(spec, out_dir, seed)
+    report = TrainingReport(
+        name=spec.name,
+        seed=seed,
+        steps=0,
+        seconds=round(time.perf_counter() - start, 2),
+        heldout_accuracy={k: round(v, 4) for k, v in record["accuracy"].items()},
+        out_dir=out_dir,
+        targets=dict(spec.targets),
+    )
+    saved = report.to_json()
+    saved.pop("out_dir")
+    (out_dir / "reference.json").write_text(json.dumps({**record, **saved}, indent=2, sort_keys=True) + "\n")
+    if progress is not None:
+        progress(1, 1, f"built {spec.name}")
     return report
 
 
@@ -145,8 +186,11 @@ def ensure_reference_model(name: str, progress: ProgressCallback | None = None, 
 
 
 __all__ = [
+    "PLANTED",
     "REFERENCE_MODELS",
+    "GridScores",
     "HeadScores",
+    "PlantedSpec",
     "ReferenceSpec",
     "TrainingReport",
     "build_tokenizer",
@@ -154,6 +198,8 @@ __all__ = [
     "ensure_reference_model",
     "get_spec",
     "head_scores",
+    "head_scores_grid",
+    "planted_truth",
     "reference_dir",
     "reference_tokenizer",
     "train_reference",

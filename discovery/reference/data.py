@@ -36,21 +36,7 @@ from typing import Any
 import numpy as np
 
 from discovery.reference.tokenizer import SPECIAL_TOKENS
-
-# Common English words, each one token in GPT-2's vocabulary both bare and after a space, so the
-# induction task builds the same kind of prompt for GPT-2-tokenised models.
-INDUCTION_WORDS: tuple[str, ...] = tuple(
-    """
-time year day man way thing world life hand part child eye place week case point number group
-problem fact house book car tree door room water money story night river city game line name rock
-king ship road fish bird horse cat dog bread glass stone paper plant field hill lake sea moon star
-sun rain wind fire ice gold iron wood wall box bag cup hat coat bed key pen bell ring ball song word
-page letter table chair floor window farm shop bank church school train plane boat bike wheel engine
-wire chain knife fork plate bowl pot pan oven apple orange cake rice corn bean egg meat wine beer
-cream nut seed leaf root flower grass forest wave storm cloud sky light shadow color
-""".split()
-)
-assert len(INDUCTION_WORDS) == 128 and len(set(INDUCTION_WORDS)) == 128
+from discovery.words import INDUCTION_WORDS as INDUCTION_WORDS  # re-exported: the induction model's vocabulary
 
 BOS_ID = SPECIAL_TOKENS.index("<|endoftext|>")
 
@@ -140,6 +126,53 @@ def induction_batch(
         rows.append(x)
         masks.append(m)
     return Batch(np.stack(rows).astype(np.int64), np.stack(masks))
+
+
+def repeated_halves_batch(
+    rng: np.random.Generator,
+    batch_size: int,
+    seq_len: int,
+    n_words: int,
+    min_half: int = 4,
+    max_half: int = 24,
+    p_bos: float = 0.5,
+    p_gap: float = 0.3,
+    max_gap: int = 6,
+) -> Batch:
+    """Rows ``[BOS] noise A [gap] A noise``: a half ``A`` of ``min_half..max_half`` distinct words occurs
+    twice, at a random offset, directly repeated or with a gap of noise between; the mask marks
+    positions predicting the 2nd+ token of the second ``A``.
+
+    Everything a robust induction circuit must ignore is varied per row: the half's length, where it
+    starts, whether a BOS is there, whether the first word is bare (as at the start of a text). The
+    noise is drawn from words outside ``A``, so "the word that followed this word earlier" is the
+    only way to predict the second ``A`` (bags of tokens help little: every word of ``A`` has
+    already occurred once).
+    """
+    words = spaced_ids(n_words)
+    b = np.arange(batch_size)
+    bos = rng.random(batch_size) < p_bos
+    start = bos.astype(np.int64)
+    gap = np.where(rng.random(batch_size) < p_gap, rng.integers(1, max_gap + 1, batch_size), 0)
+    longest = np.minimum(max_half, (seq_len - start - gap) // 2)
+    length = (min_half + rng.random(batch_size) * (longest - min_half + 1)).astype(np.int64)
+    offset = (rng.random(batch_size) * (seq_len - start - gap - 2 * length + 1)).astype(np.int64)
+    perm = rng.random((batch_size, n_words)).argsort(axis=1)  # per row: the half's words first, then the rest
+    # noise: uniform over each row's words outside its half
+    pick = length[:, None] + (rng.random((batch_size, seq_len)) * (n_words - length)[:, None]).astype(np.int64)
+    x = words[perm[b[:, None], pick]]
+    t = np.arange(seq_len)[None, :]
+    first = (start + offset)[:, None]
+    second = first + (length + gap)[:, None]
+    in_first = (t >= first) & (t < first + length[:, None])
+    in_second = (t >= second) & (t < second + length[:, None])
+    x = np.where(in_first, words[perm[b[:, None], np.clip(t - first, 0, n_words - 1)]], x)
+    x = np.where(in_second, words[perm[b[:, None], np.clip(t - second, 0, n_words - 1)]], x)
+    x[bos, 0] = BOS_ID
+    bare = rng.random(batch_size) < 0.5  # a text's first word has no space
+    x[b[bare], start[bare]] -= n_words
+    mask = in_second & (t < second + length[:, None] - 1)
+    return Batch(x.astype(np.int64), mask)
 
 
 def heldout_segments(seed: int, n: int, seq_len: int, n_words: int, max_len: int = 12) -> tuple[Batch, list[Segment]]:

@@ -13,26 +13,12 @@ from discovery.reference.training import ReferenceSpec
 
 # --- induction ------------------------------------------------------------------------------------
 
-INDUCTION_SEQ_LEN = 48
+INDUCTION_SEQ_LEN = 64
+"""Context of the induction model: two halves of 24 tokens, a BOS and an offset of up to 15 fit."""
 
 
 def _induction_batch(rng: np.random.Generator, _tokenizer: Any, batch_size: int) -> Batch:
-    return data.induction_batch(rng, batch_size, INDUCTION_SEQ_LEN, len(data.INDUCTION_WORDS), p_segment=0.3)
-
-
-@torch.no_grad()
-def _top1(model: Any, ids: np.ndarray, mask: np.ndarray, batch_size: int = 256) -> float:
-    """Top-1 accuracy of next-token predictions at the positions ``mask`` marks."""
-    correct = total = 0
-    for start in range(0, len(ids), batch_size):
-        x = torch.from_numpy(ids[start : start + batch_size])
-        m = torch.from_numpy(mask[start : start + batch_size])
-        logits = model(input_ids=x, attention_mask=torch.ones_like(x)).logits
-        pred = logits[:, :-1].argmax(-1)
-        hit = (pred == x[:, 1:]) & m[:, :-1]
-        correct += int(hit.sum())
-        total += int(m[:, :-1].sum())
-    return correct / max(total, 1)
+    return data.repeated_halves_batch(rng, batch_size, INDUCTION_SEQ_LEN, len(data.INDUCTION_WORDS))
 
 
 @torch.no_grad()
@@ -50,31 +36,34 @@ def _task_accuracy(model: Any, tokenizer: Any, task_name: str, n: int, seed: int
     return float((pred == correct_ids).float().mean())
 
 
-def _induction_evaluate(model: Any, tokenizer: Any, seed: int) -> dict[str, float]:
-    batch, _ = data.heldout_segments(seed, 500, INDUCTION_SEQ_LEN, len(data.INDUCTION_WORDS))
-    out = {"repeated-segment": _top1(model, batch.ids, batch.loss_mask)}
+def induction_accuracy(model: Any, tokenizer: Any, seed: int) -> dict[str, float]:
+    """Top-1 on the repeated half in the worst cell of the robustness grid, and on the ``induction`` task."""
+    from discovery.reference.ground_truth import head_scores_grid
+
+    grid = head_scores_grid(model, tokenizer, n=25, seed=20_000 + seed)
+    out = {"repeated-half (worst cell)": grid.accuracy_min}
     out["induction"] = _task_accuracy(model, tokenizer, "induction", 200, seed=10_000 + seed)
     return out
 
 
-INDUCTION = ReferenceSpec(
-    name="induction",
-    description="2 layers; random words with a repeated segment: previous-token heads (layer 0) "
-    "and induction heads (layer 1)",
-    version=1,
+INDUCTION_TRAINED = ReferenceSpec(
+    name="induction-trained",
+    description="2 attention-only layers trained on random words whose half repeats (halves 4..24, BOS "
+    "on/off, any offset); experimental: on 2 busy cores 1500 steps reached loss 4.35 of 4.85, no induction yet",
+    version=2,
     words=data.INDUCTION_WORDS,
     n_layer=2,
     n_head=4,
     d_model=64,
+    d_mlp=4,
+    attention_only=True,
     n_positions=INDUCTION_SEQ_LEN,
-    steps=2500,
+    steps=3000,
     batch_size=64,
     lr=1e-3,
-    polish_steps=1000,
-    polish_lr=3e-4,
     make_batch=_induction_batch,
-    evaluate=_induction_evaluate,
-    targets={"repeated-segment": 0.9, "induction": 0.9},
+    evaluate=induction_accuracy,
+    targets={"repeated-half (worst cell)": 0.95, "induction": 0.9},
 )
 
 # --- sequences ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,12 @@ class ReferenceSpec:
     """Extra steps after the main schedule, at ``polish_lr`` decaying linearly to zero: sharpens
     the mechanism the main phase found without the risk of a high learning rate switching it."""
     polish_lr: float = 0.0
+    sinusoidal_init: bool = False
+    """Initialise the (trained) position embeddings with sinusoids instead of noise: positions start
+    out related to their neighbours, which a previous-token head needs (it shortens the plateau)."""
+    attention_only: bool = False
+    """Zero and freeze every MLP (a GPT-2 directory still, whose MLPs output exactly zero): the
+    two-layer attention-only models in which induction heads are textbook (Olsson et al. 2022)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class TrainingReport:
     out_dir: Path
     final_loss: float = float("nan")
     targets: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: float = float("nan")
+    """CPU time of the training (all threads): unlike ``seconds``, not inflated by a busy machine."""
 
     @property
     def meets_targets(self) -> bool:
@@ -131,6 +140,20 @@ def build_model(spec: ReferenceSpec, tokenizer: Any, seed: int) -> Any:
     )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
+    if spec.sinusoidal_init:
+        with torch.no_grad():
+            pos = torch.arange(spec.n_positions, dtype=torch.float32)[:, None]
+            freq = torch.exp(-torch.arange(0, spec.d_model, 2, dtype=torch.float32) * (math.log(1e4) / spec.d_model))
+            table = torch.zeros(spec.n_positions, spec.d_model)
+            table[:, 0::2] = torch.sin(pos * freq)
+            table[:, 1::2] = torch.cos(pos * freq)
+            model.transformer.wpe.weight.copy_(table)
+    if spec.attention_only:
+        with torch.no_grad():
+            for block in model.transformer.h:
+                for p in block.mlp.parameters():
+                    p.zero_()
+                    p.requires_grad_(False)
     return model
 
 
@@ -147,7 +170,9 @@ def train_model(
         model.train()
         data_rng = np.random.default_rng([seed, 1])
         state = spec.prepare(np.random.default_rng([seed, 2]), tokenizer, steps) if spec.prepare else tokenizer
-        opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+        opt = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad], lr=spec.lr, weight_decay=spec.weight_decay
+        )
         warmup = min(spec.warmup, max(1, main_steps // 10))
 
         def schedule(step: int) -> float:

@@ -39,7 +39,7 @@ class InductionTask(Task):
 
     def word_pool(self, tokenizer: Any) -> tuple[str, ...]:
         """The words that are one known token both at the prompt's start and after a space."""
-        from discovery.reference.data import INDUCTION_WORDS
+        from discovery.words import INDUCTION_WORDS
 
         unk = getattr(tokenizer, "unk_token_id", None)
 
