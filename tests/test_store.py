@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -486,3 +487,104 @@ def test_cli_sql_refuses_and_prints(store, ids, db_url, capsys):
     assert capsys.readouterr().out.split() == ["n", "2"]
     main(["sql", "SELECT size FROM circuits ORDER BY size", "--db", db_url, "--format", "json"])
     assert capsys.readouterr().out.strip() == '[{"size": 1}, {"size": 1}]'
+
+
+# the audit's injection strings (issue 17): each either smuggled a second statement past the old keyword
+# check, or wrote / ran programs / read files / signalled backends as the store's superuser
+def _injections(marker: Path) -> list[str]:
+    return [
+        "SELECT name'\\'; COMMIT; BEGIN READ WRITE; DELETE FROM jobs; SELECT 'x'",
+        "SELECT 1 --\r; COMMIT; BEGIN READ WRITE; DELETE FROM evaluations",
+        "SELECT 1 --\r; SET statement_timeout = 0",
+        f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'",
+        f"COPY jobs TO '{marker}'",
+        "SELECT pg_read_file('/etc/hostname')",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+        f"ATTACH DATABASE '{marker}' AS smuggled",
+        f"VACUUM INTO '{marker}'",
+        "SELECT set_config('role', 'postgres', false); DELETE FROM jobs",
+    ]
+
+
+def test_injections_are_refused_by_construction_and_write_nothing(store, ids, tmp_path):
+    """Past the keyword check (run_read_only alone) and through it (read_only_sql): refused, nothing
+    written, no file created, no other backend signalled."""
+    store.save_scores(synthetic_scores(3), *ids)
+    store.create_job("greedy", {}, "digits", "m")
+    before = _row_counts(store)
+    marker = tmp_path / "written-by-sql"
+    ran = []
+    with store.engine.connect() as bystander:  # a backend pg_terminate_backend would kill
+        for statement in _injections(marker):
+            for run in (lambda s: run_read_only(store.engine, s), store.read_only_sql):
+                try:
+                    run(statement)
+                    ran.append(statement)
+                except (ReadOnlyViolation, StoreError):
+                    pass
+        assert bystander.exec_driver_sql("SELECT 1").scalar_one() == 1
+    # PostgreSQL refuses every one; SQLite reads "--\r;..." as one commented-out SELECT 1 (its comments
+    # end at a newline only), harmless, and rejects the rest
+    assert ran == ([] if store.dialect == "postgresql" else _injections(marker)[1:3])
+    assert _row_counts(store) == before
+    assert not marker.exists()
+    # the friendly check now reads the two strings that fooled it
+    for statement in _injections(marker)[:3]:
+        with pytest.raises(ReadOnlyViolation, match="statements"):
+            check_read_only(statement)
+
+
+@pytest.mark.integration
+def test_postgresql_sql_runs_as_the_select_only_role(pg_database):
+    from tests.store_fixtures import _pg_schema_url
+
+    store = open_store(_pg_schema_url(pg_database))
+    try:
+        columns, rows = run_read_only(
+            store.engine,
+            "SELECT current_user, r.rolsuper, current_setting('transaction_read_only'), "
+            "current_setting('statement_timeout') FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        assert rows == [("circuits_reader", False, "on", "30s")]
+    finally:
+        store.close()
+
+
+def test_an_endless_query_is_stopped_at_its_timeout(store):
+    """The timeout's plumbing at one second (the default's 30 s is the slow test below)."""
+    endless = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="timeout"):
+        store.read_only_sql(endless, timeout=1.0)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_an_endless_query_is_stopped_at_the_default_timeout(store):
+    from discovery.store.readonly import DEFAULT_TIMEOUT
+
+    endless = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="30 s timeout"):
+        store.read_only_sql(endless)
+    assert DEFAULT_TIMEOUT - 1 < time.monotonic() - started < DEFAULT_TIMEOUT + 15
+
+
+def test_a_huge_result_is_cut_while_fetching(store):
+    """20 M rows, 10 wanted: the row limit applies while streaming (the old code held every row first)."""
+    huge = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 20000000) SELECT i FROM r"
+    started = time.monotonic()
+    columns, rows = store.read_only_sql(huge, max_rows=10)
+    assert rows == [(i,) for i in range(1, 11)]
+    assert time.monotonic() - started < 10  # all 20 M would take minutes
+
+
+def test_reading_commands_refuse_a_mistyped_sqlite_path(tmp_path):
+    from discovery.cli import main
+
+    missing = tmp_path / "typo" / "circuits.db"
+    for args in (["sql", "SELECT 1"], ["runs"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--db", f"sqlite:///{missing}"])
+        assert exit_info.value.code == 1
+    assert not missing.exists() and not missing.parent.exists()

@@ -52,7 +52,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -81,19 +81,30 @@ from discovery.store.records import BestCircuit, DatasetRecord, EvaluationRecord
 _CHUNK = 500  # keys per IN (...) list
 DEFAULT_STALE_SECONDS = 120.0
 
+# the Core tables (mapped classes' __table__ is typed as a FromClause; these are Tables)
 C, E, M, D, J, P = (
-    CircuitRow.__table__,
-    Evaluation.__table__,
-    Model.__table__,
-    DatasetRow.__table__,
-    Job.__table__,
-    PatchingResult.__table__,
+    cast(sa.Table, t)
+    for t in (
+        CircuitRow.__table__,
+        Evaluation.__table__,
+        Model.__table__,
+        DatasetRow.__table__,
+        Job.__table__,
+        PatchingResult.__table__,
+    )
 )
 
 
-def open_store(url: str | None = None, *, create_if_empty: bool = True, check: bool = True) -> Store:
-    """Connect to ``url`` (else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file) and check its schema."""
+def open_store(
+    url: str | None = None, *, create_if_empty: bool = True, check: bool = True, must_exist: bool = False
+) -> Store:
+    """Connect to ``url`` (else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file) and check its schema.
+
+    ``must_exist``: refuse a SQLite file that does not exist yet instead of creating an empty store there
+    (the commands that only read use it, so a mistyped path is an error, not a new empty store)."""
     resolved = database_url(url)
+    if must_exist:
+        _require_sqlite_file(resolved)
     try:
         engine = make_engine(resolved)
     except (sa.exc.SQLAlchemyError, ImportError, ValueError) as e:
@@ -103,6 +114,20 @@ def open_store(url: str | None = None, *, create_if_empty: bool = True, check: b
     if check:
         migrate.check_schema(engine, create_if_empty=create_if_empty)
     return Store(engine)
+
+
+def _require_sqlite_file(url: str) -> None:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as e:
+        raise StoreError(f"not a database URL: {url!r} ({e})") from e
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return
+    from pathlib import Path
+
+    if not Path(database).expanduser().is_file():
+        raise StoreError(f"no store at {database} (is the path mistyped? any command that writes creates it)")
 
 
 def _nan_to_none(x: float | None) -> float | None:
@@ -227,7 +252,9 @@ class Store:
             try:
                 with conn.begin_nested():
                     result = conn.execute(sa.insert(table).values(**row))
-                    inserted.append(result.inserted_primary_key[0])
+                    key = result.inserted_primary_key
+                    if key is not None:
+                        inserted.append(key[0])
             except sa.exc.IntegrityError:
                 pass
         return inserted
@@ -770,11 +797,11 @@ class Store:
                     s = j.result_score or {}
                     out.append(
                         BestCircuit(
-                            j.result_circuit,
+                            cast(Circuit, j.result_circuit),  # the query asked for a result circuit
                             task,
                             j.model,
                             s.get("normalised"),
-                            s.get("metric"),  # type: ignore[arg-type]
+                            s.get("metric"),
                             j.id,
                             j.method,
                             {"params": j.params},
@@ -871,12 +898,15 @@ class Store:
         return [PatchingCell(r.receiver, r.sender_layer, r.sender_head, float(r.effect)) for r in rows]
 
     # --- SQL ---------------------------------------------------------------------------------------
-    def read_only_sql(self, statement: str, max_rows: int | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run one reading statement; returns (column names, rows). Anything that could write is refused
-        (:class:`~discovery.store.readonly.ReadOnlyViolation`), first by reading the statement, then by the
-        database itself (read-only transaction / ``PRAGMA query_only``)."""
+    def read_only_sql(
+        self, statement: str, max_rows: int | None = None, timeout: float | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one reading statement; returns (column names, at most ``max_rows`` rows). Anything that could
+        write is refused (:class:`~discovery.store.readonly.ReadOnlyViolation`): first with a message from
+        reading the statement, then by construction (a SELECT-only role on PostgreSQL, a ``mode=ro``
+        connection on SQLite; see :mod:`discovery.store.readonly`). Stopped after ``timeout`` seconds."""
         check_read_only(statement)
-        return run_read_only(self.engine, statement, max_rows)
+        return run_read_only(self.engine, statement, max_rows, timeout)
 
 
 def _patching_cells(result: Any) -> Iterator[PatchingCell]:
