@@ -106,7 +106,7 @@ def test_in_process_submit_runs_the_job_and_the_cli_prints_it(tmp_path, model_di
     jobs = run_cli(["jobs"], env)
     assert jobs.returncode == 0 and "succeeded" in jobs.stdout
     bad = run_cli(["submit", "--task", "digits", "--method", "nope", "--model", str(model_dir)], env)
-    assert bad.returncode == 1 and "unknown search method 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "unknown search method 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # ----------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_alembic_upgrade_head_from_empty(db_url):
     assert done.returncode == 0, done.stderr
     engine = make_engine(db_url)
     assert TABLES <= set(sa.inspect(engine).get_table_names())
-    assert migrate.current_revisions(engine) == migrate.head_revisions() == ("0001_initial",)
+    assert migrate.current_revisions(engine) == migrate.head_revisions() == ("0002",)
     engine.dispose()
 
 
@@ -77,8 +77,8 @@ def test_migrations_match_models_and_downgrade(db_url):
     from discovery.store.models import Base
 
     engine = make_engine(db_url)
-    assert migrate.upgrade(engine) == ("0001_initial",)
-    assert migrate.upgrade(engine) == ("0001_initial",)  # again: nothing to do
+    assert migrate.upgrade(engine) == ("0002",)
+    assert migrate.upgrade(engine) == ("0002",)  # again: nothing to do
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
@@ -101,8 +101,8 @@ def test_open_store_migrates_an_empty_database(db_url):
 
 def test_outdated_or_unknown_schema_is_refused(db_url, monkeypatch):
     open_store(db_url).close()
-    monkeypatch.setattr(migrate, "head_revisions", lambda: ("0002_future",))
-    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001_initial", "0002_future"})
+    monkeypatch.setattr(migrate, "head_revisions", lambda: ("0003_future",))
+    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001_initial", "0002", "0003_future"})
     with pytest.raises(StoreError, match="circuits db upgrade"):
         open_store(db_url)
     monkeypatch.undo()
@@ -118,6 +118,7 @@ def test_outdated_or_unknown_schema_is_refused(db_url, monkeypatch):
 def test_records_read_back_equal_what_was_written(store, tiny_model, dataset):
     model = store.get_or_create_model(tiny_model.identity)
     assert store.get_or_create_model(tiny_model.identity) == model == store.get_model(model.id)
+    assert model.identity == tiny_model.identity  # the whole identity, d_mlp and vocab size included
     assert (model.name, model.weight_hash, model.n_layers) == (
         tiny_model.identity.name,
         tiny_model.identity.weight_hash,
@@ -175,6 +176,16 @@ def test_records_read_back_equal_what_was_written(store, tiny_model, dataset):
     assert store.get_patching(model.id, ds.id, receiver="1.2.q") == [cells[2]]
 
 
+def _age_heartbeat(store, job_id: int, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    """Set the job's heartbeat ``seconds`` in the past on the database's own clock."""
+    from discovery.store.models import Job, db_seconds_ago
+
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.update(Job.__table__).where(Job.__table__.c.id == job_id).values(heartbeat_at=db_seconds_ago(seconds))
+        )
+
+
 def test_job_lifecycle_and_claims(store, tiny_model):
     from discovery.search.base import SearchResult
 
@@ -183,7 +194,8 @@ def test_job_lifecycle_and_claims(store, tiny_model):
     assert store.claim_job(job, "w2") is False  # running with a fresh heartbeat
     assert store.heartbeat(job, "w1") and not store.heartbeat(job, "w2")
     assert store.update_progress(job, 3, 10, "step 3", worker_id="w1")
-    assert store.claim_job(job, "w2", stale_after=0.0) is True  # stale heartbeat: re-claimed
+    _age_heartbeat(store, job, seconds=3600)  # explicitly old (not a race against the clock's resolution)
+    assert store.claim_job(job, "w2") is True  # stale heartbeat: re-claimed at the default stale time
     rec = store.get_job(job)
     assert (rec.worker_id, rec.attempts, rec.progress_done, rec.progress_message, rec.tasks) == (
         "w2",
@@ -193,7 +205,13 @@ def test_job_lifecycle_and_claims(store, tiny_model):
         ("digits", "months"),
     )
     assert not store.heartbeat(job, "w1")  # the old worker learns it lost the job
-    assert [j.id for j in store.stale_jobs(0.0)] == [job]
+    assert store.stale_jobs() == []  # w2's claim beat its heart
+    _age_heartbeat(store, job, seconds=3600)
+    assert [j.id for j in store.stale_jobs()] == [job]
+    assert store.claim_job(job, "w2") is True  # a worker's own retry reclaims its job at once
+    assert store.get_job(job).attempts == 3
+    with pytest.raises(UsageError, match="above 0"):
+        store.claim_job(job, "w3", stale_after=0.0)
 
     circuit = Circuit.parse("0.1,1.2")
     score = Score(circuit, 0.3, 0.8, 0.4, -0.1, METHOD)
@@ -268,7 +286,10 @@ def test_repeated_evaluate_costs_no_forward_pass(store, tiny_model, dataset):
     assert again.shape == tiny_model.shape and again.method("node") == scores[0].method  # delegated
 
     mixed = again.evaluate(circuits[:2] + [Circuit.parse("1.1")])
-    assert inner.forward_count == 1 and again.cache_misses == 1 and mixed[:2] == scores[:2]
+    # one new circuit computed; the wrapped evaluator (never written into) computes its own two ends once
+    assert inner.forward_count == 1 + 2 and again.cache_misses == 1 and mixed[:2] == scores[:2]
+    assert mixed[2].full == scores[0].full and mixed[2].ablated == scores[0].ablated  # the same ends as stored
+    assert not hasattr(again, "__getattr__") and "full_metric" in vars(inner)  # computed by itself, not seeded
     other = StoredEvaluator(Evaluator(tiny_model, dataset, Ablation(kind="zero")), store)
     other.evaluate(circuits[:1])
     assert other.cache_misses == 1  # another ablation is another evaluation
@@ -481,7 +502,7 @@ def test_cli_sql_refuses_and_prints(store, ids, db_url, capsys):
     store.save_scores(synthetic_scores(2), *ids)
     with pytest.raises(SystemExit) as exit_info:
         main(["sql", "DELETE FROM evaluations", "--db", db_url])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2  # a usage error
     assert "read-only" in capsys.readouterr().err
     main(["sql", "SELECT count(*) AS n FROM evaluations", "--db", db_url, "--format", "csv"])
     assert capsys.readouterr().out.split() == ["n", "2"]

@@ -20,7 +20,7 @@ from discovery.cli import common
 from discovery.cli.common import console, err_console
 from discovery.errors import UsageError
 
-DbOpt = typer.Option(None, "--db", help="database URL (default: CIRCUITS_DATABASE_URL, else the embedded SQLite file)")
+DbOpt = common.DbOpt
 
 
 def _store(url: str | None, must_exist: bool = False) -> Any:
@@ -419,7 +419,7 @@ def cross_score(
                 loaded,
                 dataset,
                 Ablation(
-                    kind=ablation,
+                    kind=ablation,  # type: ignore[arg-type]
                     source=mean_source,  # type: ignore[arg-type]
                     ablate_mlps=ablate_mlps,
                 ),

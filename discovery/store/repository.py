@@ -268,6 +268,8 @@ class Store:
             "n_layers": identity.n_layers,
             "n_heads": identity.n_heads,
             "d_model": identity.d_model,
+            "d_mlp": identity.d_mlp,
+            "vocab_size": identity.vocab_size,
         }
         with self._transaction("saving the model", write=True) as conn:
             self._insert_ignore(conn, M, [row], ["name", "weight_hash"])
@@ -285,7 +287,10 @@ class Store:
 
     @staticmethod
     def _model_record(r: Any) -> ModelRecord:
-        return ModelRecord(r.id, r.name, r.architecture, r.weight_hash, r.n_layers, r.n_heads, r.d_model)
+        identity = ModelIdentity(
+            r.name, r.architecture, r.weight_hash, r.n_layers, r.n_heads, r.d_model, r.d_mlp or 0, r.vocab_size or 0
+        )
+        return ModelRecord(r.id, identity)
 
     def get_or_create_dataset(self, dataset: Any) -> DatasetRecord:
         """``dataset``: a :class:`~discovery.tasks.base.Dataset` (its spec, metric and prompt hash are stored)."""
@@ -556,10 +561,18 @@ class Store:
 
     def claim_job(self, job_id: int, worker_id: str, stale_after: float = DEFAULT_STALE_SECONDS) -> bool:
         """Mark the job running for ``worker_id`` if it is queued, or running with a heartbeat older than
-        ``stale_after`` seconds (its worker died). One conditional UPDATE: returns whether this worker won."""
+        ``stale_after`` seconds (its worker died), or running under this same ``worker_id`` (this worker's
+        own retry after a database blip: it need not wait for its own heartbeat to go stale). One
+        conditional UPDATE: returns whether this worker won."""
+        if not stale_after > 0:
+            raise UsageError(f"stale_after must be above 0 seconds, got {stale_after}")
         stale = sa.and_(
             J.c.status == JobStatus.RUNNING.value,
-            sa.or_(J.c.heartbeat_at.is_(None), J.c.heartbeat_at < db_seconds_ago(stale_after)),
+            sa.or_(
+                J.c.heartbeat_at.is_(None),
+                J.c.heartbeat_at < db_seconds_ago(stale_after),
+                J.c.worker_id == worker_id,
+            ),
         )
         stmt = (
             sa.update(J)
