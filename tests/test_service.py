@@ -67,7 +67,15 @@ def request(model: Path, task: str = "digits", method: str = "greedy", **params)
         ({"model": "ref:no-such-model"}, "unknown reference model 'ref:no-such-model'"),
         ({"ablation": "median"}, "unknown ablation 'median'"),
         ({"corruption": "nonsense"}, "has no corruption 'nonsense'"),
-        ({"n": 0}, "at least 1"),
+        ({"n": 0}, "between 1 and"),
+        # the audit's bad inputs that used to be accepted here and fail on the worker (issue 17)
+        ({"n": 100_000_000}, "between 1 and 100,000"),
+        ({"params": {"target": "nan"}}, "target=nan is not a finite number"),
+        ({"params": {"target": 0.9, "pool": "12.3"}}, "layer 12 is out of range"),
+        ({"params": {"target": 0.9, "start": "99.0"}}, "layer 99 is out of range"),
+        ({"params": {"target": 0.9, "pool": "0.1,banana"}}, "banana"),
+        ({"task_params": {"colour": "red"}}, "task 'digits' has no parameter colour"),
+        ({"device": "cuda"}, "CUDA device"),
     ],
 )
 def test_bad_requests_are_refused_with_a_clear_message(model_dir, change, message):
@@ -75,6 +83,114 @@ def test_bad_requests_are_refused_with_a_clear_message(model_dir, change, messag
 
     with pytest.raises(UsageError, match=message):
         validate_request(replace(request(model_dir), **change))
+
+
+def test_a_corrupt_weights_file_or_a_short_context_is_refused_at_submit(tmp_path, model_dir):
+    import json
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    with pytest.raises(UsageError, match="unreadable"):
+        validate_request(request(broken))
+    short = tmp_path / "short"
+    shutil.copytree(model_dir, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "n_positions": 3}))
+    with pytest.raises(UsageError, match="context is 3 tokens"):
+        validate_request(request(short))
+
+
+def test_prompts_of_unknown_words_are_refused_at_submit(tmp_path):
+    import json
+
+    prompts = tmp_path / "unknown.json"
+    row = {"clean": "zebra quokka", "corrupt": "quokka zebra", "answer": " 1", "wrong": " 2"}
+    prompts.write_text(json.dumps([row] * 4))
+    req = JobRequest(task=f"file:{prompts}", method="greedy", model="ref:sequences", params={"target": 0.9}, n=4)
+    with pytest.raises(UsageError, match="does not know"):
+        validate_request(req)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"CIRCUITS_STALE_AFTER": "0"}, "CIRCUITS_STALE_AFTER=0"),
+        ({"CIRCUITS_STALE_AFTER": "-5"}, "above 0"),
+        ({"CIRCUITS_STALE_AFTER": "soon"}, "a number of seconds"),
+        ({"CIRCUITS_HEARTBEAT_INTERVAL": "60"}, "at most a third of CIRCUITS_STALE_AFTER"),
+        ({"CIRCUITS_REAP_INTERVAL": "nan"}, "above 0"),
+        ({"CIRCUITS_STORE_RETRIES": "2.5"}, "a whole number"),
+    ],
+)
+def test_invalid_service_settings_are_refused_where_they_are_read(monkeypatch, env, message):
+    from discovery.service import reload_settings
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        with pytest.raises(UsageError, match=message):
+            reload_settings()
+    finally:
+        monkeypatch.undo()
+        reload_settings()
+
+
+def test_defaults_are_the_documented_ones():
+    from discovery.service import ServiceSettings
+
+    s = ServiceSettings()
+    assert (s.stale_after, s.heartbeat_interval, s.reap_interval, s.queued_grace) == (120.0, 10.0, 30.0, 60.0)
+
+
+def test_cancel_stops_a_long_evaluate_call_between_passes(tmp_path, long_model_dir):
+    """Exhaustive search evaluates thousands of circuits in one call; a cancel lands between two passes
+    (it used to run to the end of the call: 1,820 circuits after the cancel)."""
+    import threading
+
+    from discovery.service import run_job
+    from discovery.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    job = store.create_job("exhaustive", dict(LONG_PARAMS), "digits", str(long_model_dir), config={"n": N_PROMPTS})
+    stored_at_cancel: list[int] = []
+
+    def cancel_once_running() -> None:
+        while store.job_evaluation_count(job) < 200:
+            time.sleep(0.2)
+        stored_at_cancel.append(store.job_evaluation_count(job))
+        store.cancel_job(job)
+
+    canceller = threading.Thread(target=cancel_once_running, daemon=True)
+    canceller.start()
+    assert run_job(job, store, worker_id="w") == "cancelled"
+    canceller.join(5)
+    after = store.job_evaluation_count(job)
+    # at most the pass in flight and the next one (the checkpoint reads the row at most every 0.5 s)
+    assert after - stored_at_cancel[0] <= 2 * 256, (stored_at_cancel, after)
+    assert after < 6884 and store.get_job(job).status.value == "cancelled"
+    store.close()
+
+
+def test_an_identical_job_already_running_is_joined_not_recomputed(tmp_path, model_dir):
+    from discovery.service import find_identical_active_job, validate_request
+    from discovery.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    req = validate_request(request(model_dir))
+    first = store.create_job(req.method, req.params, req.task, req.model, config=req.settings())
+    store.claim_job(first, "elsewhere")
+    assert find_identical_active_job(store, req) == first
+    other = validate_request(request(model_dir, task="months"))
+    assert find_identical_active_job(store, other) is None
+    import threading
+
+    threading.Timer(1.0, store.cancel_job, args=(first,)).start()  # the other run ends (here: cancelled)
+    sub = submit(request(model_dir), store, broker=False)  # joins it and waits for it to end
+    assert (sub.job_ids, sub.shared) == ([first], [first])
+    assert len(store.list_jobs(limit=100)) == 1 and store.job_evaluation_count(first) == 0  # nothing recomputed
+    store.close()
 
 
 def test_a_directory_without_config_is_not_a_model(tmp_path, model_dir):

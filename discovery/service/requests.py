@@ -134,7 +134,8 @@ def _check_components(spec: Any, params: dict[str, Any], shape: Any, ablate_mlps
 
 def _check_tokens(dataset: Any, tokenizer: Any, n_ctx: int | None) -> None:
     unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is not None:
+    special = {getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
+    if unk is not None and unk not in special:  # GPT-2's "unknown" token is its end-of-text/BOS token
         for ids, example in zip(dataset.clean_ids.tolist(), dataset.examples):
             if unk in ids:
                 raise UsageError(
