@@ -230,6 +230,9 @@ def test_in_process_submit_runs_the_job_and_the_cli_prints_it(tmp_path, model_di
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def services():
+    """Short intervals, and why: these tests check *what* recovery does (redelivery, resume, cancel,
+    retries) at a pace the suite can afford; how long recovery takes at the default settings is
+    test_a_sigkilled_worker_at_default_settings_recovers_within_stale_after_plus_a_minute (slow)."""
     reason = services_available()
     if reason:
         pytest.skip(reason)
@@ -250,9 +253,14 @@ def services():
 @pytest.fixture()
 def service_env(services, monkeypatch):
     """The service's environment in this process too (submit enqueues on the test broker)."""
+    from discovery.service import reload_settings
+
     for k, v in services.items():
         monkeypatch.setenv(k, v)
+    reload_settings()
     yield dict(services)
+    monkeypatch.undo()
+    reload_settings()
 
 
 @pytest.fixture()
@@ -542,11 +550,118 @@ def test_submit_waits_out_a_short_broker_outage_and_reports_a_long_one(service_e
         proxy.stop()
     monkeypatch.setenv("CIRCUITS_PUBLISH_RETRIES", "1")
     jobs_before = len(store.list_jobs(limit=10_000))
-    with pytest.raises(EnqueueError, match="could not enqueue"):
+    with pytest.raises(EnqueueError, match="did not answer.*nothing was queued or stored"):
         submit(request(model_dir), store)
-    failed = store.list_jobs(limit=1)[0]
-    assert len(store.list_jobs(limit=10_000)) == jobs_before + 1
-    assert failed.status.value == "failed" and "could not enqueue" in failed.error_message
+    assert len(store.list_jobs(limit=10_000)) == jobs_before  # refused: no row left behind
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_broker_that_accepts_but_never_answers_is_refused_quickly(service_env, store, model_dir, monkeypatch):
+    import socket
+    import threading
+
+    from discovery.service import EnqueueError
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
+    monkeypatch.setenv("CIRCUITS_BROKER_URL", f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+    monkeypatch.setenv("CIRCUITS_PUBLISH_RETRIES", "0")
+    jobs_before = len(store.list_jobs(limit=10_000))
+    started = time.monotonic()
+    try:
+        with pytest.raises(EnqueueError, match="did not answer"):
+            submit(request(model_dir), store)
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+        for c in accepted:
+            c.close()
+    assert took < 5 + 10  # one try of CIRCUITS_CONNECT_TIMEOUT (5 s), not minutes
+    assert len(store.list_jobs(limit=10_000)) == jobs_before
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_lost_message_is_republished_by_the_workers_reaper(services, monkeypatch, model_dir, tmp_path):
+    """No operator: the queue is emptied (a Redis restarted without persistence) and a worker's reaper
+    finds the queued job with no message and publishes it again. Why shortened: the grace (60 s) and
+    the reaper interval (30 s) are constants; what is tested is that the reaper finds and republishes."""
+    import redis
+
+    from discovery.store.repository import open_store
+
+    env = {**services, "CIRCUITS_QUEUED_GRACE": "2", "CIRCUITS_REAP_INTERVAL": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    store = open_store(env["CIRCUITS_DATABASE_URL"])
+    job_id = submit(request(model_dir, task="number-words"), store).job_ids[0]
+    client = redis.Redis.from_url(env["CIRCUITS_BROKER_URL"])
+    client.delete(env["CIRCUITS_REDIS_PREFIX"] + env["CIRCUITS_QUEUE"])  # the broker loses it
+    client.close()
+    assert queue_length(env) == 0
+    with workers(env, tmp_path, 1) as (w,):
+        job = wait_done(store, job_id, timeout=200)
+        assert "reaper: republished" in w.log()
+    assert job.status.value == "succeeded"
+    store.close()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_sigkilled_worker_at_default_settings_recovers_within_stale_after_plus_a_minute(
+    services, monkeypatch, long_model_dir, tmp_path
+):
+    """Every interval at its default (stale 120 s, heartbeat 10 s, reaper 30 s, visibility 6 h): two
+    workers; the one running the job is SIGKILLed; the other's reaper republishes the job once its
+    heartbeat is stale, and the job ends with the uninterrupted run's circuit within stale-after + 60 s
+    of the kill (it used to stall for the 6-hour visibility timeout)."""
+    from discovery.service import reload_settings
+    from discovery.store.repository import open_store
+
+    keep = (
+        "CIRCUITS_DATABASE_URL",
+        "CIRCUITS_BROKER_URL",
+        "CIRCUITS_REDIS_PREFIX",
+        "CIRCUITS_QUEUE",
+        "OMP_NUM_THREADS",
+    )
+    env = {k: v for k, v in services.items() if k in keep or k == "CIRCUITS_RESULT_BACKEND"}
+    for k in services:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    defaults = reload_settings()
+    assert (defaults.stale_after, defaults.reap_interval) == (120.0, 30.0)
+    store = open_store(env["CIRCUITS_DATABASE_URL"])
+    req = request(long_model_dir, method="exhaustive", **LONG_PARAMS)
+    pool = [Worker(env, tmp_path, "alpha").start(), Worker(env, tmp_path, "beta").start()]
+    try:
+        job_id = submit(req, store).job_ids[0]
+        wait_for(lambda: store.job_evaluation_count(job_id) >= 500, 300, interval=0.1, what="500 evaluations")
+        holder = store.get_job(job_id).worker_id or ""
+        victim = next(w for w in pool if holder.startswith(w.name + "@"))
+        victim.kill()  # SIGKILL: no shutdown, the message stays unacknowledged
+        killed = time.monotonic()
+        assert not store.get_job(job_id).is_finished(), "the job ended before the kill: make it longer"
+        job = wait_done(store, job_id, timeout=defaults.stale_after + 240)
+        recovered_in = time.monotonic() - killed
+    finally:
+        for w in pool:
+            w.kill()
+        monkeypatch.undo()
+        reload_settings()
+    survivor = next(w for w in pool if w is not victim)
+    assert job.status.value == "succeeded", (job.error_type, job.error_message, survivor.log()[-3000:])
+    assert job.worker_id.startswith(survivor.name + "@") and job.attempts >= 2
+    assert recovered_in <= defaults.stale_after + 60, f"recovered {recovered_in:.0f} s after the kill"
+    ref, ref_sub = in_process(req, tmp_path)
+    assert job.result_circuit == ref.get_job(ref_sub.job_ids[0]).result_circuit
+    store.close()
 
 
 @pytest.mark.integration

@@ -33,9 +33,9 @@ _REAPER = None
 def _start_reaper(**_: object) -> None:
     global _REAPER
     from discovery.service.control import Reaper
-    from workers.tasks import store
+    from discovery.service.jobs import open_default_store
 
-    _REAPER = Reaper(store, log=_log.warning).start()
+    _REAPER = Reaper(open_default_store, log=_log.warning).start()
 
 
 @worker_shutdown.connect

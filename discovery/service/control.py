@@ -95,6 +95,7 @@ def reap(store: Any, queued_grace: float | None = None) -> dict[str, list[int]]:
 
 class Reaper:
     """A daemon thread running :func:`reap` every ``CIRCUITS_REAP_INTERVAL`` seconds (a worker starts one).
+    ``store_factory`` is called once, in the thread, for a store of its own (never one shared across fork).
 
     A sweep that fails (the database or the broker away) is logged through ``log`` and tried again at
     the next interval."""
@@ -114,9 +115,11 @@ class Reaper:
         self._stop.set()
 
     def _run(self) -> None:
+        store = None
         while not self._stop.wait(self.interval):
             try:
-                done = reap(self.store_factory())
+                store = store if store is not None else self.store_factory()
+                done = reap(store)
                 if self.log and (done["republished"] or done["failed"]):
                     self.log(f"reaper: republished {done['republished']}, failed abandoned {done['failed']}")
             except Exception as e:  # noqa: BLE001 - a sweep must never kill the worker
