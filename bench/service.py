@@ -7,7 +7,8 @@ for k=4) on a random
 4-layer, 4-head GPT-2, one dataset seed per job. Workers are started (and have imported torch)
 before the clock starts; their start-up time is reported separately. Then ``--small-jobs`` jobs of
 17 circuits each, where the per-job cost (submit-time checks, enqueue, claim, dataset, rows)
-dominates. Needs PostgreSQL and Redis on localhost (as the integration tests: ``CIRCUITS_TEST_PG``, ``CIRCUITS_TEST_REDIS``).
+dominates. Needs PostgreSQL and Redis on localhost (as the integration tests: ``CIRCUITS_TEST_PG``,
+``CIRCUITS_TEST_REDIS``).
 
     python bench/service.py [--jobs 8] [--k 4] [--n 10]
 """
