@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -63,7 +64,7 @@ from discovery.errors import StoreError, UsageError
 from discovery.evaluator import EvaluationMethod, Score
 from discovery.model import ModelIdentity
 from discovery.store import migrate
-from discovery.store.engine import SQLITE_BEGIN, database_url, describe_url, make_engine
+from discovery.store.engine import ENV_VAR, SQLITE_BEGIN, database_url, describe_url, make_engine
 from discovery.store.models import (
     CircuitRow,
     DatasetRow,
@@ -100,10 +101,11 @@ def open_store(
 ) -> Store:
     """Connect to ``url`` (else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file) and check its schema.
 
-    ``must_exist``: refuse a SQLite file that does not exist yet instead of creating an empty store there
-    (the commands that only read use it, so a mistyped path is an error, not a new empty store)."""
+    ``must_exist``: refuse a named SQLite file (``url`` or ``CIRCUITS_DATABASE_URL``) that does not exist yet
+    instead of creating an empty store there (the commands that only read use it, so a mistyped path is an
+    error, not a new empty store); the embedded default file is still created on first use."""
     resolved = database_url(url)
-    if must_exist:
+    if must_exist and (url or os.environ.get(ENV_VAR)):
         _require_sqlite_file(resolved)
     try:
         engine = make_engine(resolved)
