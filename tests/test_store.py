@@ -609,3 +609,113 @@ def test_reading_commands_refuse_a_mistyped_sqlite_path(tmp_path):
             main([*args, "--db", f"sqlite:///{missing}"])
         assert exit_info.value.code == 1
     assert not missing.exists() and not missing.parent.exists()
+
+
+# --- the storage contract: one test class, run on SQLite, PostgreSQL and the in-memory fake ----------------
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration), "memory"])
+def storage(request, tmp_path):  # type: ignore[no-untyped-def]
+    from discovery.store.memory import MemoryStore
+
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    url = f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite" else None
+    if url is None:
+        from tests.store_fixtures import _pg_schema_url
+
+        url = _pg_schema_url(request.getfixturevalue("pg_database"))
+    s = open_store(url)
+    yield s
+    s.close()
+
+
+def _age(storage, job_id: int, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    if hasattr(storage, "age_heartbeat"):
+        storage.age_heartbeat(job_id, seconds)
+    else:
+        _age_heartbeat(storage, job_id, seconds)
+
+
+class TestStorageContract:
+    """What :class:`discovery.store.base.Storage` documents, held by every implementation."""
+
+    def test_it_is_a_storage(self, storage):
+        from discovery.store.base import Storage
+
+        assert isinstance(storage, Storage)
+
+    def test_records_read_back(self, storage, tiny_model, dataset):
+        model = storage.get_or_create_model(tiny_model.identity)
+        assert storage.get_or_create_model(tiny_model.identity) == model == storage.get_model(model.id)
+        assert model.identity == tiny_model.identity
+        ds = storage.get_or_create_dataset(dataset)
+        assert storage.get_or_create_dataset(dataset) == ds == storage.get_dataset(ds.id)
+        assert (ds.task, ds.n_prompts, ds.prompt_hash) == ("digits", dataset.n, dataset.prompt_hash)
+        with pytest.raises(UsageError, match="no stored model"):
+            storage.get_model(99_999)
+        scores = synthetic_scores(5)
+        assert storage.save_scores(scores, model.id, ds.id) == 5
+        assert storage.save_scores(scores[:3] + synthetic_scores(2, offset=5), model.id, ds.id) == 2
+        assert storage.count_evaluations() == 7
+        found = storage.lookup([s.circuit for s in scores], model.id, ds.id, METHOD)
+        assert {k: (v.metric, v.normalised) for k, v in found.items()} == {
+            s.circuit.key: (s.metric, s.normalised) for s in scores
+        }
+        other = EvaluationMethod("zero", METHOD.source, "node", False, "logit_diff")
+        assert storage.lookup([scores[0].circuit], model.id, ds.id, other) == {}
+        assert storage.baseline(model.id, ds.id, METHOD) == (scores[0].full, scores[0].ablated)
+        assert storage.baseline(model.id, ds.id, other) is None
+
+    def test_job_lifecycle_and_claims(self, storage):
+        from discovery.search.base import SearchResult
+
+        job = storage.create_job("greedy", {"target": 0.8}, "digits", "m", config={"n": 8})
+        assert storage.get_job(job).status is JobStatus.QUEUED
+        assert storage.claim_job(job, "w1") and not storage.claim_job(job, "w2")
+        assert storage.update_progress(job, 2, 9, "two", worker_id="w1")
+        assert storage.stale_jobs() == []
+        _age(storage, job, 3600)
+        assert [j.id for j in storage.stale_jobs()] == [job]
+        assert storage.claim_job(job, "w2") and not storage.heartbeat(job, "w1")
+        assert storage.claim_job(job, "w2")  # its own retry
+        rec = storage.get_job(job)
+        assert (rec.worker_id, rec.attempts, rec.progress_done, rec.config) == ("w2", 3, 2, {"n": 8})
+        circuit = Circuit.parse("0.1")
+        score = Score(circuit, 0.3, 0.8, 0.4, -0.1, METHOD)
+        assert storage.finish_job(job, SearchResult("greedy", {}, circuit, score, 3, 0.1, (), {}))
+        rec = storage.get_job(job)
+        assert rec.status is JobStatus.SUCCEEDED and rec.result_circuit == circuit
+        assert rec.result_score["normalised"] == 0.8
+        assert (
+            not storage.cancel_job(job) and not storage.fail_job(job, "E", "late") and not storage.claim_job(job, "w")
+        )
+        with pytest.raises(UsageError, match="no job"):
+            storage.get_job(99_999)
+        with pytest.raises(UsageError, match="above 0"):
+            storage.claim_job(job, "w", stale_after=0)
+
+    def test_one_of_many_threads_claiming_wins(self, storage):
+        jobs = [storage.create_job("greedy", {}, "digits", "m") for _ in range(4)]
+        wins: dict[int, list[str]] = {j: [] for j in jobs}
+        barrier = threading.Barrier(6)
+
+        def claim(i: int) -> None:
+            barrier.wait()
+            for j in jobs:
+                if storage.claim_job(j, f"w{i}"):
+                    wins[j].append(f"w{i}")
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(len(w) == 1 for w in wins.values()), wins
+
+    def test_stored_evaluator_serves_what_it_stored(self, storage, tiny_model, dataset):
+        circuits = [Circuit.parse(t) for t in ("0.1", "0.1,1.2", "1.0,1.3")]
+        first = StoredEvaluator(Evaluator(tiny_model, dataset), storage)
+        scores = first.evaluate(circuits)
+        inner = Evaluator(tiny_model, dataset)
+        again = StoredEvaluator(inner, storage)
+        assert again.evaluate(circuits) == scores and inner.forward_count == 0 and again.cache_hits == 3

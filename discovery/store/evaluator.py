@@ -32,7 +32,7 @@ from discovery.circuit import Circuit
 from discovery.errors import UsageError
 from discovery.evaluator import Score
 from discovery.progress import ProgressCallback
-from discovery.store.repository import Store
+from discovery.store.base import Storage
 
 
 class StoredEvaluator:
@@ -41,7 +41,7 @@ class StoredEvaluator:
     def __init__(
         self,
         evaluator: Any,
-        store: Store,
+        store: Storage,
         job_id: int | None = None,
         batch_size: int = 64,
         checkpoint: Callable[[], None] | None = None,
