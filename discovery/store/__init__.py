@@ -17,10 +17,10 @@ embedded SQLite file in ``platformdirs.user_data_dir("circuit-discovery")``.
 from discovery.store.base import Storage
 from discovery.store.engine import ENV_VAR, database_url, default_sqlite_path
 from discovery.store.evaluator import StoredEvaluator
+from discovery.store.memory import MemoryStore
 from discovery.store.models import JobStatus
 from discovery.store.readonly import ReadOnlyViolation
 from discovery.store.records import BestCircuit, DatasetRecord, EvaluationRecord, JobRecord, ModelRecord, PatchingCell
-from discovery.store.memory import MemoryStore
 from discovery.store.repository import Store, open_store
 
 __all__ = [
