@@ -23,7 +23,7 @@ and nothing here imports :mod:`workers` (the workers import this).
 
 from discovery.service.broker import app_for_environment, celery_config
 from discovery.service.comparison import compare_jobs, comparison_result
-from discovery.service.control import Reaper, cancel, reap, requeue, wait
+from discovery.service.control import Reaper, cancel, fail_abandoned, reap, requeue, wait
 from discovery.service.jobs import (
     COMPARE_METHOD,
     COMPARE_TASK,
@@ -79,6 +79,7 @@ __all__ = [
     "compare_jobs",
     "comparison_result",
     "default_worker_id",
+    "fail_abandoned",
     "find_identical_active_job",
     "open_default_store",
     "reap",

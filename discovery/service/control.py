@@ -55,6 +55,23 @@ def _age(when: datetime | None) -> float:
     return (datetime.now(timezone.utc) - when).total_seconds()
 
 
+def fail_abandoned(store: Any) -> list[int]:
+    """Mark failed the in-process jobs whose process stopped without ending them (killed, or the
+    machine went down): their heartbeat is stale and nothing will ever resume them. Run by every
+    reaper sweep and by each in-process submit, so no row stays "running" forever."""
+    s = settings()
+    failed = []
+    for job in store.stale_jobs(s.stale_after):
+        if (job.worker_id or "").startswith("in-process@") and store.fail_job(
+            job.id,
+            "Abandoned",
+            f"its in-process run ({job.worker_id}) stopped without ending it (no heartbeat for "
+            f"{s.stale_after:g} s); submit it again",
+        ):
+            failed.append(job.id)
+    return failed
+
+
 _REPUBLISHED: dict[int, float] = {}
 """Job id -> when this process last republished it as stale (at most once per stale time)."""
 
@@ -66,16 +83,9 @@ def reap(store: Any, queued_grace: float | None = None) -> dict[str, list[int]]:
     s = settings()
     grace = s.queued_grace if queued_grace is None else queued_grace
     republished: list[int] = []
-    failed: list[int] = []
+    failed = fail_abandoned(store)
     for job in store.stale_jobs(s.stale_after):
         if (job.worker_id or "").startswith("in-process@"):
-            if store.fail_job(
-                job.id,
-                "Abandoned",
-                f"its in-process run ({job.worker_id}) stopped without ending it (no heartbeat for "
-                f"{s.stale_after:g} s); submit it again",
-            ):
-                failed.append(job.id)
             continue
         last = _REPUBLISHED.get(job.id)
         if last is not None and time.monotonic() - last < s.stale_after:

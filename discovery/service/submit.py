@@ -80,6 +80,10 @@ def submit(
     if broker:
         check_broker()
     store = store if store is not None else open_default_store()
+    if not broker:
+        from discovery.service.control import fail_abandoned
+
+        fail_abandoned(store)  # no reaper runs without workers: in-process runs clean up after killed ones
     mode: Literal["queued", "in-process"] = "queued" if broker else "in-process"
     if len(checked) == 1:
         existing = find_identical_active_job(store, checked[0])
