@@ -433,7 +433,7 @@ def test_bad_submissions_are_refused_before_the_queue(service_env, store, model_
         ["submit", "--task", "digits", "--method", "greedy", "--param", "target=x", "--model", str(model_dir)],
         service_env,
     )
-    assert out.returncode == 1 and "target='x' is not a float" in out.stderr
+    assert out.returncode == 2 and "target='x' is not a float" in out.stderr  # a usage error
     assert queue_length(service_env) == before_queue
     assert len(store.list_jobs(limit=10_000)) == before_jobs
 
