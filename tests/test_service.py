@@ -775,3 +775,45 @@ def test_a_killed_in_process_run_is_marked_failed_by_the_next_one(tmp_path, mode
     job = store.get_job(dead)
     assert job.status.value == "failed" and job.error_type == "Abandoned"
     store.close()
+
+
+def test_exit_codes_of_in_process_jobs_failed_and_interrupted(tmp_path, long_model_dir):
+    """A failed in-process job exits 1 (it used to exit 0); Ctrl-C exits 130 and leaves its job cancelled."""
+    import signal
+    import subprocess
+    import sys
+
+    from discovery.store import open_store
+    from tests.service_fixtures import ROOT
+
+    env = {"CIRCUITS_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}", "CIRCUITS_BROKER_URL": ""}
+    base = ["submit", "--method", "exhaustive", "--model", str(long_model_dir), "--n", str(N_PROMPTS)]
+    # the search itself refuses (more circuits than max_circuits): the job fails while running
+    failed = run_cli([*base, "--param", "k=5", "--param", "max_circuits=10"], env, timeout=300)
+    assert failed.returncode == 1, failed.stderr
+    assert "failed" in failed.stdout and "max_circuits" in failed.stdout
+    code = "import sys; from discovery.cli import main; main(sys.argv[1:])"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *base, "--param", "k=5", "--param", "target=2.0"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = open_store(env["CIRCUITS_DATABASE_URL"])
+    try:
+        wait_for(
+            lambda: any(store.job_evaluation_count(j.id) > 50 for j in store.list_jobs(status="running")),
+            240,
+            what="the job running",
+        )
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert store.list_jobs(limit=1)[0].status.value == "cancelled"
+    store.close()
