@@ -159,6 +159,10 @@ class Tracker:
     def circuits_per_pass(self) -> int:
         return int(getattr(self.inner, "circuits_per_pass", 1))
 
+    @property
+    def base_evaluator(self) -> Any:
+        return getattr(self.inner, "base_evaluator", self.inner)
+
     def method(self, level: str = "node") -> Any:
         return self.inner.method(level)
 

@@ -91,6 +91,11 @@ class StoredEvaluator:
     def forward_count(self) -> int:
         return int(getattr(self.evaluator, "forward_count", 0))
 
+    @property
+    def base_evaluator(self) -> Any:
+        """The evaluator whose forward attribution methods differentiate (the Scorer protocol's)."""
+        return getattr(self.evaluator, "base_evaluator", self.evaluator)
+
     def method(self, level: str = "node") -> Any:
         return self.evaluator.method(level)
 
