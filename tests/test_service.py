@@ -141,7 +141,7 @@ def test_defaults_are_the_documented_ones():
     from discovery.service import ServiceSettings
 
     s = ServiceSettings()
-    assert (s.stale_after, s.heartbeat_interval, s.reap_interval, s.queued_grace) == (120.0, 10.0, 30.0, 60.0)
+    assert (s.stale_after, s.heartbeat_interval, s.reap_interval, s.queued_grace) == (120.0, 10.0, 15.0, 60.0)
 
 
 def test_cancel_stops_a_long_evaluate_call_between_passes(tmp_path, long_model_dir):
@@ -589,7 +589,7 @@ def test_a_broker_that_accepts_but_never_answers_is_refused_quickly(service_env,
 def test_a_lost_message_is_republished_by_the_workers_reaper(services, monkeypatch, model_dir, tmp_path):
     """No operator: the queue is emptied (a Redis restarted without persistence) and a worker's reaper
     finds the queued job with no message and publishes it again. Why shortened: the grace (60 s) and
-    the reaper interval (30 s) are constants; what is tested is that the reaper finds and republishes."""
+    the reaper interval (15 s) are constants; what is tested is that the reaper finds and republishes."""
     import redis
 
     from discovery.store.repository import open_store
@@ -616,7 +616,7 @@ def test_a_lost_message_is_republished_by_the_workers_reaper(services, monkeypat
 def test_a_sigkilled_worker_at_default_settings_recovers_within_stale_after_plus_a_minute(
     services, monkeypatch, long_model_dir, tmp_path
 ):
-    """Every interval at its default (stale 120 s, heartbeat 10 s, reaper 30 s, visibility 6 h): two
+    """Every interval at its default (stale 120 s, heartbeat 10 s, reaper 15 s, visibility 6 h): two
     workers; the one running the job is SIGKILLed; the other's reaper republishes the job once its
     heartbeat is stale, and the job ends with the uninterrupted run's circuit within stale-after + 60 s
     of the kill (it used to stall for the 6-hour visibility timeout)."""
@@ -638,7 +638,7 @@ def test_a_sigkilled_worker_at_default_settings_recovers_within_stale_after_plus
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     defaults = reload_settings()
-    assert (defaults.stale_after, defaults.reap_interval) == (120.0, 30.0)
+    assert (defaults.stale_after, defaults.reap_interval) == (120.0, 15.0)
     store = open_store(env["CIRCUITS_DATABASE_URL"])
     # a seed no other test uses: every evaluation is computed here, none served from earlier tests' rows
     req = replace(request(long_model_dir, method="exhaustive", **LONG_PARAMS), seed=17)

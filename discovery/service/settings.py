@@ -12,7 +12,7 @@ silently breaks recovery (``CIRCUITS_STALE_AFTER=0`` would let every delivery st
     Seconds between a running job's heartbeats; at most a third of the stale time.
 ``CIRCUITS_PROGRESS_INTERVAL`` (0.5)
     Least seconds between progress rows.
-``CIRCUITS_REAP_INTERVAL`` (30)
+``CIRCUITS_REAP_INTERVAL`` (15)
     Seconds between two sweeps of a worker's reaper (see :func:`discovery.service.control.reap`).
 ``CIRCUITS_QUEUED_GRACE`` (60)
     Seconds a job may stay queued with no message for it on the broker before the reaper
@@ -42,7 +42,7 @@ class ServiceSettings:
     stale_after: float = 120.0
     heartbeat_interval: float = 10.0
     progress_interval: float = 0.5
-    reap_interval: float = 30.0
+    reap_interval: float = 15.0
     queued_grace: float = 60.0
     busy_retry: float = 15.0
     store_retries: int = 40
