@@ -67,7 +67,15 @@ def request(model: Path, task: str = "digits", method: str = "greedy", **params)
         ({"model": "ref:no-such-model"}, "unknown reference model 'ref:no-such-model'"),
         ({"ablation": "median"}, "unknown ablation 'median'"),
         ({"corruption": "nonsense"}, "has no corruption 'nonsense'"),
-        ({"n": 0}, "at least 1"),
+        ({"n": 0}, "between 1 and"),
+        # the audit's bad inputs that used to be accepted here and fail on the worker (issue 17)
+        ({"n": 100_000_000}, "between 1 and 100,000"),
+        ({"params": {"target": "nan"}}, "target=nan is not a finite number"),
+        ({"params": {"target": 0.9, "pool": "12.3"}}, "layer 12 is out of range"),
+        ({"params": {"target": 0.9, "start": "99.0"}}, "layer 99 is out of range"),
+        ({"params": {"target": 0.9, "pool": "0.1,banana"}}, "banana"),
+        ({"task_params": {"colour": "red"}}, "task 'digits' has no parameter colour"),
+        ({"device": "cuda"}, "CUDA device"),
     ],
 )
 def test_bad_requests_are_refused_with_a_clear_message(model_dir, change, message):
@@ -75,6 +83,114 @@ def test_bad_requests_are_refused_with_a_clear_message(model_dir, change, messag
 
     with pytest.raises(UsageError, match=message):
         validate_request(replace(request(model_dir), **change))
+
+
+def test_a_corrupt_weights_file_or_a_short_context_is_refused_at_submit(tmp_path, model_dir):
+    import json
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights = next(broken.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    with pytest.raises(UsageError, match="unreadable"):
+        validate_request(request(broken))
+    short = tmp_path / "short"
+    shutil.copytree(model_dir, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "n_positions": 3}))
+    with pytest.raises(UsageError, match="context is 3 tokens"):
+        validate_request(request(short))
+
+
+def test_prompts_of_unknown_words_are_refused_at_submit(tmp_path):
+    import json
+
+    prompts = tmp_path / "unknown.json"
+    row = {"clean": "zebra quokka", "corrupt": "quokka zebra", "answer": " 1", "wrong": " 2"}
+    prompts.write_text(json.dumps([row] * 4))
+    req = JobRequest(task=f"file:{prompts}", method="greedy", model="ref:sequences", params={"target": 0.9}, n=4)
+    with pytest.raises(UsageError, match="does not know"):
+        validate_request(req)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"CIRCUITS_STALE_AFTER": "0"}, "CIRCUITS_STALE_AFTER=0"),
+        ({"CIRCUITS_STALE_AFTER": "-5"}, "above 0"),
+        ({"CIRCUITS_STALE_AFTER": "soon"}, "a number of seconds"),
+        ({"CIRCUITS_HEARTBEAT_INTERVAL": "60"}, "at most a third of CIRCUITS_STALE_AFTER"),
+        ({"CIRCUITS_REAP_INTERVAL": "nan"}, "above 0"),
+        ({"CIRCUITS_STORE_RETRIES": "2.5"}, "a whole number"),
+    ],
+)
+def test_invalid_service_settings_are_refused_where_they_are_read(monkeypatch, env, message):
+    from discovery.service import reload_settings
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        with pytest.raises(UsageError, match=message):
+            reload_settings()
+    finally:
+        monkeypatch.undo()
+        reload_settings()
+
+
+def test_defaults_are_the_documented_ones():
+    from discovery.service import ServiceSettings
+
+    s = ServiceSettings()
+    assert (s.stale_after, s.heartbeat_interval, s.reap_interval, s.queued_grace) == (120.0, 10.0, 15.0, 60.0)
+
+
+def test_cancel_stops_a_long_evaluate_call_between_passes(tmp_path, long_model_dir):
+    """Exhaustive search evaluates thousands of circuits in one call; a cancel lands between two passes
+    (it used to run to the end of the call: 1,820 circuits after the cancel)."""
+    import threading
+
+    from discovery.service import run_job
+    from discovery.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    job = store.create_job("exhaustive", dict(LONG_PARAMS), "digits", str(long_model_dir), config={"n": N_PROMPTS})
+    stored_at_cancel: list[int] = []
+
+    def cancel_once_running() -> None:
+        while store.job_evaluation_count(job) < 200:
+            time.sleep(0.2)
+        stored_at_cancel.append(store.job_evaluation_count(job))
+        store.cancel_job(job)
+
+    canceller = threading.Thread(target=cancel_once_running, daemon=True)
+    canceller.start()
+    assert run_job(job, store, worker_id="w") == "cancelled"
+    canceller.join(5)
+    after = store.job_evaluation_count(job)
+    # at most the pass in flight and the next one (the checkpoint reads the row at most every 0.5 s)
+    assert after - stored_at_cancel[0] <= 2 * 256, (stored_at_cancel, after)
+    assert after < 6884 and store.get_job(job).status.value == "cancelled"
+    store.close()
+
+
+def test_an_identical_job_already_running_is_joined_not_recomputed(tmp_path, model_dir):
+    from discovery.service import find_identical_active_job, validate_request
+    from discovery.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    req = validate_request(request(model_dir))
+    first = store.create_job(req.method, req.params, req.task, req.model, config=req.settings())
+    store.claim_job(first, "elsewhere")
+    assert find_identical_active_job(store, req) == first
+    other = validate_request(request(model_dir, task="months"))
+    assert find_identical_active_job(store, other) is None
+    import threading
+
+    threading.Timer(1.0, store.cancel_job, args=(first,)).start()  # the other run ends (here: cancelled)
+    sub = submit(request(model_dir), store, broker=False)  # joins it and waits for it to end
+    assert (sub.job_ids, sub.shared) == ([first], [first])
+    assert len(store.list_jobs(limit=100)) == 1 and store.job_evaluation_count(first) == 0  # nothing recomputed
+    store.close()
 
 
 def test_a_directory_without_config_is_not_a_model(tmp_path, model_dir):
@@ -106,7 +222,7 @@ def test_in_process_submit_runs_the_job_and_the_cli_prints_it(tmp_path, model_di
     jobs = run_cli(["jobs"], env)
     assert jobs.returncode == 0 and "succeeded" in jobs.stdout
     bad = run_cli(["submit", "--task", "digits", "--method", "nope", "--model", str(model_dir)], env)
-    assert bad.returncode == 1 and "unknown search method 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "unknown search method 'nope'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,6 +230,9 @@ def test_in_process_submit_runs_the_job_and_the_cli_prints_it(tmp_path, model_di
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def services():
+    """Short intervals, and why: these tests check *what* recovery does (redelivery, resume, cancel,
+    retries) at a pace the suite can afford; how long recovery takes at the default settings is
+    test_a_sigkilled_worker_at_default_settings_recovers_within_stale_after_plus_a_minute (slow)."""
     reason = services_available()
     if reason:
         pytest.skip(reason)
@@ -134,9 +253,14 @@ def services():
 @pytest.fixture()
 def service_env(services, monkeypatch):
     """The service's environment in this process too (submit enqueues on the test broker)."""
+    from discovery.service import reload_settings
+
     for k, v in services.items():
         monkeypatch.setenv(k, v)
+    reload_settings()
     yield dict(services)
+    monkeypatch.undo()
+    reload_settings()
 
 
 @pytest.fixture()
@@ -309,7 +433,7 @@ def test_bad_submissions_are_refused_before_the_queue(service_env, store, model_
         ["submit", "--task", "digits", "--method", "greedy", "--param", "target=x", "--model", str(model_dir)],
         service_env,
     )
-    assert out.returncode == 1 and "target='x' is not a float" in out.stderr
+    assert out.returncode == 2 and "target='x' is not a float" in out.stderr  # a usage error
     assert queue_length(service_env) == before_queue
     assert len(store.list_jobs(limit=10_000)) == before_jobs
 
@@ -426,11 +550,121 @@ def test_submit_waits_out_a_short_broker_outage_and_reports_a_long_one(service_e
         proxy.stop()
     monkeypatch.setenv("CIRCUITS_PUBLISH_RETRIES", "1")
     jobs_before = len(store.list_jobs(limit=10_000))
-    with pytest.raises(EnqueueError, match="could not enqueue"):
+    with pytest.raises(EnqueueError, match="did not answer.*nothing was queued or stored"):
         submit(request(model_dir), store)
-    failed = store.list_jobs(limit=1)[0]
-    assert len(store.list_jobs(limit=10_000)) == jobs_before + 1
-    assert failed.status.value == "failed" and "could not enqueue" in failed.error_message
+    assert len(store.list_jobs(limit=10_000)) == jobs_before  # refused: no row left behind
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_broker_that_accepts_but_never_answers_is_refused_quickly(service_env, store, model_dir, monkeypatch):
+    import socket
+    import threading
+
+    from discovery.service import EnqueueError
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()[0]), daemon=True).start()
+    monkeypatch.setenv("CIRCUITS_BROKER_URL", f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+    monkeypatch.setenv("CIRCUITS_PUBLISH_RETRIES", "0")
+    jobs_before = len(store.list_jobs(limit=10_000))
+    started = time.monotonic()
+    try:
+        with pytest.raises(EnqueueError, match="did not answer"):
+            submit(request(model_dir), store)
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+        for c in accepted:
+            c.close()
+    assert took < 5 + 10  # one try of CIRCUITS_CONNECT_TIMEOUT (5 s), not minutes
+    assert len(store.list_jobs(limit=10_000)) == jobs_before
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_lost_message_is_republished_by_the_workers_reaper(services, monkeypatch, model_dir, tmp_path):
+    """No operator: the queue is emptied (a Redis restarted without persistence) and a worker's reaper
+    finds the queued job with no message and publishes it again. Why shortened: the grace (60 s) and
+    the reaper interval (15 s) are constants; what is tested is that the reaper finds and republishes."""
+    import redis
+
+    from discovery.store.repository import open_store
+
+    env = {**services, "CIRCUITS_QUEUED_GRACE": "2", "CIRCUITS_REAP_INTERVAL": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    store = open_store(env["CIRCUITS_DATABASE_URL"])
+    job_id = submit(request(model_dir, task="number-words"), store).job_ids[0]
+    client = redis.Redis.from_url(env["CIRCUITS_BROKER_URL"])
+    client.delete(env["CIRCUITS_REDIS_PREFIX"] + env["CIRCUITS_QUEUE"])  # the broker loses it
+    client.close()
+    assert queue_length(env) == 0
+    with workers(env, tmp_path, 1) as (w,):
+        job = wait_done(store, job_id, timeout=200)
+        assert "reaper: republished" in w.log()
+    assert job.status.value == "succeeded"
+    store.close()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_sigkilled_worker_at_default_settings_recovers_within_stale_after_plus_a_minute(
+    services, monkeypatch, long_model_dir, tmp_path
+):
+    """Every interval at its default (stale 120 s, heartbeat 10 s, reaper 15 s, visibility 6 h): two
+    workers; the one running the job is SIGKILLed; the other's reaper republishes the job once its
+    heartbeat is stale, and the job ends with the uninterrupted run's circuit within stale-after + 60 s
+    of the kill (it used to stall for the 6-hour visibility timeout)."""
+    from dataclasses import replace
+
+    from discovery.service import reload_settings
+    from discovery.store.repository import open_store
+
+    keep = (
+        "CIRCUITS_DATABASE_URL",
+        "CIRCUITS_BROKER_URL",
+        "CIRCUITS_REDIS_PREFIX",
+        "CIRCUITS_QUEUE",
+        "OMP_NUM_THREADS",
+    )
+    env = {k: v for k, v in services.items() if k in keep or k == "CIRCUITS_RESULT_BACKEND"}
+    for k in services:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    defaults = reload_settings()
+    assert (defaults.stale_after, defaults.reap_interval) == (120.0, 15.0)
+    store = open_store(env["CIRCUITS_DATABASE_URL"])
+    # a seed no other test uses: every evaluation is computed here, none served from earlier tests' rows
+    req = replace(request(long_model_dir, method="exhaustive", **LONG_PARAMS), seed=17)
+    pool = [Worker(env, tmp_path, "alpha").start(), Worker(env, tmp_path, "beta").start()]
+    try:
+        job_id = submit(req, store).job_ids[0]
+        wait_for(lambda: store.job_evaluation_count(job_id) >= 500, 300, interval=0.1, what="500 evaluations")
+        holder = store.get_job(job_id).worker_id or ""
+        victim = next(w for w in pool if holder.startswith(w.name + "@"))
+        victim.kill()  # SIGKILL: no shutdown, the message stays unacknowledged
+        killed = time.monotonic()
+        assert not store.get_job(job_id).is_finished(), "the job ended before the kill: make it longer"
+        job = wait_done(store, job_id, timeout=defaults.stale_after + 240)
+        recovered_in = time.monotonic() - killed
+    finally:
+        for w in pool:
+            w.kill()
+        monkeypatch.undo()
+        reload_settings()
+    survivor = next(w for w in pool if w is not victim)
+    assert job.status.value == "succeeded", (job.error_type, job.error_message, survivor.log()[-3000:])
+    assert job.worker_id.startswith(survivor.name + "@") and job.attempts >= 2
+    assert recovered_in <= defaults.stale_after + 60, f"recovered {recovered_in:.0f} s after the kill"
+    ref, ref_sub = in_process(req, tmp_path)
+    assert job.result_circuit == ref.get_job(ref_sub.job_ids[0]).result_circuit
+    store.close()
 
 
 @pytest.mark.integration
@@ -526,3 +760,63 @@ def test_circuits_worker_starts_celery_again_when_it_dies(tmp_path):
     started = time.monotonic()
     assert _supervise(child, dict(os.environ)) == 0
     assert flag.exists() and time.monotonic() - started >= 1.0  # it died, waited, ran again
+
+
+def test_a_killed_in_process_run_is_marked_failed_by_the_next_one(tmp_path, model_dir):
+    """A SIGKILLed in-process run cannot end its row; the next in-process submit finds its heartbeat
+    stale (aged explicitly here) and marks it failed, so no row stays "running" forever."""
+    from discovery.service import fail_abandoned
+    from discovery.store import open_store
+    from tests.test_store import _age_heartbeat
+
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    dead = store.create_job("greedy", {"target": 0.9}, "digits", str(model_dir))
+    store.claim_job(dead, "in-process@gone:1")
+    assert fail_abandoned(store) == []  # its heartbeat is fresh: maybe still alive
+    _age_heartbeat(store, dead, seconds=3600)
+    assert fail_abandoned(store) == [dead]
+    job = store.get_job(dead)
+    assert job.status.value == "failed" and job.error_type == "Abandoned"
+    store.close()
+
+
+def test_exit_codes_of_in_process_jobs_failed_and_interrupted(tmp_path, long_model_dir):
+    """A failed in-process job exits 1 (it used to exit 0); Ctrl-C exits 130 and leaves its job cancelled."""
+    import signal
+    import subprocess
+    import sys
+
+    from discovery.store import open_store
+    from tests.service_fixtures import ROOT
+
+    env = {"CIRCUITS_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}", "CIRCUITS_BROKER_URL": ""}
+    base = ["submit", "--method", "exhaustive", "--model", str(long_model_dir), "--n", str(N_PROMPTS)]
+    # the search itself refuses (more circuits than max_circuits): the job fails while running
+    failed = run_cli([*base, "--param", "k=5", "--param", "max_circuits=10"], env, timeout=300)
+    assert failed.returncode == 1, failed.stderr
+    assert "failed" in failed.stdout and "max_circuits" in failed.stdout
+    code = "import sys; from discovery.cli import main; main(sys.argv[1:])"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *base, "--param", "k=5", "--param", "target=2.0"],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = open_store(env["CIRCUITS_DATABASE_URL"])
+    try:
+        wait_for(
+            lambda: any(store.job_evaluation_count(j.id) > 50 for j in store.list_jobs(status="running")),
+            240,
+            what="the job running",
+        )
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert store.list_jobs(limit=1)[0].status.value == "cancelled"
+    store.close()

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ def test_alembic_upgrade_head_from_empty(db_url):
     assert done.returncode == 0, done.stderr
     engine = make_engine(db_url)
     assert TABLES <= set(sa.inspect(engine).get_table_names())
-    assert migrate.current_revisions(engine) == migrate.head_revisions() == ("0001_initial",)
+    assert migrate.current_revisions(engine) == migrate.head_revisions() == ("0002",)
     engine.dispose()
 
 
@@ -76,8 +77,8 @@ def test_migrations_match_models_and_downgrade(db_url):
     from discovery.store.models import Base
 
     engine = make_engine(db_url)
-    assert migrate.upgrade(engine) == ("0001_initial",)
-    assert migrate.upgrade(engine) == ("0001_initial",)  # again: nothing to do
+    assert migrate.upgrade(engine) == ("0002",)
+    assert migrate.upgrade(engine) == ("0002",)  # again: nothing to do
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
@@ -100,8 +101,8 @@ def test_open_store_migrates_an_empty_database(db_url):
 
 def test_outdated_or_unknown_schema_is_refused(db_url, monkeypatch):
     open_store(db_url).close()
-    monkeypatch.setattr(migrate, "head_revisions", lambda: ("0002_future",))
-    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001_initial", "0002_future"})
+    monkeypatch.setattr(migrate, "head_revisions", lambda: ("0003_future",))
+    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001_initial", "0002", "0003_future"})
     with pytest.raises(StoreError, match="circuits db upgrade"):
         open_store(db_url)
     monkeypatch.undo()
@@ -117,6 +118,7 @@ def test_outdated_or_unknown_schema_is_refused(db_url, monkeypatch):
 def test_records_read_back_equal_what_was_written(store, tiny_model, dataset):
     model = store.get_or_create_model(tiny_model.identity)
     assert store.get_or_create_model(tiny_model.identity) == model == store.get_model(model.id)
+    assert model.identity == tiny_model.identity  # the whole identity, d_mlp and vocab size included
     assert (model.name, model.weight_hash, model.n_layers) == (
         tiny_model.identity.name,
         tiny_model.identity.weight_hash,
@@ -174,6 +176,16 @@ def test_records_read_back_equal_what_was_written(store, tiny_model, dataset):
     assert store.get_patching(model.id, ds.id, receiver="1.2.q") == [cells[2]]
 
 
+def _age_heartbeat(store, job_id: int, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    """Set the job's heartbeat ``seconds`` in the past on the database's own clock."""
+    from discovery.store.models import Job, db_seconds_ago
+
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.update(Job.__table__).where(Job.__table__.c.id == job_id).values(heartbeat_at=db_seconds_ago(seconds))
+        )
+
+
 def test_job_lifecycle_and_claims(store, tiny_model):
     from discovery.search.base import SearchResult
 
@@ -182,7 +194,8 @@ def test_job_lifecycle_and_claims(store, tiny_model):
     assert store.claim_job(job, "w2") is False  # running with a fresh heartbeat
     assert store.heartbeat(job, "w1") and not store.heartbeat(job, "w2")
     assert store.update_progress(job, 3, 10, "step 3", worker_id="w1")
-    assert store.claim_job(job, "w2", stale_after=0.0) is True  # stale heartbeat: re-claimed
+    _age_heartbeat(store, job, seconds=3600)  # explicitly old (not a race against the clock's resolution)
+    assert store.claim_job(job, "w2") is True  # stale heartbeat: re-claimed at the default stale time
     rec = store.get_job(job)
     assert (rec.worker_id, rec.attempts, rec.progress_done, rec.progress_message, rec.tasks) == (
         "w2",
@@ -192,7 +205,13 @@ def test_job_lifecycle_and_claims(store, tiny_model):
         ("digits", "months"),
     )
     assert not store.heartbeat(job, "w1")  # the old worker learns it lost the job
-    assert [j.id for j in store.stale_jobs(0.0)] == [job]
+    assert store.stale_jobs() == []  # w2's claim beat its heart
+    _age_heartbeat(store, job, seconds=3600)
+    assert [j.id for j in store.stale_jobs()] == [job]
+    assert store.claim_job(job, "w2") is True  # a worker's own retry reclaims its job at once
+    assert store.get_job(job).attempts == 3
+    with pytest.raises(UsageError, match="above 0"):
+        store.claim_job(job, "w3", stale_after=0.0)
 
     circuit = Circuit.parse("0.1,1.2")
     score = Score(circuit, 0.3, 0.8, 0.4, -0.1, METHOD)
@@ -267,7 +286,10 @@ def test_repeated_evaluate_costs_no_forward_pass(store, tiny_model, dataset):
     assert again.shape == tiny_model.shape and again.method("node") == scores[0].method  # delegated
 
     mixed = again.evaluate(circuits[:2] + [Circuit.parse("1.1")])
-    assert inner.forward_count == 1 and again.cache_misses == 1 and mixed[:2] == scores[:2]
+    # one new circuit computed; the wrapped evaluator (never written into) computes its own two ends once
+    assert inner.forward_count == 1 + 2 and again.cache_misses == 1 and mixed[:2] == scores[:2]
+    assert mixed[2].full == scores[0].full and mixed[2].ablated == scores[0].ablated  # the same ends as stored
+    assert not hasattr(again, "__getattr__") and "full_metric" in vars(inner)  # computed by itself, not seeded
     other = StoredEvaluator(Evaluator(tiny_model, dataset, Ablation(kind="zero")), store)
     other.evaluate(circuits[:1])
     assert other.cache_misses == 1  # another ablation is another evaluation
@@ -480,9 +502,220 @@ def test_cli_sql_refuses_and_prints(store, ids, db_url, capsys):
     store.save_scores(synthetic_scores(2), *ids)
     with pytest.raises(SystemExit) as exit_info:
         main(["sql", "DELETE FROM evaluations", "--db", db_url])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2  # a usage error
     assert "read-only" in capsys.readouterr().err
     main(["sql", "SELECT count(*) AS n FROM evaluations", "--db", db_url, "--format", "csv"])
     assert capsys.readouterr().out.split() == ["n", "2"]
     main(["sql", "SELECT size FROM circuits ORDER BY size", "--db", db_url, "--format", "json"])
     assert capsys.readouterr().out.strip() == '[{"size": 1}, {"size": 1}]'
+
+
+# the audit's injection strings (issue 17): each either smuggled a second statement past the old keyword
+# check, or wrote / ran programs / read files / signalled backends as the store's superuser
+def _injections(marker: Path) -> list[str]:
+    return [
+        "SELECT name'\\'; COMMIT; BEGIN READ WRITE; DELETE FROM jobs; SELECT 'x'",
+        "SELECT 1 --\r; COMMIT; BEGIN READ WRITE; DELETE FROM evaluations",
+        "SELECT 1 --\r; SET statement_timeout = 0",
+        f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'",
+        f"COPY jobs TO '{marker}'",
+        "SELECT pg_read_file('/etc/hostname')",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
+        f"ATTACH DATABASE '{marker}' AS smuggled",
+        f"VACUUM INTO '{marker}'",
+        "SELECT set_config('role', 'postgres', false); DELETE FROM jobs",
+    ]
+
+
+def test_injections_are_refused_by_construction_and_write_nothing(store, ids, tmp_path):
+    """Past the keyword check (run_read_only alone) and through it (read_only_sql): refused, nothing
+    written, no file created, no other backend signalled."""
+    store.save_scores(synthetic_scores(3), *ids)
+    store.create_job("greedy", {}, "digits", "m")
+    before = _row_counts(store)
+    marker = tmp_path / "written-by-sql"
+    ran = []
+    with store.engine.connect() as bystander:  # a backend pg_terminate_backend would kill
+        for statement in _injections(marker):
+            for run in (lambda s: run_read_only(store.engine, s), store.read_only_sql):
+                try:
+                    run(statement)
+                    ran.append(statement)
+                except (ReadOnlyViolation, StoreError):
+                    pass
+        assert bystander.exec_driver_sql("SELECT 1").scalar_one() == 1
+    # PostgreSQL refuses every one; SQLite reads "--\r;..." as one commented-out SELECT 1 (its comments
+    # end at a newline only), harmless, and rejects the rest
+    assert ran == ([] if store.dialect == "postgresql" else _injections(marker)[1:3])
+    assert _row_counts(store) == before
+    assert not marker.exists()
+    # the friendly check now reads the two strings that fooled it
+    for statement in _injections(marker)[:3]:
+        with pytest.raises(ReadOnlyViolation, match="statements"):
+            check_read_only(statement)
+
+
+@pytest.mark.integration
+def test_postgresql_sql_runs_as_the_select_only_role(pg_database):
+    from tests.store_fixtures import _pg_schema_url
+
+    store = open_store(_pg_schema_url(pg_database))
+    try:
+        columns, rows = run_read_only(
+            store.engine,
+            "SELECT current_user, r.rolsuper, current_setting('transaction_read_only'), "
+            "current_setting('statement_timeout') FROM pg_roles r WHERE r.rolname = current_user",
+        )
+        assert rows == [("circuits_reader", False, "on", "30s")]
+    finally:
+        store.close()
+
+
+def test_an_endless_query_is_stopped_at_its_timeout(store):
+    """The timeout's plumbing at one second (the default's 30 s is the slow test below)."""
+    endless = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="timeout"):
+        store.read_only_sql(endless, timeout=1.0)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_an_endless_query_is_stopped_at_the_default_timeout(store):
+    from discovery.store.readonly import DEFAULT_TIMEOUT
+
+    endless = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="30 s timeout"):
+        store.read_only_sql(endless)
+    assert DEFAULT_TIMEOUT - 1 < time.monotonic() - started < DEFAULT_TIMEOUT + 15
+
+
+def test_a_huge_result_is_cut_while_fetching(store):
+    """20 M rows, 10 wanted: the row limit applies while streaming (the old code held every row first)."""
+    huge = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 20000000) SELECT i FROM r"
+    started = time.monotonic()
+    columns, rows = store.read_only_sql(huge, max_rows=10)
+    assert rows == [(i,) for i in range(1, 11)]
+    assert time.monotonic() - started < 10  # all 20 M would take minutes
+
+
+def test_reading_commands_refuse_a_mistyped_sqlite_path(tmp_path):
+    from discovery.cli import main
+
+    missing = tmp_path / "typo" / "circuits.db"
+    for args in (["sql", "SELECT 1"], ["runs"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--db", f"sqlite:///{missing}"])
+        assert exit_info.value.code == 1
+    assert not missing.exists() and not missing.parent.exists()
+
+
+# --- the storage contract: one test class, run on SQLite, PostgreSQL and the in-memory fake ----------------
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration), "memory"])
+def storage(request, tmp_path):  # type: ignore[no-untyped-def]
+    from discovery.store.memory import MemoryStore
+
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    url = f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite" else None
+    if url is None:
+        from tests.store_fixtures import _pg_schema_url
+
+        url = _pg_schema_url(request.getfixturevalue("pg_database"))
+    s = open_store(url)
+    yield s
+    s.close()
+
+
+def _age(storage, job_id: int, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    if hasattr(storage, "age_heartbeat"):
+        storage.age_heartbeat(job_id, seconds)
+    else:
+        _age_heartbeat(storage, job_id, seconds)
+
+
+class TestStorageContract:
+    """What :class:`discovery.store.base.Storage` documents, held by every implementation."""
+
+    def test_it_is_a_storage(self, storage):
+        from discovery.store.base import Storage
+
+        assert isinstance(storage, Storage)
+
+    def test_records_read_back(self, storage, tiny_model, dataset):
+        model = storage.get_or_create_model(tiny_model.identity)
+        assert storage.get_or_create_model(tiny_model.identity) == model == storage.get_model(model.id)
+        assert model.identity == tiny_model.identity
+        ds = storage.get_or_create_dataset(dataset)
+        assert storage.get_or_create_dataset(dataset) == ds == storage.get_dataset(ds.id)
+        assert (ds.task, ds.n_prompts, ds.prompt_hash) == ("digits", dataset.n, dataset.prompt_hash)
+        with pytest.raises(UsageError, match="no stored model"):
+            storage.get_model(99_999)
+        scores = synthetic_scores(5)
+        assert storage.save_scores(scores, model.id, ds.id) == 5
+        assert storage.save_scores(scores[:3] + synthetic_scores(2, offset=5), model.id, ds.id) == 2
+        assert storage.count_evaluations() == 7
+        found = storage.lookup([s.circuit for s in scores], model.id, ds.id, METHOD)
+        assert {k: (v.metric, v.normalised) for k, v in found.items()} == {
+            s.circuit.key: (s.metric, s.normalised) for s in scores
+        }
+        other = EvaluationMethod("zero", METHOD.source, "node", False, "logit_diff")
+        assert storage.lookup([scores[0].circuit], model.id, ds.id, other) == {}
+        assert storage.baseline(model.id, ds.id, METHOD) == (scores[0].full, scores[0].ablated)
+        assert storage.baseline(model.id, ds.id, other) is None
+
+    def test_job_lifecycle_and_claims(self, storage):
+        from discovery.search.base import SearchResult
+
+        job = storage.create_job("greedy", {"target": 0.8}, "digits", "m", config={"n": 8})
+        assert storage.get_job(job).status is JobStatus.QUEUED
+        assert storage.claim_job(job, "w1") and not storage.claim_job(job, "w2")
+        assert storage.update_progress(job, 2, 9, "two", worker_id="w1")
+        assert storage.stale_jobs() == []
+        _age(storage, job, 3600)
+        assert [j.id for j in storage.stale_jobs()] == [job]
+        assert storage.claim_job(job, "w2") and not storage.heartbeat(job, "w1")
+        assert storage.claim_job(job, "w2")  # its own retry
+        rec = storage.get_job(job)
+        assert (rec.worker_id, rec.attempts, rec.progress_done, rec.config) == ("w2", 3, 2, {"n": 8})
+        circuit = Circuit.parse("0.1")
+        score = Score(circuit, 0.3, 0.8, 0.4, -0.1, METHOD)
+        assert storage.finish_job(job, SearchResult("greedy", {}, circuit, score, 3, 0.1, (), {}))
+        rec = storage.get_job(job)
+        assert rec.status is JobStatus.SUCCEEDED and rec.result_circuit == circuit
+        assert rec.result_score["normalised"] == 0.8
+        assert (
+            not storage.cancel_job(job) and not storage.fail_job(job, "E", "late") and not storage.claim_job(job, "w")
+        )
+        with pytest.raises(UsageError, match="no job"):
+            storage.get_job(99_999)
+        with pytest.raises(UsageError, match="above 0"):
+            storage.claim_job(job, "w", stale_after=0)
+
+    def test_one_of_many_threads_claiming_wins(self, storage):
+        jobs = [storage.create_job("greedy", {}, "digits", "m") for _ in range(4)]
+        wins: dict[int, list[str]] = {j: [] for j in jobs}
+        barrier = threading.Barrier(6)
+
+        def claim(i: int) -> None:
+            barrier.wait()
+            for j in jobs:
+                if storage.claim_job(j, f"w{i}"):
+                    wins[j].append(f"w{i}")
+
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(len(w) == 1 for w in wins.values()), wins
+
+    def test_stored_evaluator_serves_what_it_stored(self, storage, tiny_model, dataset):
+        circuits = [Circuit.parse(t) for t in ("0.1", "0.1,1.2", "1.0,1.3")]
+        first = StoredEvaluator(Evaluator(tiny_model, dataset), storage)
+        scores = first.evaluate(circuits)
+        inner = Evaluator(tiny_model, dataset)
+        again = StoredEvaluator(inner, storage)
+        assert again.evaluate(circuits) == scores and inner.forward_count == 0 and again.cache_hits == 3

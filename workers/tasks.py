@@ -7,8 +7,8 @@ All state is in the job's row (claimed with a conditional update), so a task may
 - another worker holds it with a fresh heartbeat -> retry later (if that worker dies, its heartbeat
   goes stale and the retry claims the job, resuming from the evaluations the store kept);
 - otherwise this worker claims it and runs it;
-- the database fails mid-job -> retry later: the retry takes the job over once its heartbeat is
-  stale and resumes from the evaluations stored before the failure.
+- the database fails mid-job -> retry later: the retry (same worker) reclaims its own job at once
+  and resumes from the evaluations stored before the failure.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ def store():
 def _retry_delay() -> float:
     """Seconds before a busy job is tried again: below the visibility timeout, or Redis would hand the
     waiting (unacknowledged) retry to another worker as well."""
-    from workers.app import celery_config
+    from discovery.service.broker import celery_config
+    from discovery.service.settings import settings
 
     visibility = celery_config()["broker_transport_options"]["visibility_timeout"]
-    return min(float(os.environ.get("CIRCUITS_BUSY_RETRY", "15")), max(0.5, visibility / 3))
+    return min(settings().busy_retry, max(0.5, visibility / 3))
 
 
 def _worker_id(task) -> str:
@@ -45,7 +46,9 @@ def _worker_id(task) -> str:
 
 
 def _store_retries() -> int:
-    return int(os.environ.get("CIRCUITS_STORE_RETRIES", "40"))
+    from discovery.service.settings import settings
+
+    return settings().store_retries
 
 
 def _run(task, runner, job_id):

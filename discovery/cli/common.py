@@ -39,6 +39,24 @@ TaskParamOpt = typer.Option(
 )
 
 
+DbOpt = typer.Option(None, "--db", help="store URL (default: CIRCUITS_DATABASE_URL, else the embedded SQLite file)")
+
+
+def parse_params(items: list[str] | None) -> dict[str, Any]:
+    """``--param KEY=VALUE`` items as strings (the method's declared schema coerces them); the same for
+    ``discover`` and ``submit``. A dash in a key is read as an underscore (``max-size`` = ``max_size``)."""
+    params: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param {item!r}: write KEY=VALUE, e.g. --param max_size=10")
+        name = key.strip().replace("-", "_")
+        if name in params:
+            raise UsageError(f"--param {name} given twice")
+        params[name] = value.strip()
+    return params
+
+
 def parse_task_params(items: list[str] | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for item in items or []:
@@ -50,6 +68,11 @@ def parse_task_params(items: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             params[key] = value
     return params
+
+
+def store_enabled() -> bool:
+    """False when ``CIRCUITS_NO_STORE=1``: commands then neither read nor write the store."""
+    return os.environ.get("CIRCUITS_NO_STORE", "").strip().lower() not in ("1", "true", "yes")
 
 
 @contextlib.contextmanager
@@ -80,9 +103,13 @@ def open_model(spec: str, device: str = "cpu") -> LoadedModel:
 def open_dataset(
     model: LoadedModel, task: str, n: int, seed: int, corruption: str | None, task_params: list[str] | None = None
 ) -> Dataset:
-    return build_dataset(
-        get_task(task, **parse_task_params(task_params)), model.tokenizer, n=n, seed=seed, corruption=corruption
-    )
+    from discovery.service.requests import MAX_PROMPTS, check_task_params
+
+    if not 1 <= n <= MAX_PROMPTS:
+        raise UsageError(f"--n {n}: the number of prompts must be between 1 and {MAX_PROMPTS:,}")
+    params = parse_task_params(task_params)
+    check_task_params(task, params)
+    return build_dataset(get_task(task, **params), model.tokenizer, n=n, seed=seed, corruption=corruption)
 
 
 def open_evaluator(
@@ -93,7 +120,7 @@ def open_evaluator(
     ``store=False``, or ``CIRCUITS_NO_STORE=1`` in the environment, gives the bare evaluator."""
     evaluator = Evaluator(model, dataset, Ablation(kind=ablation, source=source, ablate_mlps=ablate_mlps))  # type: ignore[arg-type]
     if store is None:
-        store = os.environ.get("CIRCUITS_NO_STORE", "").strip().lower() not in ("1", "true", "yes")
+        store = store_enabled()
     if not store:
         return evaluator
     from discovery.store import StoredEvaluator, open_store

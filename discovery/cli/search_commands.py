@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
@@ -13,15 +13,7 @@ from discovery.cli import common
 from discovery.cli.common import console
 from discovery.errors import UsageError
 
-
-def parse_params(items: list[str] | None) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--param {item!r}: write KEY=VALUE, e.g. --param max_size=10")
-        params[key.strip().replace("-", "_")] = value.strip()
-    return params
+parse_params = common.parse_params  # one parser for discover and submit
 
 
 def discover(
@@ -57,9 +49,18 @@ def discover(
     spec.validate(params)  # refuse bad parameters before loading anything
     loaded = common.open_model(model, device)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
-    evaluator = common.open_evaluator(loaded, dataset, ablation, mean_source, ablate_mlps)
+    evaluator = common.open_evaluator(loaded, dataset, ablation, mean_source, ablate_mlps, store=False)
+    job_id = None
     with common.progress_bar(f"{method}") as progress:
-        result = run_search(method, evaluator, params, progress)
+        if common.store_enabled():  # recorded as a run (a job row), exactly as `submit` records one
+            from discovery.service import JobRequest, run_discovery
+            from discovery.store import open_store
+
+            request = JobRequest(task, method, model, params, n, seed, corruption, common.parse_task_params(task_param))
+            request = replace(request, ablation=ablation, ablation_source=mean_source, ablate_mlps=ablate_mlps)
+            job_id, result, _ = run_discovery(replace(request, device=device), evaluator, open_store(), progress)
+        else:
+            result = run_search(method, evaluator, params, progress)
     score = result.score
     console.print(f"model        {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
     console.print(f"method       {method} {json.dumps(result.params, default=str)}")
@@ -73,6 +74,8 @@ def discover(
     console.print(f"normalised   {score.normalised:.4f}")
     console.print(f"evaluations  {result.n_evaluations}")
     console.print(f"wall time    {result.seconds:.2f} s")
+    if job_id is not None:
+        console.print(f"run          job {job_id} (circuits runs lists it)")
     title = f"{method}: {score.normalised:.3f} normalised, {dataset.description}"
     draw_circuit(result.circuit, png, title=title)
     console.print(f"graph        {png}")

@@ -19,20 +19,11 @@ from discovery.cli.common import console, err_console
 from discovery.errors import UsageError
 
 
-def _parse_params(items: list[str] | None) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--param {item!r}: write KEY=VALUE")
-        params[key.strip()] = value.strip()  # the method's declared schema coerces the string
-    return params
-
-
-def _store(database: str | None) -> Any:
+def _store(db: str | None, must_exist: bool = True) -> Any:
+    """The store; commands that only read or change existing jobs refuse a SQLite file that is not there."""
     from discovery.service import open_default_store
 
-    return open_default_store(database)
+    return open_default_store(db, must_exist=must_exist)
 
 
 def _get(job: Any, name: str, default: Any = None) -> Any:
@@ -63,7 +54,7 @@ def submit(
     ablate_mlps: bool = common.MlpsOpt,
     device: str = common.DeviceOpt,
     task_param: list[str] | None = common.TaskParamOpt,
-    database: str | None = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    db: str | None = common.DbOpt,
     in_process: bool = typer.Option(False, "--in-process", help="run here even if a broker is configured"),
     wait: bool = typer.Option(False, "--wait", help="with a broker: wait for the jobs and print their results"),
 ) -> None:
@@ -71,7 +62,7 @@ def submit(
     from discovery.service import JobRequest
     from discovery.service import submit as submit_jobs
 
-    params = _parse_params(param)
+    params = common.parse_params(param)
     if target is not None:
         params["target"] = target
     task_params = common.parse_task_params(task_param)
@@ -92,18 +83,22 @@ def submit(
         )
         for t in task
     ]
-    store = _store(database)
+    store = _store(db, must_exist=False)
     if in_process or not os.environ.get("CIRCUITS_BROKER_URL"):
         with common.progress_bar("running") as bar:
             sub = submit_jobs(requests, store, broker=False, progress=bar)
+        for job_id in sub.shared:
+            err_console.print(f"job {job_id} with the same request was already queued or running: joined it")
         for job_id in sub.all_ids:
             _print_job(store.get_job(job_id))
-        if any(o == "failed" for o in sub.outcomes.values()):
+        ended = [store.get_job(j) for j in sub.all_ids]
+        if any(_get(j, "status") != "succeeded" for j in ended):
             raise typer.Exit(1)
         return
     sub = submit_jobs(requests, store)
     for job_id, t in zip(sub.job_ids, task):
-        console.print(f"{job_id}\tqueued\t{method} on {t}")
+        joined = " (an identical job was already queued or running: joined it)" if job_id in sub.shared else ""
+        console.print(f"{job_id}\tqueued\t{method} on {t}{joined}")
     if sub.compare_job_id is not None:
         console.print(f"{sub.compare_job_id}\tqueued\tcompare {', '.join(task)}")
     if wait:
@@ -113,16 +108,16 @@ def submit(
             done = wait_for_jobs(sub.all_ids, store, progress=bar)
         for job in done:
             _print_job(job, store)
-        if any(_get(j, "status") == "failed" for j in done):
+        if any(_get(j, "status") != "succeeded" for j in done):
             raise typer.Exit(1)
 
 
 def jobs(
     limit: int = typer.Option(50, "--limit", help="most recent jobs shown"),
-    database: str | None = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    db: str | None = common.DbOpt,
 ) -> None:
     """List jobs with their status and progress."""
-    store = _store(database)
+    store = _store(db)
     table = Table("id", "status", "method", "task", "progress", "result", "worker", "created")
     for job in store.list_jobs(limit=limit):
         score = (job.result_score or {}).get("normalised")
@@ -146,12 +141,13 @@ def jobs(
 
 def status(
     job_id: str = typer.Argument(..., help="job id"),
-    database: str | None = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    db: str | None = common.DbOpt,
     as_json: bool = typer.Option(False, "--json", help="print the job's result as JSON"),
 ) -> None:
     """Show a job: status, evaluations done, best circuit so far (or the result) and its score."""
-    store = _store(database)
-    job = store.get_job(_job_key(job_id))
+    key = _job_key(job_id)
+    store = _store(db)
+    job = store.get_job(key)
     if as_json:
         console.print(
             json.dumps(
@@ -172,23 +168,27 @@ def status(
 
 def cancel(
     job_id: str = typer.Argument(..., help="job id"),
-    database: str | None = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    db: str | None = common.DbOpt,
 ) -> None:
-    """Cancel a job: a queued job never starts, a running one stops at its next progress report."""
+    """Cancel a job: a queued job never starts, a running one stops within one evaluation pass."""
     from discovery.service import cancel as cancel_job
 
-    job = cancel_job(_job_key(job_id), _store(database))
+    key = _job_key(job_id)
+    job = cancel_job(key, _store(db))
     console.print(f"{job.id}\t{_get(job, 'status')}")
 
 
 def requeue(
-    job_id: list[str] | None = typer.Argument(None, help="job ids (default: every running job with a stale heartbeat)"),
-    database: str | None = typer.Option(None, "--database", help="store URL (default: CIRCUITS_DATABASE_URL)"),
+    job_id: list[str] | None = typer.Argument(
+        None, help="job ids (default: stale running jobs and queued jobs with no message on the broker)"
+    ),
+    db: str | None = common.DbOpt,
 ) -> None:
-    """Publish jobs' messages again (after a broker lost its data); duplicates are harmless."""
+    """Publish jobs' messages again (workers' reapers do this on their own); duplicates are harmless."""
     from discovery.service import requeue as requeue_jobs
 
-    ids = requeue_jobs(_store(database), [_job_key(j) for j in job_id] if job_id else None)
+    keys = [_job_key(j) for j in job_id] if job_id else None
+    ids = requeue_jobs(_store(db), keys)
     console.print(f"requeued {len(ids)} job(s){': ' + ', '.join(map(str, ids)) if ids else ''}")
 
 

@@ -17,16 +17,16 @@ from rich.table import Table
 
 from discovery.circuit import Circuit
 from discovery.cli import common
-from discovery.cli.common import console
+from discovery.cli.common import console, err_console
 from discovery.errors import UsageError
 
-DbOpt = typer.Option(None, "--db", help="database URL (default: CIRCUITS_DATABASE_URL, else the embedded SQLite file)")
+DbOpt = common.DbOpt
 
 
-def _store(url: str | None) -> Any:
+def _store(url: str | None, must_exist: bool = False) -> Any:
     from discovery.store import open_store
 
-    return open_store(url)
+    return open_store(url, must_exist=must_exist)
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -47,15 +47,18 @@ db_app = typer.Typer(no_args_is_help=True, help="The store's schema: upgrade it,
 
 @db_app.command("upgrade")
 def db_upgrade(db: str | None = DbOpt, revision: str = typer.Option("head", help="target revision")) -> None:
-    """Create or migrate the store's tables to the newest schema (safe to run again)."""
+    """Create or migrate the store's tables to the newest schema (safe to run again); on PostgreSQL also
+    create the SELECT-only role ``circuits sql`` connects as (CIRCUITS_SQL_ROLE, default circuits_reader)."""
     from discovery.store import migrate
     from discovery.store.engine import database_url, describe_url, make_engine
+    from discovery.store.readonly import ensure_reader_role
 
     url = database_url(db)
     engine = make_engine(url)
     try:
         before = migrate.current_revisions(engine)
         after = migrate.upgrade(engine, revision)
+        reader = ensure_reader_role(engine)
     finally:
         engine.dispose()
     where = describe_url(url)
@@ -63,6 +66,7 @@ def db_upgrade(db: str | None = DbOpt, revision: str = typer.Option("head", help
         console.print(f"{where}: already at {', '.join(after) or '(empty)'}")
     else:
         console.print(f"{where}: {', '.join(before) or '(empty)'} -> {', '.join(after)}")
+    console.print(reader)
 
 
 @db_app.command("current")
@@ -96,7 +100,7 @@ def runs(
     task: str | None = typer.Option(None, help="only jobs of this task"),
 ) -> None:
     """Jobs (newest first) and a summary of the stored evaluations per model, task and method."""
-    store = _store(db)
+    store = _store(db, must_exist=True)
     jobs = store.list_jobs(status=status, task=task, limit=limit)
     table = Table(
         "job",
@@ -169,7 +173,7 @@ def show(
     target: str = typer.Argument(..., help="a circuit (e.g. 0.1,4.4) or a job id"), db: str | None = DbOpt
 ) -> None:
     """A circuit's stored scores across models, tasks and methods, or a job's details."""
-    store = _store(db)
+    store = _store(db, must_exist=True)
     if _is_job_id(target):
         job = store.get_job(int(target))
         rows = [
@@ -241,7 +245,10 @@ def sql(
     statement: str = typer.Argument(..., help='one read-only statement, e.g. "SELECT * FROM jobs"'),
     db: str | None = DbOpt,
     format: str = typer.Option("table", "--format", "-f", help="table, csv or json"),
-    max_rows: int | None = typer.Option(None, "--max-rows", help="print at most this many rows"),
+    max_rows: int = typer.Option(1000, "--max-rows", help="print at most this many rows (fetched no further)"),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="stop the statement after this many seconds (default CIRCUITS_SQL_TIMEOUT, 30)"
+    ),
 ) -> None:
     """Run one read-only SQL statement on the store (anything that could write is refused).
 
@@ -249,8 +256,16 @@ def sql(
     """
     if format not in ("table", "csv", "json"):
         raise UsageError(f"--format {format!r}: choose table, csv or json")
-    store = _store(db)
-    columns, rows = store.read_only_sql(statement, max_rows=max_rows)
+    if max_rows < 1:
+        raise UsageError(f"--max-rows {max_rows}: at least 1")
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"--timeout {timeout}: a number of seconds above 0")
+    store = _store(db, must_exist=True)
+    columns, rows = store.read_only_sql(statement, max_rows=max_rows + 1, timeout=timeout)
+    truncated = len(rows) > max_rows
+    rows = rows[:max_rows]
+    if truncated:
+        err_console.print(f"(only the first {max_rows} rows: --max-rows N shows more)")
     if format == "json":
         from discovery.store.repository import json_safe
 
@@ -279,7 +294,7 @@ def compare(
     """Shared and distinct components and edges of two circuits, and their Jaccard similarity."""
     from discovery.compare import compare as compare_circuits
 
-    store = _store(db) if _is_job_id(a) or _is_job_id(b) else None
+    store = _store(db, must_exist=True) if _is_job_id(a) or _is_job_id(b) else None
     ca, label_a = _circuit_of(store, a) if store else (Circuit.parse(a), "circuit")
     cb, label_b = _circuit_of(store, b) if store else (Circuit.parse(b), "circuit")
     result = compare_circuits(ca, cb)
@@ -333,7 +348,7 @@ def overlap(
 
     if len(task) < 2:
         raise UsageError("overlap needs at least two --task options")
-    store = _store(db)
+    store = _store(db, must_exist=True)
     best = {t: _best(store, t, model, threshold) for t in task}
     for t, b in best.items():
         origin = (
@@ -404,7 +419,7 @@ def cross_score(
                 loaded,
                 dataset,
                 Ablation(
-                    kind=ablation,
+                    kind=ablation,  # type: ignore[arg-type]
                     source=mean_source,  # type: ignore[arg-type]
                     ablate_mlps=ablate_mlps,
                 ),

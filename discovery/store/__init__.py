@@ -1,19 +1,23 @@
 """Persistence: every evaluated circuit, its score, task, model, ablation and job, in SQL.
 
+- :class:`Storage` (:mod:`discovery.store.base`): the documented storage interface, implemented by the
+  SQL store and by :class:`MemoryStore` (:mod:`discovery.store.memory`, an in-memory fake);
 - :func:`open_store` / :class:`Store` (:mod:`discovery.store.repository`): the documented repository
   (thread safety, errors, every method), returning frozen records (:mod:`discovery.store.records`);
 - :class:`StoredEvaluator` (:mod:`discovery.store.evaluator`): the evaluator decorator that serves
   stored scores and persists new ones;
 - :mod:`discovery.store.models`: the tables; :mod:`discovery.store.migrate`: Alembic, configured from
   Python (the scripts ship in the top-level ``migrations`` package);
-- :mod:`discovery.store.readonly`: the guards behind ``circuits sql``.
+- :mod:`discovery.store.readonly`: ``circuits sql``, read-only by construction.
 
 The database is ``CIRCUITS_DATABASE_URL`` (any SQLAlchemy URL; PostgreSQL for the service), else an
 embedded SQLite file in ``platformdirs.user_data_dir("circuit-discovery")``.
 """
 
+from discovery.store.base import Storage
 from discovery.store.engine import ENV_VAR, database_url, default_sqlite_path
 from discovery.store.evaluator import StoredEvaluator
+from discovery.store.memory import MemoryStore
 from discovery.store.models import JobStatus
 from discovery.store.readonly import ReadOnlyViolation
 from discovery.store.records import BestCircuit, DatasetRecord, EvaluationRecord, JobRecord, ModelRecord, PatchingCell
@@ -26,9 +30,11 @@ __all__ = [
     "EvaluationRecord",
     "JobRecord",
     "JobStatus",
+    "MemoryStore",
     "ModelRecord",
     "PatchingCell",
     "ReadOnlyViolation",
+    "Storage",
     "Store",
     "StoredEvaluator",
     "database_url",

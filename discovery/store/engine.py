@@ -47,6 +47,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url`` with the SQLite settings above (the parent folder of a SQLite file is created)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
+            # a server that accepts and never answers must not hang a submit or a worker for minutes
+            from discovery.service.settings import settings  # a leaf module: no import cycle
+
+            connect_args = {
+                "connect_timeout": max(1, int(settings().connect_timeout)),
+                **kwargs.pop("connect_args", {}),
+            }
+            return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
         return sa.create_engine(url, pool_pre_ping=True, **kwargs)
     database = parsed.database
     if database and database != ":memory:" and not database.startswith("file:"):

@@ -1,8 +1,9 @@
 """Storage as a decorator on the evaluator: every score is persisted, a stored one costs no forward pass.
 
-:class:`StoredEvaluator` has the :class:`~discovery.evaluator.Evaluator` interface: ``evaluate(circuits,
-progress) -> list[Score]``; any other attribute (``shape``, ``model``, ``dataset``, ``method()``...) is the
-wrapped evaluator's. For each call it
+:class:`StoredEvaluator` has the :class:`~discovery.evaluator.Evaluator` interface a search uses
+(``evaluate(circuits, progress) -> list[Score]``, ``shape``, ``model``, ``dataset``, ``ablation``,
+``method()``, ``full_metric``, ``ablated_metric``), each delegated explicitly to the wrapped evaluator,
+which it never modifies. For each call it
 
 1. looks the circuits up in the store (same model, dataset and evaluation method) and serves those
    found (``cache_hits``);
@@ -14,7 +15,8 @@ wrapped evaluator's. For each call it
    exists (each batch is one transaction).
 
 ``full_metric`` / ``ablated_metric`` come from any stored score under the same method when one exists,
-so a re-run where every circuit is stored runs no forward pass at all.
+so a re-run where every circuit is stored runs no forward pass at all. ``checkpoint`` (optional) is
+called before every pass: a job's checks whether it was cancelled, so a long call stops within a pass.
 
 Two processes evaluating the same circuits at once both compute them; the store keeps one row per
 evaluation (insert-or-ignore) and both get equal scores.
@@ -22,24 +24,33 @@ evaluation (insert-or-ignore) and both get equal scores.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
 
 from discovery.circuit import Circuit
+from discovery.errors import UsageError
 from discovery.evaluator import Score
 from discovery.progress import ProgressCallback
-from discovery.store.repository import Store
+from discovery.store.base import Storage
 
 
 class StoredEvaluator:
     """Serves stored scores and persists new ones; see the module docstring."""
 
-    def __init__(self, evaluator: Any, store: Store, job_id: int | None = None, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        evaluator: Any,
+        store: Storage,
+        job_id: int | None = None,
+        batch_size: int = 64,
+        checkpoint: Callable[[], None] | None = None,
+    ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         self.evaluator = evaluator
         self.store = store
+        self.checkpoint = checkpoint
         self.job_id = job_id
         self.batch_size = batch_size
         self.cache_hits = 0
@@ -55,11 +66,38 @@ class StoredEvaluator:
     def dataset_id(self) -> int:
         return self.dataset_record.id
 
-    def __getattr__(self, name: str) -> Any:
-        # only called for attributes not found on self: delegate to the wrapped evaluator
-        if name == "evaluator":
-            raise AttributeError(name)
-        return getattr(self.evaluator, name)
+    # --- the wrapped evaluator's interface, delegated explicitly ----------------------------------
+    @property
+    def shape(self) -> Any:
+        return self.evaluator.shape
+
+    @property
+    def model(self) -> Any:
+        return self.evaluator.model
+
+    @property
+    def dataset(self) -> Any:
+        return self.evaluator.dataset
+
+    @property
+    def ablation(self) -> Any:
+        return self.evaluator.ablation
+
+    @property
+    def circuits_per_pass(self) -> int:
+        return int(getattr(self.evaluator, "circuits_per_pass", self.batch_size))
+
+    @property
+    def forward_count(self) -> int:
+        return int(getattr(self.evaluator, "forward_count", 0))
+
+    @property
+    def base_evaluator(self) -> Any:
+        """The evaluator whose forward attribution methods differentiate (the Scorer protocol's)."""
+        return getattr(self.evaluator, "base_evaluator", self.evaluator)
+
+    def method(self, level: str = "node") -> Any:
+        return self.evaluator.method(level)
 
     # --- the two ends of the normalisation ----------------------------------------------------
     @cached_property
@@ -67,13 +105,10 @@ class StoredEvaluator:
         return self.store.baseline(self.model_id, self.dataset_id, self.evaluator.method("node"))
 
     def _baseline(self, which: str) -> float:
-        inner = self.evaluator
-        if which not in vars(inner) and self._stored_baseline is not None:
-            value = self._stored_baseline[0 if which == "full_metric" else 1]
-            if isinstance(getattr(type(inner), which, None), cached_property):
-                vars(inner)[which] = value  # seed the wrapped evaluator's cache: it will not recompute it
-            return value
-        return float(getattr(inner, which))
+        # the stored value when there is one (no forward pass); else the wrapped evaluator's own
+        if self._stored_baseline is not None:
+            return self._stored_baseline[0 if which == "full_metric" else 1]
+        return float(getattr(self.evaluator, which))
 
     @property
     def full_metric(self) -> float:
@@ -102,11 +137,11 @@ class StoredEvaluator:
         if progress and done_before:
             progress(done_before, total, "circuits served from the store")
         if missing:
-            # make sure both ends exist (from the store if possible) before the wrapped evaluator needs them
-            self.full_metric, self.ablated_metric  # noqa: B018
-            per_pass = max(self.batch_size, int(getattr(self.evaluator, "circuits_per_pass", self.batch_size)))
+            per_pass = max(self.batch_size, self.circuits_per_pass)
             computed = 0
             for start in range(0, len(missing), per_pass):
+                if self.checkpoint is not None:
+                    self.checkpoint()
                 chunk = missing[start : start + per_pass]
                 scores = self.evaluator.evaluate(chunk)
                 self.cache_misses += len(chunk)

@@ -98,6 +98,9 @@ def check_schema(engine: Engine, create_if_empty: bool = True) -> None:
         if not create_if_empty:
             raise StoreError(f"the database at {where} has no store schema: run `{UPGRADE_COMMAND}`")
         upgrade(engine)
+        from discovery.store.readonly import ensure_reader_role
+
+        ensure_reader_role(engine)  # circuits sql's role (a user without CREATEROLE just gets no role)
         return
     unknown = current - known_revisions()
     if unknown:

@@ -111,6 +111,9 @@ class Model(Base):
     n_layers: Mapped[int]
     n_heads: Mapped[int]
     d_model: Mapped[int]
+    d_mlp: Mapped[int | None]
+    """NULL for rows written before revision 0002 (unknown)."""
+    vocab_size: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
 
 

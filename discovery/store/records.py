@@ -12,6 +12,7 @@ from typing import Any
 
 from discovery.circuit import Circuit
 from discovery.evaluator import EvaluationMethod, Score
+from discovery.model import ModelIdentity
 from discovery.store.models import JobStatus
 
 __all__ = ["BestCircuit", "DatasetRecord", "EvaluationRecord", "JobRecord", "JobStatus", "ModelRecord", "PatchingCell"]
@@ -19,13 +20,31 @@ __all__ = ["BestCircuit", "DatasetRecord", "EvaluationRecord", "JobRecord", "Job
 
 @dataclass(frozen=True)
 class ModelRecord:
+    """A stored model: its row id and its :class:`~discovery.model.ModelIdentity` (d_mlp and vocab_size
+    are 0 for rows stored before schema revision 0002: unknown)."""
+
     id: int
-    name: str
-    architecture: str
-    weight_hash: str
-    n_layers: int
-    n_heads: int
-    d_model: int
+    identity: ModelIdentity
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    @property
+    def weight_hash(self) -> str:
+        return self.identity.weight_hash
+
+    @property
+    def architecture(self) -> str:
+        return self.identity.architecture
+
+    @property
+    def n_layers(self) -> int:
+        return self.identity.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.identity.n_heads
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -63,7 +64,7 @@ from discovery.errors import StoreError, UsageError
 from discovery.evaluator import EvaluationMethod, Score
 from discovery.model import ModelIdentity
 from discovery.store import migrate
-from discovery.store.engine import SQLITE_BEGIN, database_url, describe_url, make_engine
+from discovery.store.engine import ENV_VAR, SQLITE_BEGIN, database_url, describe_url, make_engine
 from discovery.store.models import (
     CircuitRow,
     DatasetRow,
@@ -81,19 +82,31 @@ from discovery.store.records import BestCircuit, DatasetRecord, EvaluationRecord
 _CHUNK = 500  # keys per IN (...) list
 DEFAULT_STALE_SECONDS = 120.0
 
+# the Core tables (mapped classes' __table__ is typed as a FromClause; these are Tables)
 C, E, M, D, J, P = (
-    CircuitRow.__table__,
-    Evaluation.__table__,
-    Model.__table__,
-    DatasetRow.__table__,
-    Job.__table__,
-    PatchingResult.__table__,
+    cast(sa.Table, t)
+    for t in (
+        CircuitRow.__table__,
+        Evaluation.__table__,
+        Model.__table__,
+        DatasetRow.__table__,
+        Job.__table__,
+        PatchingResult.__table__,
+    )
 )
 
 
-def open_store(url: str | None = None, *, create_if_empty: bool = True, check: bool = True) -> Store:
-    """Connect to ``url`` (else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file) and check its schema."""
+def open_store(
+    url: str | None = None, *, create_if_empty: bool = True, check: bool = True, must_exist: bool = False
+) -> Store:
+    """Connect to ``url`` (else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file) and check its schema.
+
+    ``must_exist``: refuse a named SQLite file (``url`` or ``CIRCUITS_DATABASE_URL``) that does not exist yet
+    instead of creating an empty store there (the commands that only read use it, so a mistyped path is an
+    error, not a new empty store); the embedded default file is still created on first use."""
     resolved = database_url(url)
+    if must_exist and (url or os.environ.get(ENV_VAR)):
+        _require_sqlite_file(resolved)
     try:
         engine = make_engine(resolved)
     except (sa.exc.SQLAlchemyError, ImportError, ValueError) as e:
@@ -103,6 +116,20 @@ def open_store(url: str | None = None, *, create_if_empty: bool = True, check: b
     if check:
         migrate.check_schema(engine, create_if_empty=create_if_empty)
     return Store(engine)
+
+
+def _require_sqlite_file(url: str) -> None:
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError as e:
+        raise StoreError(f"not a database URL: {url!r} ({e})") from e
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return
+    from pathlib import Path
+
+    if not Path(database).expanduser().is_file():
+        raise StoreError(f"no store at {database} (is the path mistyped? any command that writes creates it)")
 
 
 def _nan_to_none(x: float | None) -> float | None:
@@ -227,7 +254,9 @@ class Store:
             try:
                 with conn.begin_nested():
                     result = conn.execute(sa.insert(table).values(**row))
-                    inserted.append(result.inserted_primary_key[0])
+                    key = result.inserted_primary_key
+                    if key is not None:
+                        inserted.append(key[0])
             except sa.exc.IntegrityError:
                 pass
         return inserted
@@ -241,6 +270,8 @@ class Store:
             "n_layers": identity.n_layers,
             "n_heads": identity.n_heads,
             "d_model": identity.d_model,
+            "d_mlp": identity.d_mlp,
+            "vocab_size": identity.vocab_size,
         }
         with self._transaction("saving the model", write=True) as conn:
             self._insert_ignore(conn, M, [row], ["name", "weight_hash"])
@@ -258,7 +289,10 @@ class Store:
 
     @staticmethod
     def _model_record(r: Any) -> ModelRecord:
-        return ModelRecord(r.id, r.name, r.architecture, r.weight_hash, r.n_layers, r.n_heads, r.d_model)
+        identity = ModelIdentity(
+            r.name, r.architecture, r.weight_hash, r.n_layers, r.n_heads, r.d_model, r.d_mlp or 0, r.vocab_size or 0
+        )
+        return ModelRecord(r.id, identity)
 
     def get_or_create_dataset(self, dataset: Any) -> DatasetRecord:
         """``dataset``: a :class:`~discovery.tasks.base.Dataset` (its spec, metric and prompt hash are stored)."""
@@ -529,10 +563,18 @@ class Store:
 
     def claim_job(self, job_id: int, worker_id: str, stale_after: float = DEFAULT_STALE_SECONDS) -> bool:
         """Mark the job running for ``worker_id`` if it is queued, or running with a heartbeat older than
-        ``stale_after`` seconds (its worker died). One conditional UPDATE: returns whether this worker won."""
+        ``stale_after`` seconds (its worker died), or running under this same ``worker_id`` (this worker's
+        own retry after a database blip: it need not wait for its own heartbeat to go stale). One
+        conditional UPDATE: returns whether this worker won."""
+        if not stale_after > 0:
+            raise UsageError(f"stale_after must be above 0 seconds, got {stale_after}")
         stale = sa.and_(
             J.c.status == JobStatus.RUNNING.value,
-            sa.or_(J.c.heartbeat_at.is_(None), J.c.heartbeat_at < db_seconds_ago(stale_after)),
+            sa.or_(
+                J.c.heartbeat_at.is_(None),
+                J.c.heartbeat_at < db_seconds_ago(stale_after),
+                J.c.worker_id == worker_id,
+            ),
         )
         stmt = (
             sa.update(J)
@@ -770,11 +812,11 @@ class Store:
                     s = j.result_score or {}
                     out.append(
                         BestCircuit(
-                            j.result_circuit,
+                            cast(Circuit, j.result_circuit),  # the query asked for a result circuit
                             task,
                             j.model,
                             s.get("normalised"),
-                            s.get("metric"),  # type: ignore[arg-type]
+                            s.get("metric"),
                             j.id,
                             j.method,
                             {"params": j.params},
@@ -871,12 +913,15 @@ class Store:
         return [PatchingCell(r.receiver, r.sender_layer, r.sender_head, float(r.effect)) for r in rows]
 
     # --- SQL ---------------------------------------------------------------------------------------
-    def read_only_sql(self, statement: str, max_rows: int | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run one reading statement; returns (column names, rows). Anything that could write is refused
-        (:class:`~discovery.store.readonly.ReadOnlyViolation`), first by reading the statement, then by the
-        database itself (read-only transaction / ``PRAGMA query_only``)."""
+    def read_only_sql(
+        self, statement: str, max_rows: int | None = None, timeout: float | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one reading statement; returns (column names, at most ``max_rows`` rows). Anything that could
+        write is refused (:class:`~discovery.store.readonly.ReadOnlyViolation`): first with a message from
+        reading the statement, then by construction (a SELECT-only role on PostgreSQL, a ``mode=ro``
+        connection on SQLite; see :mod:`discovery.store.readonly`). Stopped after ``timeout`` seconds."""
         check_read_only(statement)
-        return run_read_only(self.engine, statement, max_rows)
+        return run_read_only(self.engine, statement, max_rows, timeout)
 
 
 def _patching_cells(result: Any) -> Iterator[PatchingCell]:

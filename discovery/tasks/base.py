@@ -56,6 +56,18 @@ class Task(ABC):
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = params
 
+    @classmethod
+    def accepted_params(cls) -> tuple[str, ...]:
+        """The parameter names this task reads: the named arguments of its ``__init__`` (a subclass
+        whose ``__init__`` takes more through ``**params`` overrides this). Callers refuse any other key."""
+        import inspect
+
+        return tuple(
+            name
+            for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        )
+
     @abstractmethod
     def examples(self, n: int, seed: int, corruption: str, tokenizer: Any) -> list[Example]:
         """``n`` examples, deterministic in ``seed``. The tokenizer lets a task skip draws that a

@@ -1,0 +1,67 @@
+"""What every part of the service shares: job states and outcomes, the errors, the store seam."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from discovery.errors import CircuitsError
+from discovery.service.requests import JobRequest
+
+COMPARE_METHOD = "compare"
+"""The method name of a sweep's final job."""
+
+FINISHED_STATES = ("succeeded", "failed", "cancelled")
+
+Outcome = Literal["succeeded", "failed", "cancelled", "busy", "skipped"]
+
+RUN_TASK = "circuits.run_job"
+COMPARE_TASK = "circuits.compare"
+
+
+class JobCancelled(CircuitsError):
+    """Raised inside a running search when its job was cancelled (by ``circuits cancel``)."""
+
+
+class JobLost(CircuitsError):
+    """This worker no longer holds the job (it was re-claimed after a missed heartbeat)."""
+
+
+class EnqueueError(CircuitsError):
+    """The broker could not be reached to enqueue a job."""
+
+
+def task_id(job_id: int) -> str:
+    """The Celery task id of a job's message (stable, so a redelivery keeps it)."""
+    return f"circuits-job-{job_id}"
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def open_default_store(url: str | None = None, must_exist: bool = False) -> Any:
+    """The store at ``url``, else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file."""
+    from discovery.store.repository import open_store
+
+    return open_store(url, must_exist=must_exist)
+
+
+def create_job(store: Any, request: JobRequest, tasks: Sequence[str] | None = None) -> int:
+    return store.create_job(
+        request.method, dict(request.params), request.task, request.model, tasks=tasks, config=request.settings()
+    )
+
+
+def job_request(job: Any) -> JobRequest:
+    return JobRequest.from_settings(job.task, job.method, job.model, dict(job.params or {}), dict(job.config or {}))
+
+
+def status_of(job: Any) -> str:
+    return getattr(job.status, "value", job.status)
+
+
+def is_finished(job: Any) -> bool:
+    return status_of(job) in FINISHED_STATES
