@@ -120,6 +120,15 @@ def weight_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def architecture_supported(architecture: str) -> bool:
+    """Whether a model of this HF class can be scored: the engine's fast path, or TransformerLens's hooks."""
+    if architecture in FAST_PATH:
+        return True
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES as TL_SUPPORTED
+
+    return architecture in TL_SUPPORTED
+
+
 def _config_sizes(cfg: Any) -> dict[str, int]:
     """Layer/head/width sizes under transformers' standard attribute names (every config maps them)."""
     d_model = int(cfg.hidden_size)

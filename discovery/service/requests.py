@@ -200,7 +200,7 @@ def check_model_spec(spec: str) -> Any:
 
     A worker may run on another machine: a local path must be valid here *and* there (the
     docker-compose file mounts the same model directory into every container)."""
-    from discovery.model import SUPPORTED_ARCHITECTURES
+    from discovery.model import architecture_supported
 
     if spec.startswith("ref:"):
         name = spec[len("ref:") :]
@@ -223,10 +223,9 @@ def check_model_spec(spec: str) -> Any:
         except (OSError, json.JSONDecodeError) as e:
             raise UsageError(f"model directory {spec!r}: config.json is unreadable: {e}") from e
         architectures = config.get("architectures") or []
-        if architectures and not set(architectures) & set(SUPPORTED_ARCHITECTURES):
+        if architectures and not any(architecture_supported(a) for a in architectures):
             raise UsageError(
-                f"model {spec!r} is a {', '.join(architectures)}; the evaluator supports "
-                f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+                f"model {spec!r} is a {', '.join(architectures)}, which neither the engine nor TransformerLens supports"
             )
         _check_weights(spec, path)
         try:

@@ -166,6 +166,10 @@ class Tracker:
     def method(self, level: str = "node") -> Any:
         return self.inner.method(level)
 
+    def with_metric(self, metric: str) -> Any:
+        """Scores under another metric (ACDC's KL criterion) are not candidates for the best circuit."""
+        return self.inner.with_metric(metric)
+
     def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]:
         scores = self.inner.evaluate(circuits, progress)
         for s in scores:

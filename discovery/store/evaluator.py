@@ -99,6 +99,22 @@ class StoredEvaluator:
     def method(self, level: str = "node") -> Any:
         return self.evaluator.method(level)
 
+    def with_metric(self, metric: str) -> StoredEvaluator:
+        """The same evaluation under another metric, stored too (its scores are keyed by that metric)."""
+        inner = self.evaluator.with_metric(metric)
+        if inner is self.evaluator:
+            return self
+        return StoredEvaluator(inner, self.store, self.job_id, self.batch_size, self.checkpoint)
+
+    @cached_property
+    def _reliable(self) -> bool:
+        """The unreliable-span flag of scores served from the store (it is not a stored column)."""
+        from discovery.evaluator import RELIABLE_SPAN
+
+        span = abs(self.full_metric - self.ablated_metric)
+        spread = float(getattr(self.base_evaluator, "prompt_spread", 0.0))
+        return span > 0 and span >= RELIABLE_SPAN * spread
+
     # --- the two ends of the normalisation ----------------------------------------------------
     @cached_property
     def _stored_baseline(self) -> tuple[float, float] | None:
@@ -152,15 +168,13 @@ class StoredEvaluator:
                 computed += len(chunk)
                 if progress:
                     progress(min(total, done_before + computed), total, "circuits evaluated")
-        return [_with_circuit(found[c.key], c) for c in circuits]
+        return [_with_circuit(found[c.key], c, self._reliable) for c in circuits]
 
     def evaluate_one(self, circuit: Circuit) -> Score:
         return self.evaluate([circuit])[0]
 
 
-def _with_circuit(score: Score, circuit: Circuit) -> Score:
-    return (
-        score
-        if score.circuit is circuit
-        else Score(circuit, score.metric, score.normalised, score.full, score.ablated, score.method)
-    )
+def _with_circuit(score: Score, circuit: Circuit, reliable: bool) -> Score:
+    if score.circuit is circuit and score.reliable == reliable:
+        return score
+    return Score(circuit, score.metric, score.normalised, score.full, score.ablated, score.method, reliable)
