@@ -49,7 +49,7 @@ __all__ = [
     "discover",
     "evaluate",
     "evaluations",
-    "evaluator",
+    "build_evaluator",
     "load_model",
     "open_store",
     "patch",
@@ -154,7 +154,7 @@ def _store_of(store: Any) -> Any:
     return store
 
 
-def evaluator(
+def build_evaluator(
     model: LoadedModel,
     data: Dataset,
     ablation: str = "mean",
@@ -193,7 +193,7 @@ def evaluate(
     parsed = _circuits(circuits)
     for c in parsed:
         c.validate(model.shape)
-    return evaluator(model, data, ablation, mean_source, ablate_mlps, store).evaluate(parsed, progress=progress)
+    return build_evaluator(model, data, ablation, mean_source, ablate_mlps, store).evaluate(parsed, progress=progress)
 
 
 def _config(data: Dataset, ablation: str, mean_source: str, ablate_mlps: bool, model: LoadedModel) -> dict[str, Any]:
@@ -234,7 +234,7 @@ def discover(
     from discovery.search import get_method, run_search
 
     get_method(method).validate(params)  # refuse bad parameters before any work
-    ev = evaluator(model, data, ablation, mean_source, ablate_mlps, store)
+    ev = build_evaluator(model, data, ablation, mean_source, ablate_mlps, store)
     return run_search(method, ev, params, progress)
 
 
@@ -284,7 +284,9 @@ def curve(
         job_id = _record_run(
             chosen, "curve", run_params, data, model, _config(data, ablation, mean_source, ablate_mlps, model)
         )
-    ev = evaluator(model, data, ablation, mean_source, ablate_mlps, chosen if chosen is not None else False, job_id)
+    ev = build_evaluator(
+        model, data, ablation, mean_source, ablate_mlps, chosen if chosen is not None else False, job_id
+    )
     start = time.perf_counter()
     try:
         ranked = run_search(method, ev, params, progress)

@@ -161,9 +161,9 @@ class Origin:
     circuit: Circuit
     task: str
     dataset: str
-    """The dataset the score's ablation means come from (``method.source``), e.g. ``digits[...]:corrupt``."""
+    """The dataset the circuit was scored on, e.g. ``digits[corruption=repeat-last,n=50,seed=0,...]``."""
     evaluation: str
-    """The evaluation method, described (ablation, level, MLP handling, metric, normaliser)."""
+    """The rest of the evaluation method: ablation and its means, level, MLP handling, metric."""
     search: str
     """The search method (``greedy``...), ``evaluation`` for a stored score with no search job, or ``given``."""
     model: str
@@ -210,11 +210,17 @@ def best_stored(
             f"(weights {model_identity.weight_hash[:12]}): run a search with these options first{hint}"
         )
     b = found[0]
+    m = evaluation_method
+    dataset, _, means = m.source.rpartition(":")
+    how = (
+        f"{m.ablation} ablation ({means} means), {m.level} level, "
+        f"{'MLPs ablated' if m.ablate_mlps else 'MLPs kept'}, metric {m.metric}"
+    )
     return Origin(
         b.circuit,
         task,
-        evaluation_method.source,
-        evaluation_method.describe(),
+        dataset or m.source,
+        how,
         b.method,
         model_identity.name,
         model_identity.weight_hash,
