@@ -75,8 +75,7 @@ def save_heatmap(result: PatchingResult, path: str | Path, title: str | None = N
     bound = float(np.nanmax(np.abs(effects))) if finite.any() else 1.0
     bound = bound if bound > 0 else 1.0
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 + 0.55 * n_heads), max(3.0, 1.2 + 0.42 * n_layers)))
-    cmap = plt.get_cmap("RdBu").copy()
-    cmap.set_bad(MASKED_COLOUR)
+    cmap = plt.get_cmap("RdBu").with_extremes(bad=MASKED_COLOUR)
     image = ax.imshow(np.ma.masked_invalid(effects), cmap=cmap, vmin=-bound, vmax=bound, aspect="auto")
     for layer, h in zip(*np.nonzero(~finite)):
         ax.add_patch(
