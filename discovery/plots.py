@@ -102,11 +102,12 @@ def save_heatmap(result: PatchingResult, path: str | Path, title: str | None = N
     bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
     bar.set_label(f"{result.metric} change\n(patched - clean)", fontsize=8)
     if not finite.all():
-        ax.text(
-            0.0,
-            -0.14 - 0.1 / max(1, n_layers / 4),
+        ax.annotate(
             "grey, hatched: cannot send to the receiver",
-            transform=ax.transAxes,
+            xy=(0, 0),
+            xycoords="axes fraction",
+            xytext=(0, -36),
+            textcoords="offset points",
             fontsize=7,
             color="#666666",
             va="top",
@@ -207,8 +208,8 @@ def draw_circuit(
             bar = fig.colorbar(mappable, ax=ax, fraction=0.04, pad=0.02)
             bar.set_label("edge score (width: |score|)", fontsize=8)
     colours_by_kind = dict(highlight or {})
-    node_size = 320 if size <= 8 else (180 if size <= 16 else 80)
-    font = 7 if size <= 8 else (5 if size <= 16 else 4)
+    node_size = 320 if size <= 8 else (260 if size <= 16 else 90)
+    font = 7 if size <= 8 else (6 if size <= 16 else 4)
     for node in sorted(shown_nodes, key=lambda n: n.sort_key):
         x, y = grid_position(node.kind, node.layer, node.head, n_layers, n_heads)
         colour = colours_by_kind.get(node.name, KIND_COLOURS.get(node.kind, "#cccccc"))
@@ -252,11 +253,16 @@ def draw_curve(curve: FaithfulnessCurve, path: str | Path, title: str | None = N
     ax.axhline(0.0, color="#bbbbbb", linestyle=":", linewidth=0.8, label="everything ablated")
     if len(ks) > 2 and ks[-1] > 20 * max(1, ks[1]):
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(-0.3, ks[-1] * 1.15)
     ax.set_xlabel(f"k ({curve.unit} kept, strongest first; {curve.total} in all)")
     ax.set_ylabel("normalised score")
-    summary = f"area {_num(curve.area)}, CPR {_num(curve.cpr)}, CMD {_num(curve.cmd)}"
-    ax.legend(fontsize=7, loc="lower right", title=summary, title_fontsize=7)
-    ax.set_title(wrap(title or f"faithfulness curve: {curve.ranking}\n{curve.method}", width=90), fontsize=8)
+    summary = (
+        f"area (log k) {_num(curve.area)}, CPR {_num(curve.cpr)}, CMD {_num(curve.cmd)}; "
+        f"full {curve.full:.4g}, ablated {curve.ablated:.4g}"
+    )
+    ax.legend(fontsize=7, loc="best")
+    text = title or f"faithfulness curve: {curve.ranking}\n{curve.method}"
+    ax.set_title(wrap(f"{text}\n{summary}", width=100), fontsize=8)
     return save_figure(fig, path)
 
 

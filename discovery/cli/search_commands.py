@@ -159,6 +159,7 @@ def curve(
         console.print(f"model       {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
         console.print(f"ranking     {result.ranking} ({result.total} {result.unit})")
         console.print(f"evaluation  {result.method}")
+        console.print(f"full        {result.full:.4f}; ablated {result.ablated:.4f} (normalised by their difference)")
         output.emit(rows, ["k", "fraction", "score", "normalised"], "table")
         if result.meaningful:
             console.print(f"area (log-x) {result.area:.4f}")
