@@ -58,7 +58,10 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
 def wrap(text: str, width: int = 70, limit: int = 400) -> str:
     """A long title as lines of at most ``width`` characters (at most ``limit`` characters in all)."""
     text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return "\n".join(textwrap.fill(part, width) for part in text.split("\n"))
+    # never at hyphens: "repeat-last" and "done-in" are names
+    return "\n".join(
+        textwrap.fill(part, width, break_on_hyphens=False, break_long_words=False) for part in text.split("\n")
+    )
 
 
 # --- heatmaps --------------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ def save_heatmap(result: PatchingResult, path: str | Path, title: str | None = N
     ax.set_xticks(range(n_heads))
     ax.set_yticks(range(n_layers))
     default = f"path patching -> {result.receiver}\n{result.dataset}"
-    ax.set_title(wrap(title or default, width=max(40, 6 * n_heads)), fontsize=8)
+    ax.set_title(wrap(title or default, width=max(50, 6 * n_heads)), fontsize=8)
     bar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
     bar.set_label(f"{result.metric} change\n(patched - clean)", fontsize=8)
     if not finite.all():

@@ -86,20 +86,22 @@ def test_curve_is_stored_as_a_run_and_every_point_as_an_evaluation(planted, tmp_
         cd.curve(model, ds, method="greedy", ablation="zero", store=False, max_size=1)
 
 
-def test_cli_curve_prints_and_draws(planted, tmp_path, capsys, monkeypatch):
+def test_cli_curve_prints_and_draws(planted, tmp_path, capsys):
     model, _, _ = planted
     model_dir = tmp_path / "m"
     model.hf_model.save_pretrained(model_dir)
     model.tokenizer.save_pretrained(model_dir)
     png = tmp_path / "curve.png"
-    args = ["curve", "--model", str(model_dir), "--n", "10", "--ablation", "zero", "--method", "topk",
-            "--png", str(png), "--db", "unused"]  # fmt: skip
-    main([a for a in args if a not in ("--db", "unused")])
+    main(["curve", "--model", str(model_dir), "--n", "10", "--ablation", "zero", "--method", "topk", "--png", str(png)])
     out = capsys.readouterr().out
     assert "CPR" in out and "CMD" in out and "area" in out and png.stat().st_size > 5000
     main(["curve", "--model", str(model_dir), "--n", "10", "--ablation", "zero", "--format", "json", "--png", str(png)])
     rows = json.loads(capsys.readouterr().out)
     assert [r["k"] for r in rows] == list(range(13)) and rows[3]["normalised"] == pytest.approx(1.0, abs=1e-5)
+
+
+def plain_graph(data):  # type: ignore[no-untyped-def]
+    return {k: v for k, v in data.items() if k != "circuit_discovery"}
 
 
 # --- exports ------------------------------------------------------------------------------------------
@@ -113,8 +115,10 @@ def test_exported_eap_graph_loads_back_into_the_same_circuit(planted, tmp_path):
     data = json.loads(path.read_text())
     assert len(data["edges"]) == len(all_edges(ev.shape)) and sum(e["in_graph"] for e in data["edges"].values()) == 7
     top_name, top_score = ranked.extra["edge_scores"][0]
-    sender, receiver = top_name.split("->")
-    assert any(abs(e["score"] - top_score) < 1e-9 for e in data["edges"].values())
+    eap_name = next(k for k, v in data["edges"].items() if v["in_graph"] and abs(v["score"] - top_score) < 1e-12)
+    assert from_eap_graph({**plain_graph(data), "edges": {eap_name: {"score": top_score, "in_graph": True}}}) == (
+        Circuit.parse(f"| {top_name}")
+    )
     assert data["nodes"]["input"]["in_graph"] and data["nodes"]["logits"]["in_graph"]
     # EAP-IG's own files have no circuit_discovery key: read as the edge circuit they mark
     plain = {k: v for k, v in data.items() if k != "circuit_discovery"}
