@@ -6,6 +6,7 @@
 #   bash dev.sh test    the test suite (unit + integration against PostgreSQL/Redis on localhost)
 #   bash dev.sh lint    ruff (lint and format check) and mypy
 #   bash dev.sh bench   every benchmark in bench/, one JSON line each
+#   bash dev.sh docs    the API reference (pdoc, from the docstrings) into docs/api (open docs/api/index.html)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -31,6 +32,10 @@ case "$cmd" in
     demo) setup; exec .venv/bin/circuits submit --model ref:sequences --task digits --task-param template=done-in --method greedy --target 0.9 "$@" ;;
     test) setup; exec .venv/bin/python -m pytest -q -ra "$@" ;;
     lint) setup; .venv/bin/ruff check . && .venv/bin/ruff format --check . ;;
+    # the public modules by name: the package's __all__ lists the API functions, which hides its submodules from pdoc
+    docs) setup; exec .venv/bin/pdoc --docformat restructuredtext -o "${1:-docs/api}" discovery discovery.api \
+        discovery.circuit discovery.evaluator discovery.search discovery.curves discovery.compare discovery.exports \
+        discovery.plots discovery.patching discovery.model discovery.tasks discovery.store discovery.progress discovery.errors ;;
     bench) setup; for b in bench/*.py; do echo "# $b" >&2; .venv/bin/python "$b"; done ;;
-    *) echo "usage: bash dev.sh demo|test|lint|bench|setup [args]" >&2; exit 2 ;;
+    *) echo "usage: bash dev.sh demo|test|lint|bench|docs|setup [args]" >&2; exit 2 ;;
 esac

@@ -1,3 +1,68 @@
-"""circuit-discovery: find, score, store and compare circuits in transformer language models."""
+"""circuit-discovery: find, score, store and compare circuits in transformer language models.
+
+The Python API (see :mod:`discovery.api`)::
+
+    import discovery as cd
+
+    model = cd.load_model("ref:sequences")         # a spec, an HF model object or a TransformerBridge
+    ds = cd.dataset(model, "digits", template="done-in")
+    cd.evaluate(model, ["0.2,1.2"], ds)             # -> [Score], each with its EvaluationMethod
+    cd.discover(model, ds, method="greedy", target=0.9)
+    cd.evaluations(cd.open_store())                 # stored scores as a pandas DataFrame
+
+Submodules: :mod:`discovery.circuit` (the circuit value), :mod:`discovery.evaluator` (scoring),
+:mod:`discovery.search` (the methods' registry), :mod:`discovery.patching`, :mod:`discovery.curves`
+(faithfulness curves), :mod:`discovery.compare`, :mod:`discovery.exports` (EAP-IG / MIB graph JSON),
+:mod:`discovery.plots`, :mod:`discovery.store`, :mod:`discovery.tasks`.
+"""
 
 __version__ = "0.1.0"
+
+_API = {
+    "circuits": "discovery.api",
+    "curve": "discovery.api",
+    "dataset": "discovery.api",
+    "discover": "discovery.api",
+    "evaluate": "discovery.api",
+    "evaluations": "discovery.api",
+    "build_evaluator": "discovery.api",
+    "load_model": "discovery.api",
+    "open_store": "discovery.api",
+    "patch": "discovery.api",
+    "runs": "discovery.api",
+    "Circuit": "discovery.circuit",
+    "Ablation": "discovery.evaluator",
+    "EvaluationMethod": "discovery.evaluator",
+    "Score": "discovery.evaluator",
+}
+
+
+def __getattr__(name: str) -> object:
+    # lazy: ``import discovery.circuit`` (or the CLI's --help) does not pay for torch and transformers
+    if name in _API:
+        import importlib
+
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'discovery' has no attribute {name!r}")
+
+
+__all__ = [
+    "Ablation",
+    "Circuit",
+    "EvaluationMethod",
+    "Score",
+    "__version__",
+    "circuits",
+    "curve",
+    "dataset",
+    "discover",
+    "evaluate",
+    "evaluations",
+    "build_evaluator",
+    "load_model",
+    "open_store",
+    "patch",
+    "runs",
+]

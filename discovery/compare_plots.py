@@ -9,38 +9,26 @@ orange. Node-level circuits have no edges; their components are drawn alone.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from discovery.circuit import Circuit
 from discovery.compare import compare, union_graph
+from discovery.plots import grid_position, pyplot, save_figure, wrap
 
 COLOURS = {"both": "#7b3fa0", "a": "#1f77b4", "b": "#ff7f0e"}
-
-
-def _position(kind: str, layer: int, head: int, n_layers: int, n_heads: int) -> tuple[float, float]:
-    middle = (n_heads - 1) / 2
-    if kind == "embed":
-        return (-1.0, middle)
-    if kind == "logits":
-        return (float(n_layers), middle)
-    if kind == "mlp":
-        return (layer + 0.45, n_heads + 0.2)
-    return (float(layer), float(head))
 
 
 def draw_comparison(
     a: Circuit, b: Circuit, path: str | Path, title: str | None = None, labels: tuple[str, str] = ("A", "B")
 ) -> Path:
     """Write a PNG of ``a`` and ``b`` overlaid (see the module docstring); returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     graph = union_graph(a, b)
     n_layers = max([d["layer"] for _, d in graph.nodes(data=True)] + [0]) + 1
     n_heads = max([d["head"] for _, d in graph.nodes(data=True) if d["kind"] == "head"] + [0]) + 1
-    pos = {n: _position(d["kind"], d["layer"], d["head"], n_layers, n_heads) for n, d in graph.nodes(data=True)}
+    pos = {n: grid_position(d["kind"], d["layer"], d["head"], n_layers, n_heads) for n, d in graph.nodes(data=True)}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * n_layers + 3), max(4.0, 0.45 * n_heads + 3)))
     for s, r, d in graph.edges(data=True):
         (x0, y0), (x1, y1) = pos[s], pos[r]
@@ -82,26 +70,18 @@ def draw_comparison(
     subtitle = f"node Jaccard {cmp.node_jaccard:.2f}" + (
         f", edge Jaccard {cmp.edge_jaccard:.2f}" if cmp.edge_jaccard is not None else ""
     )
-    ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
+    ax.set_title(wrap(f"{title}\n{subtitle}" if title else subtitle, 80), fontsize=9)
     handles = [
         Line2D([0], [0], marker="o", color="w", markerfacecolor=COLOURS[k], markersize=10, label=lab)
         for k, lab in (("both", "both"), ("a", f"only {labels[0]}"), ("b", f"only {labels[1]}"))
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
-def draw_overlap_matrix(labels: list[str], matrix, path: str | Path, title: str | None = None) -> Path:  # type: ignore[no-untyped-def]
+def draw_overlap_matrix(labels: list[str], matrix: Any, path: str | Path, title: str | None = None) -> Path:
     """A heatmap of a Jaccard matrix (from :func:`discovery.compare.overlap_matrix`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(labels)
     fig, ax = plt.subplots(figsize=(2 + 0.9 * n, 1.6 + 0.8 * n))
@@ -121,10 +101,5 @@ def draw_overlap_matrix(labels: list[str], matrix, path: str | Path, title: str 
             )
     fig.colorbar(im, ax=ax, label="Jaccard")
     if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+        ax.set_title(wrap(title, 60), fontsize=9)
+    return save_figure(fig, path)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -190,27 +189,3 @@ def _receiver_run(
                 overrides[(r_head, inp)] = eng.ln1(layer, pre_at[layer])
         x = eng.block_with_attention(layer, x, _attention(eng, layer, x, overrides))
     return _metric(eng, dataset, x[:, :, -1])
-
-
-def save_heatmap(result: PatchingResult, path: str | Path, title: str | None = None) -> Path:
-    """A layer x head heatmap of the effects (diverging colours centred on zero) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    effects = result.effects
-    bound = float(np.nanmax(np.abs(effects))) if np.isfinite(effects).any() else 1.0
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * effects.shape[1], 1.0 + 0.4 * effects.shape[0]))
-    image = ax.imshow(effects, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_xticks(range(effects.shape[1]))
-    ax.set_yticks(range(effects.shape[0]))
-    ax.set_title(title or f"path patching -> {result.receiver}\n{result.dataset}", fontsize=8)
-    fig.colorbar(image, ax=ax, label=f"{result.metric} change (patched - clean)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -84,43 +84,98 @@ def _finished_job(store, task: str, circuit: Circuit, normalised: float) -> int:
     return job
 
 
-def test_best_circuits_and_the_overlap_and_compare_commands(store, db_url, capsys, tmp_path):
+def _model_dir(tokenizer, path, seed: int = 3):  # type: ignore[no-untyped-def]
+    from discovery.model import random_gpt2
+
+    # a model of its own: save_pretrained must not touch the session's shared tiny_model
+    random_gpt2(n_layers=3, n_heads=4, d_model=64, seed=seed, tokenizer=tokenizer).hf_model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _method_for(model, task: str, n: int = 4, **params):  # type: ignore[no-untyped-def]
+    import discovery as cd
+
+    return cd.build_evaluator(model, cd.dataset(model, task, n=n, **params), store=False).method()
+
+
+def _job_under(store, model, task, circuit, normalised, method, search="greedy") -> int:  # type: ignore[no-untyped-def]
+    model_id = store.get_or_create_model(model.identity).id
+    job = store.create_job(search, {}, task, model.identity.name, model_id=model_id)
+    store.claim_job(job, "w")
+    score = Score(circuit, 0.5, normalised, 1.0, 0.0, method)
+    store.finish_job(job, SearchResult(search, {}, circuit, score, 10, 0.1))
+    return job
+
+
+def test_comparisons_are_keyed_by_dataset_method_and_weights(store, db_url, capsys, tmp_path, tokenizer):
+    import shutil
+
+    import discovery as cd
     from discovery.cli import main
 
-    _finished_job(store, "digits", B, 0.7)
-    best_digits = _finished_job(store, "digits", A, 0.9)
-    best_months = _finished_job(store, "months", C, 0.95)
-    best = store.best_circuits("digits", "tiny")
-    assert [b.circuit for b in best] == [A, B] and best[0].job_id == best_digits
-    assert store.best_circuits("digits", "another model") == []
+    model_dir = _model_dir(tokenizer, tmp_path / "model")
+    model = cd.load_model(str(model_dir))
+    digits, months = _method_for(model, "digits"), _method_for(model, "months")
+    _job_under(store, model, "digits", B, 0.7, digits)
+    best_digits = _job_under(store, model, "digits", A, 0.9, digits)
+    best_months = _job_under(store, model, "months", C, 0.95, months)
+    # a better digits circuit on another dataset (done-in template) and by another method: never pooled in
+    done_in = _method_for(model, "digits", template="done-in")
+    other = _job_under(store, model, "digits", Circuit.parse("0.0"), 0.99, done_in, search="eap")
 
-    main(
-        [
-            "overlap",
-            "--task",
-            "digits",
-            "--task",
-            "months",
-            "--model",
-            "tiny",
-            "--db",
-            db_url,
-            "--png",
-            str(tmp_path / "o.png"),
-        ]
-    )
+    # the same weights under another path are the same model (identified by weight hash)
+    copy = tmp_path / "copy-of-model"
+    shutil.copytree(model_dir, copy)
+    main(["overlap", "--task", "digits", "--task", "months", "--model", str(copy), "--n", "4", "--db", db_url,
+          "--png", str(tmp_path / "o.png")])  # fmt: skip
     out = capsys.readouterr().out
-    assert str(A) in out and "2.0" in out and "0.000" in out and (tmp_path / "o.png").exists()
+    assert f"digits          {A}" in out and f"months          {C}" in out
+    assert f"job {best_digits} (greedy)" in out and f"job {best_months} (greedy)" in out
+    assert "dataset digits[corruption=repeat-last,n=4,seed=0,length=4,template=plain]; mean ablation" in out
+    assert "dataset months[corruption=repeat-last,n=4,seed=0,length=4,template=plain]; mean ablation" in out
+    assert model.identity.weight_hash[:12] in out
+    assert "0.000" in out and "0.1, m0, 1.2" in out  # Jaccard 0 and A's distinct components
+    assert (tmp_path / "o.png").exists()
+
+    # naming the other dataset (and method) picks the other job
+    main(["overlap", "--task", "digits", "--task", "digits", "--model", str(model_dir), "--n", "4",
+          "--task-param", "template=done-in", "--method", "eap", "--db", db_url])  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"job {other} (eap)" in out and "template=done-in" in out
+    # nothing stored for months under it: the error names the dataset and the method
+    with pytest.raises(SystemExit):
+        main(["overlap", "--task", "digits", "--task", "months", "--model", str(model_dir), "--n", "4",
+              "--task-param", "template=done-in", "--method", "eap", "--db", db_url])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "no stored circuit for 'months' found by 'eap' on dataset months[" in err and "template=done-in" in err
+
+    # node-level circuits compared on edges: refused
+    with pytest.raises(SystemExit):
+        main(["overlap", "--task", "digits", "--task", "months", "--model", str(model_dir), "--n", "4",
+              "--on", "edges", "--level", "node", "--db", db_url])  # fmt: skip
+    assert "node-level circuit (no edges)" in capsys.readouterr().err
 
     main(["compare", str(best_digits), "0.1,1.3,m0,m1", "--db", db_url, "--png", str(tmp_path / "c.png")])
     out = capsys.readouterr().out
-    assert "0.400" in out and f"job {best_digits}" in out and (tmp_path / "c.png").exists()
+    assert "0.400" in out and f"job {best_digits} (greedy, digits); dataset digits[" in out
+    assert (tmp_path / "c.png").exists()
+    main(["compare", str(A), str(E1), "--db", db_url])
+    out = capsys.readouterr().out
+    assert "edges not compared" in out and "│ edges " not in out
 
     main(["show", str(best_months), "--db", db_url])
     out = capsys.readouterr().out
     assert "succeeded" in out and "2.0" in out
     main(["runs", "--db", db_url])
     assert "greedy" in capsys.readouterr().out
+
+
+def test_edge_jaccard_only_between_edge_circuits():
+    assert compare(A, E1).edge_jaccard is None and compare(A, E1).mixed_levels
+    assert compare(E1, E2).edge_jaccard == pytest.approx(2 / 4)
+    with pytest.raises(Exception, match="node-level"):
+        overlap_matrix({"a": A, "e": E1}, on="edges")
 
 
 def test_best_circuit_without_jobs_is_the_smallest_reaching_the_threshold(store, tiny_model, tokenizer):
@@ -170,3 +225,12 @@ def test_cross_score_persists_like_any_evaluation(store, db_url, tokenizer, tmp_
     assert store.scores_for_circuit(Circuit.parse("0.1,1.2"))[0].task == "months"
     main(args)
     assert "cached" in capsys.readouterr().out and store.count_evaluations() == 1
+
+    # another dataset than the circuit's own (other length, other corruption): printed and stored as such
+    main(args + ["--task-param", "length=3", "--corruption", "random", "--task", "digits"])
+    out = capsys.readouterr().out
+    months = "months[corruption=random,n=4,seed=0,length=3,template=plain]"
+    digits = "digits[corruption=random,n=4,seed=0,length=3,template=plain]"
+    assert months in out and digits in out and f"scored by mean ablation over {months}:corrupt" in out
+    stored = {r.dataset for r in store.scores_for_circuit(Circuit.parse("0.1,1.2"))}
+    assert stored == {"months[corruption=repeat-last,n=4,seed=0,length=4,template=plain]", months, digits}

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from discovery.errors import UsageError
-from discovery.patching import Receiver, path_patching, save_heatmap
+from discovery.patching import Receiver, path_patching
+from discovery.plots import save_heatmap
 from discovery.tasks import build_dataset, get_task
 from tests import reference_impl as ref
 

@@ -5,20 +5,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from discovery.errors import UsageError
 from discovery.evaluator import ABLATION_KINDS, Ablation, Evaluator
 from discovery.model import LoadedModel, load_model
 from discovery.tasks import Dataset, build_dataset, get_task
 
+
+def _width(stream: Any) -> int | None:
+    """Outside a terminal rich would squeeze every table into 80 columns; give tables their natural width."""
+    return None if getattr(stream, "isatty", lambda: False)() else 100_000
+
+
 # markup off: data such as "digits[corruption=...]" must print as written
-console = Console(markup=False, highlight=False, soft_wrap=True)
+console = Console(markup=False, highlight=False, soft_wrap=True, width=_width(sys.stdout))
 err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 DEFAULT_MODEL = os.environ.get("CIRCUITS_MODEL", "ref:sequences")
@@ -77,21 +83,11 @@ def store_enabled() -> bool:
 
 @contextlib.contextmanager
 def progress_bar(description: str, transient: bool = True) -> Iterator[Any]:
-    """A rich bar as a library progress callback ``(done, total, message)``."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[message]}"),
-        console=err_console,
-        transient=transient,
-    ) as bar:
-        task_id = bar.add_task(description, total=None, message="")
+    """A library progress callback ``(done, total, message)``: a rich bar with ETA on a terminal, timestamped
+    log lines on stderr otherwise (see :mod:`discovery.cli.progress`)."""
+    from discovery.cli.progress import progress
 
-        def callback(done: int, total: int | None, message: str) -> None:
-            bar.update(task_id, completed=done, total=total, message=message)
-
+    with progress(description, err_console, transient) as callback:
         yield callback
 
 

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from discovery.circuit import Circuit
-from discovery.cli import common
+from discovery.cli import common, output
 from discovery.cli.common import console
 from discovery.tasks import TASKS, task_names
 
@@ -25,8 +25,13 @@ def evaluate(
     ablate_mlps: bool = common.MlpsOpt,
     device: str = common.DeviceOpt,
     task_param: list[str] | None = common.TaskParamOpt,
+    fmt: str = output.FormatOpt,
 ) -> None:
-    """Score circuits by ablating everything outside them; print full, ablated, circuit and normalised scores."""
+    """Score circuits by ablating everything outside them; print full, ablated, circuit and normalised scores.
+
+    ``--format csv|json``: one row per circuit, with the model, dataset and every part of the method.
+    """
+    output.check_format(fmt)
     circuits = [Circuit.parse(text) for text in circuit]
     loaded = common.open_model(model, device)
     for c in circuits:
@@ -36,6 +41,30 @@ def evaluate(
     with common.progress_bar("evaluating") as progress:
         scores = evaluator.evaluate(circuits, progress=progress)
     first = scores[0]
+    if fmt != "table":
+        rows = [
+            {
+                "circuit": s.circuit.canonical,
+                "size": s.circuit.size,
+                "n_edges": s.circuit.n_edges,
+                "score": s.metric,
+                "normalised": s.normalised,
+                "full": s.full,
+                "ablated": s.ablated,
+                "model": loaded.identity.name,
+                "weight_hash": loaded.identity.weight_hash,
+                "dataset": dataset.description,
+                "ablation": s.method.ablation,
+                "source": s.method.source,
+                "level": s.method.level,
+                "ablate_mlps": s.method.ablate_mlps,
+                "metric": s.method.metric,
+                "normaliser": s.method.normaliser,
+            }
+            for s in scores
+        ]
+        output.emit(rows, list(rows[0]), fmt)
+        return
     console.print(f"model    {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
     console.print(f"method   {first.method.describe()}")
     console.print(f"full     {first.full:.4f}")

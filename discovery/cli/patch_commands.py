@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from discovery.cli import common
+from discovery.cli import common, output
 from discovery.cli.common import console
-from discovery.patching import Receiver, path_patching, save_heatmap
+from discovery.patching import Receiver, path_patching
+from discovery.plots import save_heatmap
 
 
 def patch(
@@ -25,14 +26,40 @@ def patch(
     corruption: str | None = common.CorruptionOpt,
     device: str = common.DeviceOpt,
     task_param: list[str] | None = common.TaskParamOpt,
+    fmt: str = output.FormatOpt,
 ) -> None:
-    """Path patching: the effect of each sender head on the logits or on receiver heads' q/k/v inputs."""
+    """Path patching: the effect of each sender head on the logits or on receiver heads' q/k/v inputs.
+
+    ``--format csv|json`` prints every sender's effect (NaN: cannot send) with the dataset and receiver.
+    """
+    output.check_format(fmt)
     loaded = common.open_model(model, device)
     parsed = Receiver.parse(receiver, loaded.shape)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
     with common.progress_bar("path patching") as progress:
         result = path_patching(loaded, dataset, parsed, progress=progress)
     save_heatmap(result, png)
+    _persist(loaded, dataset, result)
+    if fmt != "table":
+        rows = [
+            {
+                "sender": f"{layer}.{h}",
+                "layer": layer,
+                "head": h,
+                "effect": float(result.effects[layer, h]),
+                "receiver": result.receiver,
+                "metric": result.metric,
+                "clean_metric": result.clean_metric,
+                "corrupt_metric": result.corrupt_metric,
+                "dataset": result.dataset,
+                "model": loaded.identity.name,
+                "weight_hash": loaded.identity.weight_hash,
+            }
+            for layer in range(result.effects.shape[0])
+            for h in range(result.effects.shape[1])
+        ]
+        output.emit(rows, list(rows[0]), fmt)
+        return
     console.print(f"model     {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
     console.print(f"dataset   {result.dataset}")
     console.print(f"receiver  {result.receiver}; sender patched with its value on the corrupted twin prompt")
@@ -42,7 +69,6 @@ def patch(
         table.add_row(name, f"{effect:+.4g}")
     console.print(table)
     console.print(f"heatmap   {png}")
-    _persist(loaded, dataset, result)
 
 
 def _persist(loaded, dataset, result) -> None:

@@ -1,15 +1,18 @@
-"""``circuits discover`` (run a search method) and ``circuits methods`` (list them)."""
+"""``circuits discover`` (run a search method), ``circuits curve`` (a ranking's faithfulness curve),
+``circuits export`` (EAP-IG / MIB graph JSON) and ``circuits methods`` (list the methods)."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from discovery.cli import common
+from discovery.circuit import Circuit
+from discovery.cli import common, output
 from discovery.cli.common import console
 from discovery.errors import UsageError
 
@@ -22,6 +25,7 @@ def discover(
     param: list[str] | None = typer.Option(None, "--param", "-p", help="method parameter KEY=VALUE; repeatable"),
     png: Path = typer.Option(Path("circuit.png"), "--png", help="where to write the circuit's graph"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the result as JSON here"),
+    top_edges: int = typer.Option(100, "--top-edges", help="edge circuits: draw only this many strongest edges"),
     model: str = common.ModelOpt,
     task: str = common.TaskOpt,
     n: int = common.NOpt,
@@ -77,7 +81,8 @@ def discover(
     if job_id is not None:
         console.print(f"run          job {job_id} (circuits runs lists it)")
     title = f"{method}: {score.normalised:.3f} normalised, {dataset.description}"
-    draw_circuit(result.circuit, png, title=title)
+    edge_scores = dict(result.extra.get("edge_scores") or []) or None
+    draw_circuit(result.circuit, png, title=title, shape=loaded.shape, edge_scores=edge_scores, top_n=top_edges)
     console.print(f"graph        {png}")
     if json_out:
         json_out.write_text(
@@ -102,6 +107,127 @@ def discover(
         console.print(f"json         {json_out}")
 
 
+def curve(
+    method: str = typer.Option("topk", "--method", help="a method that ranks: topk, threshold (heads), eap, eap-ig"),
+    param: list[str] | None = typer.Option(None, "--param", "-p", help="method parameter KEY=VALUE; repeatable"),
+    grid: str | None = typer.Option(
+        None, "--grid", help="k values, comma list (default: every k up to 200 entries, else MIB's fractions)"
+    ),
+    png: Path = typer.Option(Path("curve.png"), "--png", help="where to draw the curve"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the curve as JSON here"),
+    model: str = common.ModelOpt,
+    task: str = common.TaskOpt,
+    n: int = common.NOpt,
+    seed: int = common.SeedOpt,
+    corruption: str | None = common.CorruptionOpt,
+    ablation: str = common.AblationOpt,
+    mean_source: str = common.SourceOpt,
+    ablate_mlps: bool = common.MlpsOpt,
+    device: str = common.DeviceOpt,
+    task_param: list[str] | None = common.TaskParamOpt,
+    fmt: str = output.FormatOpt,
+) -> None:
+    """Faithfulness curve: the normalised score of a ranking's top-k for a grid of k, its area, CPR and CMD.
+
+    The curve is stored as a run (a `curve` job whose result holds every point; `circuits show JOB`),
+    and each point's score as an evaluation. CPR: area under the normalised score over the fraction
+    kept (higher is better); CMD: area under |1 - normalised| (lower is better).
+    """
+    from discovery import api
+    from discovery.plots import draw_curve
+    from discovery.search import get_method
+
+    output.check_format(fmt)
+    params = parse_params(param)
+    get_method(method).validate(params)
+    ks = None
+    if grid:
+        try:
+            ks = [int(k) for k in grid.split(",") if k.strip()]
+        except ValueError as e:
+            raise UsageError(f"--grid {grid!r}: write whole numbers, e.g. 0,1,2,5,10") from e
+    loaded = common.open_model(model, device)
+    dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
+    # the default store, as every command uses it; CIRCUITS_NO_STORE=1 keeps nothing
+    use_store = False if os.environ.get("CIRCUITS_NO_STORE", "").strip().lower() in ("1", "true", "yes") else None
+    with common.progress_bar(f"curve of {method}") as progress:
+        result = api.curve(
+            loaded, dataset, method, ks, ablation, mean_source, ablate_mlps, use_store, progress, **params
+        )
+    draw_curve(result, png)
+    rows = [{"k": p.k, "fraction": p.fraction, "score": p.metric, "normalised": p.normalised} for p in result.points]
+    if fmt != "table":
+        output.emit(rows, ["k", "fraction", "score", "normalised"], fmt)
+    else:
+        console.print(f"model       {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
+        console.print(f"ranking     {result.ranking} ({result.total} {result.unit})")
+        console.print(f"evaluation  {result.method}")
+        console.print(f"full        {result.full:.4f}; ablated {result.ablated:.4f} (normalised by their difference)")
+        output.emit(rows, ["k", "fraction", "score", "normalised"], "table")
+        if result.meaningful:
+            console.print(f"area (log-x) {result.area:.4f}")
+            console.print(
+                f"CPR          {result.cpr:.4f}  (area under normalised score over fraction kept; higher is better)"
+            )
+            console.print(f"CMD          {result.cmd:.4f}  (area under |1 - normalised|; lower is better)")
+        else:
+            console.print("area, CPR, CMD: not defined (full and ablated metrics are equal: nothing to normalise by)")
+        console.print(f"plot         {png}")
+    if json_out:
+        json_out.write_text(json.dumps(result.as_dict(), default=str))
+        if fmt == "table":
+            console.print(f"json         {json_out}")
+
+
+def export(
+    target: str = typer.Argument(..., help="a stored job id, or a circuit (e.g. 0.1,1.2 or '| 0.1->logits')"),
+    out: Path = typer.Option(Path("graph.json"), "--out", "-o", help="the JSON file to write"),
+    model: str = common.ModelOpt,
+    device: str = common.DeviceOpt,
+    mlps_kept: bool | None = typer.Option(
+        None, "--mlps-kept/--mlps-ablated", help="node circuits: mark every MLP in the graph (default: the job's)"
+    ),
+    db: str | None = typer.Option(None, "--db", help="database URL (default: CIRCUITS_DATABASE_URL)"),
+) -> None:
+    """Write a circuit (with its edge scores, for an EAP/EAP-IG job) as EAP-IG Graph JSON: MIB's submission format."""
+    from discovery.exports import to_eap_graph, write_eap_graph
+    from discovery.store import open_store
+
+    edge_scores = node_scores = None
+    method = None
+    if target.strip().isdigit():
+        job = open_store(db).get_job(int(target))
+        if job.result_circuit is None:
+            raise UsageError(f"job {job.id} ({job.status.value}) has no result circuit")
+        circuit = job.result_circuit
+        extra = (job.result_score or {}).get("extra") or {}
+        edge_scores = dict(extra.get("edge_scores") or []) or None
+        node_scores = dict(extra.get("ranking") or []) or None
+        evaluation = (job.result_score or {}).get("evaluation_method") or {}
+        method = f"job {job.id}: {job.method} on {evaluation.get('source', job.task)}"
+        if mlps_kept is None:
+            mlps_kept = not evaluation.get("ablate_mlps", False)
+        model = job.model if model == common.DEFAULT_MODEL else model
+    else:
+        circuit = Circuit.parse(target)
+    loaded = common.open_model(model, device)
+    graph = to_eap_graph(
+        circuit,
+        loaded.shape,
+        loaded.identity.d_model,
+        edge_scores=edge_scores,
+        node_scores=node_scores,
+        mlps_kept=True if mlps_kept is None else mlps_kept,
+        method=method,
+    )
+    path = write_eap_graph(out, graph)
+    kept = sum(1 for e in graph["edges"].values() if e["in_graph"])
+    console.print(f"circuit  {circuit} ({circuit.level} level)")
+    scored = "from the job" if edge_scores else "none (0.0)"
+    console.print(f"graph    {kept} of {len(graph['edges'])} edges in the graph, edge scores {scored}")
+    console.print(f"wrote    {path}")
+
+
 def methods() -> None:
     """List the search methods and their parameters."""
     from discovery.search import METHODS, get_method
@@ -118,4 +244,6 @@ def methods() -> None:
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the app."""
     app.command()(discover)
+    app.command()(curve)
+    app.command()(export)
     app.command()(methods)

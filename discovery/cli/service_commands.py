@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from discovery.cli import common
+from discovery.cli import common, output
 from discovery.cli.common import console, err_console
 from discovery.errors import UsageError
 
@@ -115,9 +115,14 @@ def submit(
 def jobs(
     limit: int = typer.Option(50, "--limit", help="most recent jobs shown"),
     db: str | None = common.DbOpt,
+    fmt: str = output.FormatOpt,
 ) -> None:
     """List jobs with their status and progress."""
+    output.check_format(fmt)
     store = _store(db)
+    if fmt != "table":
+        output.emit([output.job_row(j) for j in store.list_jobs(limit=limit)], output.JOB_COLUMNS, fmt)
+        return
     table = Table("id", "status", "method", "task", "progress", "result", "worker", "created")
     for job in store.list_jobs(limit=limit):
         score = (job.result_score or {}).get("normalised")

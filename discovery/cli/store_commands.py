@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from discovery.circuit import Circuit
-from discovery.cli import common
+from discovery.cli import common, output
 from discovery.cli.common import console, err_console
 from discovery.errors import UsageError
 
@@ -98,10 +98,34 @@ def runs(
     limit: int = typer.Option(20, help="jobs to list (newest first)"),
     status: str | None = typer.Option(None, help="only jobs in this state (queued, running, succeeded...)"),
     task: str | None = typer.Option(None, help="only jobs of this task"),
+    fmt: str = output.FormatOpt,
 ) -> None:
-    """Jobs (newest first) and a summary of the stored evaluations per model, task and method."""
+    """Jobs (newest first) and a summary of the stored evaluations per model, task and method.
+
+    ``--format csv`` writes the jobs; ``--format json`` an object with ``jobs`` and ``stored_evaluations``.
+    """
+    output.check_format(fmt)
     store = _store(db, must_exist=True)
     jobs = store.list_jobs(status=status, task=task, limit=limit)
+    if fmt != "table":
+        job_rows = [output.job_row(j) for j in jobs]
+        if fmt == "csv":
+            output.emit(job_rows, output.JOB_COLUMNS, fmt)
+        else:
+            summary_rows = store.evaluation_summary()
+            console.print(
+                json.dumps(
+                    {
+                        "jobs": json.loads(str(output.render(job_rows, output.JOB_COLUMNS, "json"))),
+                        "stored_evaluations": json.loads(
+                            str(output.render(summary_rows, list(summary_rows[0]) if summary_rows else [], "json"))
+                        ),
+                    }
+                ),
+                soft_wrap=True,
+                emoji=False,
+            )
+        return
     table = Table(
         "job",
         "status",
@@ -159,23 +183,21 @@ def _is_job_id(text: str) -> bool:
     return text.strip().isdigit()
 
 
-def _circuit_of(store: Any, text: str) -> tuple[Circuit, str]:
-    """A circuit string, or a stored job id (its result circuit); returns the circuit and a label."""
-    if _is_job_id(text):
-        job = store.get_job(int(text))
-        if job.result_circuit is None:
-            raise UsageError(f"job {job.id} ({job.status.value}) has no result circuit")
-        return job.result_circuit, f"job {job.id} ({job.method}, {job.task})"
-    return Circuit.parse(text), "circuit"
-
-
 def show(
-    target: str = typer.Argument(..., help="a circuit (e.g. 0.1,4.4) or a job id"), db: str | None = DbOpt
+    target: str = typer.Argument(..., help="a circuit (e.g. 0.1,4.4) or a job id"),
+    db: str | None = DbOpt,
+    fmt: str = output.FormatOpt,
 ) -> None:
     """A circuit's stored scores across models, tasks and methods, or a job's details."""
+    output.check_format(fmt)
     store = _store(db, must_exist=True)
     if _is_job_id(target):
         job = store.get_job(int(target))
+        if fmt != "table":
+            row = dict(output.job_row(job), evaluations_stored=store.job_evaluation_count(job.id))
+            row["result_score"] = job.result_score
+            output.emit([row], list(row), fmt)
+            return
         rows = [
             ("job", str(job.id)),
             ("status", job.status.value),
@@ -215,6 +237,30 @@ def show(
         return
     circuit = Circuit.parse(target)
     records = store.scores_for_circuit(circuit)
+    if fmt != "table":
+        score_rows = [
+            {
+                "circuit": circuit.canonical,
+                "model": r.model,
+                "task": r.task,
+                "dataset": r.dataset,
+                "ablation": r.method.ablation,
+                "source": r.method.source,
+                "level": r.method.level,
+                "ablate_mlps": r.method.ablate_mlps,
+                "metric_name": r.method.metric,
+                "normaliser": r.method.normaliser,
+                "score": r.score.metric,
+                "normalised": r.score.normalised,
+                "full": r.score.full,
+                "ablated": r.score.ablated,
+                "job": r.job_id,
+                "created": r.created_at,
+            }
+            for r in records
+        ]
+        output.emit(score_rows, list(score_rows[0]) if score_rows else ["circuit"], fmt)
+        return
     console.print(f"circuit  {circuit} (size {circuit.size}, key {circuit.key[:12]})")
     if not records:
         console.print("no stored scores")
@@ -285,21 +331,54 @@ def sql(
 
 
 # --- comparisons ----------------------------------------------------------------------------------
+SearchMethodOpt = typer.Option(
+    None, "--method", help="only circuits found by this search method (default: any method, else stored scores)"
+)
+LevelOpt = typer.Option(None, "--level", help="node or edge circuits (default: edge with --on edges, else node)")
+
+
+def _job_origin(store: Any, job: Any) -> str:
+    """A job's search method, dataset and evaluation method, as the comparisons print them."""
+    method = (job.result_score or {}).get("evaluation_method") or {}
+    source = method.get("source") or "dataset not recorded"
+    how = (
+        f"{method.get('ablation')} ablation, {method.get('level')} level, "
+        f"{'MLPs ablated' if method.get('ablate_mlps') else 'MLPs kept'}, metric {method.get('metric')}"
+        if method
+        else "evaluation method not recorded"
+    )
+    return f"job {job.id} ({job.method}, {job.task}); dataset {source}; {how}; model {job.model}"
+
+
+def _circuit_of(store: Any, text: str) -> tuple[Circuit, str]:
+    """A circuit string, or a stored job id (its result circuit); returns the circuit and where it came from."""
+    if _is_job_id(text):
+        job = store.get_job(int(text))
+        if job.result_circuit is None:
+            raise UsageError(f"job {job.id} ({job.status.value}) has no result circuit")
+        return job.result_circuit, _job_origin(store, job)
+    return Circuit.parse(text), "given on the command line"
+
+
 def compare(
     a: str = typer.Argument(..., help="circuit A (e.g. 0.1,4.4) or a stored job id"),
     b: str = typer.Argument(..., help="circuit B or a stored job id"),
     db: str | None = DbOpt,
     png: str | None = typer.Option(None, "--png", help="write a diagram coloured by membership here"),
 ) -> None:
-    """Shared and distinct components and edges of two circuits, and their Jaccard similarity."""
+    """Shared and distinct components and edges of two circuits, and their Jaccard similarity.
+
+    A job id prints the search method, dataset and evaluation method that found it. Edges are compared
+    only when both circuits are edge-level.
+    """
     from discovery.compare import compare as compare_circuits
 
     store = _store(db, must_exist=True) if _is_job_id(a) or _is_job_id(b) else None
-    ca, label_a = _circuit_of(store, a) if store else (Circuit.parse(a), "circuit")
-    cb, label_b = _circuit_of(store, b) if store else (Circuit.parse(b), "circuit")
+    ca, label_a = _circuit_of(store, a) if store else (Circuit.parse(a), "given on the command line")
+    cb, label_b = _circuit_of(store, b) if store else (Circuit.parse(b), "given on the command line")
     result = compare_circuits(ca, cb)
-    console.print(f"A  {ca}  [{label_a}, size {ca.size}]")
-    console.print(f"B  {cb}  [{label_b}, size {cb.size}]")
+    console.print(f"A  {ca}  [{ca.level} level, size {ca.size}; {label_a}]")
+    console.print(f"B  {cb}  [{cb.level} level, size {cb.size}; {label_b}]")
     table = Table("", "shared", "only A", "only B", "Jaccard")
     table.add_row(
         "components",
@@ -317,20 +396,40 @@ def compare(
             f"{result.edge_jaccard:.3f}",
         )
     console.print(table)
+    if result.mixed_levels:
+        console.print(
+            "edges not compared: one circuit is node-level (it keeps every edge among its components), "
+            "the other edge-level"
+        )
     if png:
         from discovery.compare_plots import draw_comparison
 
-        console.print(f"diagram  {draw_comparison(ca, cb, png, title=f'A: {label_a}  vs  B: {label_b}')}")
+        console.print(f"diagram  {draw_comparison(ca, cb, png, title=f'A: {a}  vs  B: {b}')}")
 
 
-def _best(store: Any, task: str, model: str, threshold: float) -> Any:
-    best = store.best_circuits(task, model, limit=1, threshold=threshold)
-    if not best:
-        raise UsageError(
-            f"no stored circuit for task {task!r} and model {model!r}: run a search for it first "
-            f"(or lower --threshold, now {threshold})"
-        )
-    return best[0]
+def _evaluation_methods(
+    model: Any,
+    tasks: list[str],
+    n: int,
+    seed: int,
+    corruption: str | None,
+    task_param: list[str] | None,
+    ablation: str,
+    mean_source: str,
+    ablate_mlps: bool,
+    level: str,
+) -> dict[str, Any]:
+    """Each task's evaluation method (which names its dataset) under the given options, by task."""
+    from discovery.evaluator import Ablation, Evaluator
+
+    if level not in ("node", "edge"):
+        raise UsageError(f"--level {level!r}: choose node or edge")
+    out = {}
+    for t in tasks:
+        dataset = common.open_dataset(model, t, n, seed, corruption, task_param)
+        ev = Evaluator(model, dataset, Ablation(kind=ablation, source=mean_source, ablate_mlps=ablate_mlps))  # type: ignore[arg-type]
+        out[t] = ev.method(level)  # type: ignore[arg-type]
+    return out
 
 
 def overlap(
@@ -342,30 +441,64 @@ def overlap(
         0.8, help="without search jobs: the smallest stored circuit reaching this normalised score is a task's best"
     ),
     png: str | None = typer.Option(None, "--png", help="write the matrix as a heatmap here"),
+    search_method: str | None = SearchMethodOpt,
+    level: str | None = LevelOpt,
+    n: int = common.NOpt,
+    seed: int = common.SeedOpt,
+    corruption: str | None = common.CorruptionOpt,
+    ablation: str = common.AblationOpt,
+    mean_source: str = common.SourceOpt,
+    ablate_mlps: bool = common.MlpsOpt,
+    task_param: list[str] | None = common.TaskParamOpt,
+    device: str = common.DeviceOpt,
 ) -> None:
-    """A Jaccard matrix over the best stored circuit of each task for the model."""
-    from discovery.compare import overlap_matrix
+    """Jaccard matrix, shared and distinct heads over each task's best stored circuit for one dataset setting.
+
+    Each task's best circuit is looked up for exactly the dataset and evaluation method the options
+    name (as `evaluate` takes them) and the model's weights (whatever path loaded them).
+    """
+    from discovery.compare import best_stored, compare, overlap_matrix
 
     if len(task) < 2:
         raise UsageError("overlap needs at least two --task options")
+    if on not in ("nodes", "edges"):
+        raise UsageError(f"--on {on!r}: choose nodes or edges")
+    level = level or ("edge" if on == "edges" else "node")
     store = _store(db, must_exist=True)
-    best = {t: _best(store, t, model, threshold) for t in task}
-    for t, b in best.items():
-        origin = (
-            f"job {b.job_id} ({b.method})"
-            if b.method != "evaluation"
-            else f"smallest stored with normalised >= {threshold}"
-        )
-        console.print(f"{t:<16}{b.circuit}  [size {b.circuit.size}, normalised {_fmt(b.normalised, 3)}; {origin}]")
-    labels, matrix = overlap_matrix({t: b.circuit for t, b in best.items()}, on=on)
-    table = Table("", *labels, title=f"Jaccard ({on}) for {model}")
+    loaded = common.open_model(model, device)
+    methods = _evaluation_methods(
+        loaded, task, n, seed, corruption, task_param, ablation, mean_source, ablate_mlps, level
+    )
+    best = {t: best_stored(store, t, m, loaded.identity, search_method, threshold) for t, m in methods.items()}
+    console.print(f"model  {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
+    for t, origin in best.items():
+        console.print(f"{t:<16}{origin.circuit}  [{origin.circuit.level} level, size {origin.circuit.size}]")
+        console.print(f"{'':<16}from {origin.describe()}")
+    circuits = {t: o.circuit for t, o in best.items()}
+    labels, matrix = overlap_matrix(circuits, on=on)
+    pairs = Table("A", "B", "shared", "only A", "only B", "Jaccard", title=f"pairs ({on})")
+    for i, ta in enumerate(labels):
+        for tb in labels[i + 1 :]:
+            c = compare(circuits[ta], circuits[tb])
+            shared, only_a, only_b = (
+                (c.shared_nodes, c.only_a_nodes, c.only_b_nodes)
+                if on == "nodes"
+                else (c.shared_edges, c.only_a_edges, c.only_b_edges)
+            )
+            jac = c.node_jaccard if on == "nodes" else c.edge_jaccard
+            pairs.add_row(
+                ta, tb, ", ".join(shared) or "-", ", ".join(only_a) or "-", ", ".join(only_b) or "-", _fmt(jac, 3)
+            )
+    console.print(pairs)
+    table = Table("", *labels, title=f"Jaccard ({on}) for {loaded.identity.name}")
     for i, label in enumerate(labels):
         table.add_row(label, *(f"{matrix[i, j]:.3f}" for j in range(len(labels))))
     console.print(table)
     if png:
         from discovery.compare_plots import draw_overlap_matrix
 
-        console.print(f"heatmap  {draw_overlap_matrix(labels, matrix, png, title=f'Jaccard ({on}), {model}')}")
+        title = f"Jaccard ({on}), {loaded.identity.name}, {ablation} ablation"
+        console.print(f"heatmap  {draw_overlap_matrix(labels, matrix, png, title=title)}")
 
 
 def cross_score(
@@ -376,9 +509,13 @@ def cross_score(
     model: str = common.ModelOpt,
     n: int = common.NOpt,
     seed: int = common.SeedOpt,
+    corruption: str | None = common.CorruptionOpt,
     ablation: str = common.AblationOpt,
     mean_source: str = common.SourceOpt,
     ablate_mlps: bool = common.MlpsOpt,
+    task_param: list[str] | None = common.TaskParamOpt,
+    search_method: str | None = SearchMethodOpt,
+    level: str = typer.Option("node", "--level", help="the source circuit's level: node or edge"),
     device: str = common.DeviceOpt,
     db: str | None = DbOpt,
     threshold: float = typer.Option(
@@ -392,28 +529,32 @@ def cross_score(
 ) -> None:
     """Evaluate the circuit found for one task on other tasks' data (stored like any evaluation).
 
-    Prints each score as a share of the other task's full-model score (score / full) and normalised.
+    The dataset options (--n, --seed, --corruption, --task-param) and the ablation options apply to the
+    source task's lookup and to every target. Prints where the circuit came from, and for each target
+    its dataset, the score as a share of the target's full-model score (score / full) and normalised.
     """
+    from discovery.compare import best_stored
     from discovery.evaluator import Ablation, Evaluator
     from discovery.store import StoredEvaluator
 
     store = _store(db)
+    loaded = common.open_model(model, device)
     if circuit is not None:
         source_circuit, label = _circuit_of(store, circuit)
     else:
-        best = _best(store, circuit_from_task, model, threshold)
-        source_circuit = best.circuit
-        label = (
-            f"best stored for {circuit_from_task}: job {best.job_id} ({best.method})"
-            if best.job_id and best.method != "evaluation"
-            else f"smallest stored for {circuit_from_task} with normalised >= {threshold}"
-        )
-    loaded = common.open_model(model, device)
+        source_method = _evaluation_methods(
+            loaded, [circuit_from_task], n, seed, corruption, task_param, ablation, mean_source, ablate_mlps, level
+        )[circuit_from_task]
+        origin = best_stored(store, circuit_from_task, source_method, loaded.identity, search_method, threshold)
+        source_circuit, label = origin.circuit, f"best stored for {circuit_from_task}: {origin.describe()}"
     source_circuit.validate(loaded.shape)
-    console.print(f"circuit  {source_circuit}  [{label}, size {source_circuit.size}]")
+    console.print(f"model    {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
+    console.print(f"circuit  {source_circuit}  [{source_circuit.level} level, size {source_circuit.size}]")
+    console.print(f"from     {label}")
     table = Table("task", "dataset", "score", "full", "ablated", "share of full", "normalised", "stored")
+    described = []
     for t in task:
-        dataset = common.open_dataset(loaded, t, n, seed, None)
+        dataset = common.open_dataset(loaded, t, n, seed, corruption, task_param)
         evaluator = StoredEvaluator(
             Evaluator(
                 loaded,
@@ -439,7 +580,13 @@ def cross_score(
             _fmt(score.normalised, 3),
             "cached" if evaluator.cache_hits else "new",
         )
+        described.append((t, score.method.describe()))
     console.print(table)
+    for t, how in described:
+        console.print(f"{t}: scored by {how}")
+    console.print(
+        "share of full = score / the target's full-model score; normalised = (score - ablated) / (full - ablated)"
+    )
 
 
 def register(app: typer.Typer) -> None:

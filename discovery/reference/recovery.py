@@ -255,7 +255,8 @@ def knockout_pool(evaluator: Any, size: int) -> list[str]:
     """The ``size`` heads whose removal from the full circuit lowers the normalised score most."""
     every = Circuit.of(evaluator.shape.all_heads())
     scores = evaluator.evaluate([every.without_nodes(h) for h in every.heads])
-    drops = sorted(zip(every.heads, scores), key=lambda t: t[1].normalised)
+    # ties (distractor heads whose removal costs nothing) go by head order, not by float32 noise
+    drops = sorted(zip(every.heads, scores), key=lambda t: (round(t[1].normalised, 6), t[0].sort_key))
     return [h.name for h, _ in drops[:size]]
 
 

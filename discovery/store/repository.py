@@ -848,6 +848,85 @@ class Store:
             for r in rows
         ]
 
+    def best_circuits_for(
+        self,
+        weight_hash: str,
+        method: EvaluationMethod,
+        search_method: str | None = None,
+        limit: int = 5,
+        threshold: float = 0.8,
+    ) -> list[BestCircuit]:
+        """The best stored circuits for one model's weights (any name it was loaded by) under one evaluation
+        method, which names the dataset (``method.source``: task, corruption, n, seed, task parameters).
+
+        From succeeded jobs whose result was scored under exactly ``method`` (and, when given, ran
+        ``search_method``): highest normalised first, then smallest. Without such jobs, and when no
+        ``search_method`` is asked for: the smallest stored circuits under ``method`` whose normalised score
+        reaches ``threshold``. ``extra`` holds ``dataset`` and ``evaluation`` (the method, described).
+        """
+        wanted = json_safe(asdict(method))
+        extra = {"dataset": method.source, "evaluation": method.describe(), "weight_hash": weight_hash}
+        models = sa.select(M.c.id).where(M.c.weight_hash == weight_hash)
+        with self._transaction("finding the best circuits") as conn:
+            stmt = self._job_query().where(
+                J.c.status == JobStatus.SUCCEEDED.value, J.c.model_id.in_(models), J.c.result_circuit_id.is_not(None)
+            )
+            if search_method is not None:
+                stmt = stmt.where(J.c.method == search_method)
+            jobs = [
+                j
+                for j in (self._job_record(r) for r in conn.execute(stmt).all())
+                if (j.result_score or {}).get("evaluation_method") == wanted and j.result_circuit is not None
+            ]
+            if jobs or search_method is not None:
+
+                def rank(j: JobRecord) -> tuple:
+                    norm = (j.result_score or {}).get("normalised")
+                    return (-(norm if norm is not None else -math.inf), j.result_circuit.size, -j.id)  # type: ignore[union-attr]
+
+                return [
+                    BestCircuit(
+                        j.result_circuit,  # type: ignore[arg-type]
+                        j.task,
+                        j.model,
+                        (j.result_score or {}).get("normalised"),
+                        (j.result_score or {}).get("metric"),
+                        j.id,
+                        j.method,
+                        {**extra, "params": j.params},
+                    )
+                    for j in sorted(jobs, key=rank)[:limit]
+                ]
+            rows = conn.execute(
+                sa.select(C.c.canonical, E.c.normalised, E.c.score, E.c.job_id, M.c.name, D.c.task)
+                .select_from(
+                    E.join(C, E.c.circuit_id == C.c.id)
+                    .join(M, E.c.model_id == M.c.id)
+                    .join(D, E.c.dataset_id == D.c.id)
+                )
+                .where(
+                    M.c.weight_hash == weight_hash,
+                    *_method_filter(method),
+                    E.c.normalised >= threshold,
+                    C.c.size > 0,
+                )
+                .order_by(C.c.size, C.c.n_edges, E.c.normalised.desc(), E.c.id)
+                .limit(limit)
+            ).all()
+        return [
+            BestCircuit(
+                Circuit.parse(r.canonical),
+                r.task,
+                r.name,
+                r.normalised,
+                r.score,
+                r.job_id,
+                "evaluation",
+                {**extra, "threshold": threshold},
+            )
+            for r in rows
+        ]
+
     # --- patching ------------------------------------------------------------------------------
     def save_patching(
         self,
