@@ -16,7 +16,7 @@ Submodules: :mod:`discovery.circuit` (the circuit value), :mod:`discovery.evalua
 :mod:`discovery.plots`, :mod:`discovery.store`, :mod:`discovery.tasks`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 _API = {
     "circuits": "discovery.api",

@@ -68,8 +68,8 @@ def load_model(
     """A model ready to score circuits, from any of
 
     - a spec string, as ``--model`` takes it: ``ref:sequences``, a local Hugging Face directory, a hub name;
-    - a Hugging Face ``GPT2LMHeadModel`` already in memory (``tokenizer`` required unless it is GPT-2's
-      vocabulary, then the packaged GPT-2 tokenizer is used);
+    - a Hugging Face causal LM already in memory, of any supported architecture (``tokenizer``
+      required unless it has GPT-2's vocabulary, then the packaged GPT-2 tokenizer is used);
     - a TransformerLens ``TransformerBridge`` (booted without weight processing): its HF weights are
       read back into a plain HF module, so it is identified by the same weight hash as the HF model;
     - a :class:`~discovery.model.LoadedModel` (returned as it is).
@@ -77,19 +77,15 @@ def load_model(
     In-memory models are named ``name`` (default: ``in-memory:<class>``) and identified, like every
     model, by the sha256 of their weights: the same weights score and store as the same model.
     """
-    from discovery.model import _check_architecture, _identity, resolve_device
     from discovery.model import load_model as load_spec
+    from discovery.model import wrap_model
 
     if isinstance(model, LoadedModel):
         return model
     if isinstance(model, str):
         return load_spec(model, device=device, progress=progress)
     hf_model, tok = _hf_module(model, tokenizer)
-    label = name or f"in-memory:{type(model).__name__}"
-    _check_architecture(hf_model, label)
-    dev = resolve_device(device)
-    hf_model = hf_model.to(dev).eval()
-    return LoadedModel(hf_model, tok, _identity(label, hf_model), dev)
+    return wrap_model(hf_model, tok, name=name or f"in-memory:{type(model).__name__}", device=device)
 
 
 def _hf_module(model: Any, tokenizer: Any) -> tuple[Any, Any]:

@@ -241,7 +241,7 @@ def load_model(
         raise UsageError(f"model directory {str(source)!r} has no config.json: not a Hugging Face model directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        hf_model = AutoModelForCausalLM.from_pretrained(location)
+        hf_model: Any = AutoModelForCausalLM.from_pretrained(location)
     except OSError as e:
         raise UsageError(
             f"could not load model {spec!r}: {e.__class__.__name__}: {str(e).splitlines()[0]}. "
@@ -288,9 +288,8 @@ def _random_config(architecture: str, n_layers: int, n_heads: int, d_model: int,
         )
     kv = max(1, n_heads // 2)
     if architecture == "gpt-neox":  # Pythia: parallel attention + MLP, a quarter of each head rotated
-        return tf.GPTNeoXConfig(
-            **common, intermediate_size=4 * d_model, rotary_pct=0.25, max_position_embeddings=n_positions
-        )
+        # GPTNeoXConfig's default rotary_pct is Pythia's 0.25
+        return tf.GPTNeoXConfig(**common, intermediate_size=4 * d_model, max_position_embeddings=n_positions)
     if architecture == "llama":  # Llama-3 style: grouped-query attention, gated SiLU, llama3 rope scaling
         return tf.LlamaConfig(
             **common,

@@ -241,7 +241,7 @@ def build_planted(spec: PlantedSpec, seed: int | None = None) -> PlantedModel:
         return f"{node[0]}.{node[1]}"
 
     prev = layout["previous"]
-    attend_by_position(*prev, shift=1)
+    attend_by_position(prev[0], prev[1], shift=1)
     Wv[prev[0], prev[1]] = np.outer(mark_dir, eye[0])
     Wo[prev[0], prev[1]] = np.outer(eye[0], flag_dir)
     roles[name(prev)] = "previous-token"
@@ -251,18 +251,18 @@ def build_planted(spec: PlantedSpec, seed: int | None = None) -> PlantedModel:
         # query: the constant component (so every position asks); key: the flag the previous-token head wrote
         Wq[mover[0], mover[1]] = np.outer(u, eye[0]) * (scale / BIG)
         Wk[mover[0], mover[1]] = np.outer(flag_dir, eye[0])
-        copy(*mover, word_space, link_spaces[link])
+        copy(mover[0], mover[1], word_space, link_spaces[link])
         roles[name(mover)] = f"mover {c}"
         edges.append(f"{name(prev)}->{name(mover)}.k")
         sender, source = mover, link_spaces[link]
         for i, relay in enumerate(chain):
-            attend_by_position(*relay, shift=0)
+            attend_by_position(relay[0], relay[1], shift=0)
             last = i == len(chain) - 1
             if last:
-                copy(*relay, source, out_space, gain=1.0 / spec.n_chains)
+                copy(relay[0], relay[1], source, out_space, gain=1.0 / spec.n_chains)
             else:
                 link += 1
-                copy(*relay, source, link_spaces[link])
+                copy(relay[0], relay[1], source, link_spaces[link])
             roles[name(relay)] = f"relay {c}.{i}"
             edges.append(f"{name(sender)}->{name(relay)}.v")
             sender, source = relay, link_spaces[link]

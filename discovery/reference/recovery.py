@@ -216,13 +216,15 @@ def recover(
         result = run_search("topk", evaluator, {**params, "k": 1}, progress)
         scores = {name: abs(float(e)) for name, e in result.extra["ranking"]}
         ordered = [name for name, _ in sorted(scores.items(), key=lambda t: -t[1])]
-        circuits = [(k, Circuit.of(ordered[:k]), None) for k in range(0, len(ordered) + 1)]
+        circuits: list[tuple[Any, Circuit, float | None]] = [
+            (k, Circuit.of(ordered[:k]), None) for k in range(0, len(ordered) + 1)
+        ]
         rec = _points_recovery(method, circuits, truth, shape)
         rec.node_auc = ranking_auc(scores, truth.nodes, head_universe(shape))
     elif method == "greedy":
         result = run_search("greedy", evaluator, {"target": 1.0, "backward": False, "max_size": 24, **params}, progress)
-        circuits = [(s.circuit.size, s.circuit, s.normalised) for s in result.steps]
-        rec = _points_recovery(method, circuits, truth, shape)
+        steps = [(s.circuit.size, s.circuit, s.normalised) for s in result.steps]
+        rec = _points_recovery(method, steps, truth, shape)
     elif method == "exhaustive":
         k = int(params.pop("k", 3))
         pool = params.pop("pool", None) or knockout_pool(evaluator, 12)

@@ -151,7 +151,8 @@ def build_model(spec: ReferenceSpec, tokenizer: Any, seed: int) -> Any:
     if spec.attention_only:
         with torch.no_grad():
             for block in model.transformer.h:
-                for p in block.mlp.parameters():
+                mlp: Any = block.mlp
+                for p in mlp.parameters():
                     p.zero_()
                     p.requires_grad_(False)
     return model
