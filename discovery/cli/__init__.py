@@ -17,6 +17,7 @@ from discovery.cli import (
     search_commands,
     service_commands,
     store_commands,
+    task_commands,
 )
 from discovery.cli.common import err_console
 from discovery.errors import CircuitsError
@@ -28,7 +29,15 @@ app = typer.Typer(
     help="Find, score, store and compare circuits in transformer language models.",
 )
 
-for module in (eval_commands, patch_commands, search_commands, store_commands, service_commands, reference_commands):
+for module in (
+    eval_commands,
+    patch_commands,
+    search_commands,
+    store_commands,
+    service_commands,
+    reference_commands,
+    task_commands,
+):
     module.register(app)
 
 

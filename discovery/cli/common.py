@@ -80,9 +80,22 @@ def open_model(spec: str, device: str = "cpu") -> LoadedModel:
 def open_dataset(
     model: LoadedModel, task: str, n: int, seed: int, corruption: str | None, task_params: list[str] | None = None
 ) -> Dataset:
-    return build_dataset(
-        get_task(task, **parse_task_params(task_params)), model.tokenizer, n=n, seed=seed, corruption=corruption
-    )
+    with progress_bar(f"prompts for {task}") as progress:
+        dataset = build_dataset(
+            get_task(task, **parse_task_params(task_params)),
+            model.tokenizer,
+            n=n,
+            seed=seed,
+            corruption=corruption,
+            model=model,
+            progress=progress,
+        )
+    for warning in dataset.warnings:
+        err_console.print(f"warning: {warning}")
+    filtered = dict(dataset.spec.params).get("filtered_out")
+    if filtered is not None:
+        err_console.print(f"filter: {filtered} of {filtered + dataset.n} candidate prompts answered wrongly, dropped")
+    return dataset
 
 
 def open_evaluator(

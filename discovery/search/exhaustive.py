@@ -60,6 +60,7 @@ def exhaustive(evaluator: Any, params: dict[str, Any], progress: ProgressCallbac
         0.0,
         tuple(steps),
         {"best_per_size": per_size, "met_target": bool(result.normalised >= target)},
+        target_met=bool(result.normalised >= target),
     )
 
 
