@@ -148,7 +148,7 @@ class OneAnswerModel:
         self.rows_seen = 0
         self.hf_model = self
 
-    def __call__(self, input_ids: torch.Tensor) -> SimpleNamespace:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
         self.rows_seen += input_ids.shape[0]
         logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], self.vocab)
         logits[:, :, self.token] = 10.0

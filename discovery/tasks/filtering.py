@@ -36,7 +36,8 @@ def full_model_last_logits(model: Any, ids: torch.Tensor, batch_size: int = 256)
     out = []
     for start in range(0, ids.shape[0], batch_size):
         chunk = ids[start : start + batch_size].to(model.device)
-        out.append(hf(input_ids=chunk).logits[:, -1, :].float().cpu())
+        mask = torch.ones_like(chunk)  # no padding: every row is one length
+        out.append(hf(input_ids=chunk, attention_mask=mask).logits[:, -1, :].float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
