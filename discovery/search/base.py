@@ -27,8 +27,12 @@ class ScoringEvaluator(Protocol):
     """What a search method may use: scores of circuits, the two ends, and the model/dataset."""
 
     shape: ModelShape
-    full_metric: float
-    ablated_metric: float
+
+    @property
+    def full_metric(self) -> float: ...
+
+    @property
+    def ablated_metric(self) -> float: ...
 
     def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]: ...
 
@@ -155,7 +159,7 @@ def run_search(
     checked = spec.validate(params or {})
     counting = CountingEvaluator(evaluator)
     start = time.perf_counter()
-    result = spec.func(counting, checked, progress or no_progress)  # type: ignore[arg-type]
+    result = spec.func(counting, checked, progress or no_progress)
     seconds = time.perf_counter() - start
     return SearchResult(
         key,

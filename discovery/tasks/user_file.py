@@ -42,7 +42,7 @@ class FileTask(Task):
         rows, metric = self._read()
         if metric not in ("logit_diff", "prob_diff"):
             raise UsageError(f"task file {self.path}: unknown metric {metric!r} (logit_diff or prob_diff)")
-        self.metric = metric  # type: ignore[misc]
+        self.metric = metric  # type: ignore[misc,assignment]
         self.rows = rows
         self.name = f"file:{self.path.name}"  # type: ignore[misc]
 
