@@ -206,3 +206,21 @@ def test_filter_on_lan_barez_with_a_real_rule(tokenizer):
     logits = torch.zeros(2, 10)
     logits[0, 3], logits[1, 3], logits[1, 4] = 5.0, 5.0, 4.9
     assert answers_correctly(logits, [[(3, 1.0), (4, -1.0)], [(3, 1.0), (4, -1.0)]]) == [True, False]
+
+
+def test_filter_on_a_file_task_looks_at_the_file_only(tokenizer, tmp_path):
+    import json
+
+    rows = [
+        {"clean": f"{a} {a + 1} {a + 2} {a + 3}", "corrupt": f"{a} {a + 1} {a + 2} {a + 2}", "answer": f" {a + 4}",
+         "wrong": f" {a + 3}"}
+        for a in (1, 2, 1, 3)
+    ]  # fmt: skip
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows))
+    model = OneAnswerModel(tokenizer(" 5")["input_ids"][0], len(tokenizer))
+    ds = build_dataset(get_task(f"file:{path}", filter="correct"), tokenizer, n=2, model=model)
+    assert [ex.clean for ex in ds.examples] == ["1 2 3 4", "1 2 3 4"]
+    assert dict(ds.spec.params)["filtered_out"] == 1
+    with pytest.raises(UsageError, match="only 2 of 4 candidate prompts pass"):
+        build_dataset(get_task(f"file:{path}", filter="correct"), tokenizer, n=3, model=model)

@@ -203,7 +203,8 @@ def _pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
 def _unknown_words(tokenizer: Any, text: str) -> list[str]:
     """The parts of ``text`` the tokenizer maps to its unknown token (empty if none or no unk token)."""
     unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is None:
+    # GPT-2's "unknown" token is its <|endoftext|> (BOS/EOS): byte-level BPE never produces it for text
+    if unk is None or unk in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
         return []
     try:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -70,6 +70,12 @@ class FileTask(Task):
                 raise UsageError(f"task file {self.path}: example {i} lacks {', '.join(missing)}")
         return rows, metric
 
+    def candidates(self, n: int, seed: int, corruption: str, tokenizer: Any) -> list[Example]:
+        return self.examples(min(n, len(self.rows)), seed, corruption, tokenizer)
+
+    def max_candidates(self, n: int) -> int:
+        return len(self.rows)
+
     def examples(self, n: int, seed: int, corruption: str, tokenizer: Any) -> list[Example]:
         order = np.arange(len(self.rows))
         if seed:
