@@ -69,8 +69,8 @@ def test_filtered_out_count_is_printed_and_recorded(answers_five_dir, capsys, mo
     captured = capsys.readouterr()
     rows = json.loads(captured.out)
     assert [r["answer"] for r in rows] == [" 5"] * 3
-    dropped = int(captured.err.split("filter: ")[1].split(" of ")[0])
-    assert dropped > 0 and f"of {dropped + 3} candidate prompts answered wrongly, dropped" in captured.err
+    dropped = int(captured.err.split("filter=correct dropped ")[1].split(" of ")[0])
+    assert dropped > 0 and f"dropped {dropped} of {dropped + 3} candidate prompts" in captured.err
     main(["prompts", "--model", str(answers_five_dir), "--task", "digits", "--n", "3", "--task-param",
           "filter=correct"])  # fmt: skip
     assert f"filtered_out={dropped}" in capsys.readouterr().out  # in the dataset's description, stored with scores

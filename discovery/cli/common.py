@@ -94,7 +94,7 @@ def open_dataset(
         err_console.print(f"warning: {warning}")
     filtered = dict(dataset.spec.params).get("filtered_out")
     if filtered is not None:
-        err_console.print(f"filter: {filtered} of {filtered + dataset.n} candidate prompts answered wrongly, dropped")
+        err_console.print(f"filter=correct dropped {filtered} of {filtered + dataset.n} candidate prompts")
     return dataset
 
 
