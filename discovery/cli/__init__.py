@@ -22,6 +22,7 @@ from discovery.cli import (
     search_commands,
     service_commands,
     store_commands,
+    task_commands,
 )
 from discovery.cli.common import err_console
 from discovery.errors import CircuitsError
@@ -41,6 +42,7 @@ for module in (
     service_commands,
     reference_commands,
     dashboard_commands,
+    task_commands,
 ):
     module.register(app)
 

@@ -105,7 +105,22 @@ def open_dataset(
         raise UsageError(f"--n {n}: the number of prompts must be between 1 and {MAX_PROMPTS:,}")
     params = parse_task_params(task_params)
     check_task_params(task, params)
-    return build_dataset(get_task(task, **params), model.tokenizer, n=n, seed=seed, corruption=corruption)
+    with progress_bar(f"prompts for {task}") as progress:
+        dataset = build_dataset(
+            get_task(task, **params),
+            model.tokenizer,
+            n=n,
+            seed=seed,
+            corruption=corruption,
+            model=model,
+            progress=progress,
+        )
+    for warning in dataset.warnings:
+        err_console.print(f"warning: {warning}")
+    filtered = dict(dataset.spec.params).get("filtered_out")
+    if filtered is not None:
+        err_console.print(f"filter=correct dropped {filtered} of {filtered + dataset.n} candidate prompts")
+    return dataset
 
 
 def open_evaluator(

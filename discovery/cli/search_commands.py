@@ -66,6 +66,8 @@ def discover(
         else:
             result = run_search(method, evaluator, params, progress)
     score = result.score
+    if result.target_met is False:  # said first: a missed target must not pass for a found circuit
+        console.print(f"target not met: the {method} circuit below misses its target")
     console.print(f"model        {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
     console.print(f"method       {method} {json.dumps(result.params, default=str)}")
     console.print(f"evaluation   {score.method.describe()}")

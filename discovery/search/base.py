@@ -78,6 +78,9 @@ class SearchResult:
     """The scores along the way (a sweep's steps, greedy's path), in order."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Method-specific results, JSON-serialisable (e.g. EAP's edge scores, top-k's ranking)."""
+    target_met: bool | None = None
+    """Methods with a target (greedy, exhaustive, iterative-pruning): whether the result meets it.
+    None for methods without one. A missed target is said first, never left to be inferred."""
 
 
 SearchFunc = Callable[[Scorer, dict[str, Any], ProgressCallback], SearchResult]
@@ -188,5 +191,13 @@ def run_search(
     result = spec.func(counting, checked, progress or no_progress)
     seconds = time.perf_counter() - start
     return SearchResult(
-        key, checked, result.circuit, result.score, counting.n_evaluations, seconds, result.steps, result.extra
+        key,
+        checked,
+        result.circuit,
+        result.score,
+        counting.n_evaluations,
+        seconds,
+        result.steps,
+        result.extra,
+        result.target_met,
     )

@@ -61,6 +61,7 @@ def exhaustive(evaluator: Scorer, params: dict[str, Any], progress: ProgressCall
         0.0,
         tuple(steps),
         {"best_per_size": per_size, "met_target": bool(result.normalised >= target)},
+        target_met=bool(result.normalised >= target),
     )
 
 

@@ -61,6 +61,7 @@ def greedy(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback
         0.0,
         tuple(steps),
         {"path": path, "met_target": bool(current.normalised >= target)},
+        target_met=bool(current.normalised >= target),
     )
 
 

@@ -90,7 +90,9 @@ def validate_request(request: JobRequest, *, local_device: bool = True) -> JobRe
     if shape is not None:
         _check_components(spec, params, shape, request.ablate_mlps)
     if tokenizer is not None:
-        dataset = build_dataset(task, tokenizer, n=request.n, seed=request.seed, corruption=request.corruption)
+        # the prompts before the model-correctness filter (which needs the model, loaded on the worker)
+        unfiltered = get_task(request.task, **{k: v for k, v in request.task_params.items() if k != "filter"})
+        dataset = build_dataset(unfiltered, tokenizer, n=request.n, seed=request.seed, corruption=request.corruption)
         _check_tokens(dataset, tokenizer, n_ctx)
     try:
         json.dumps(params)

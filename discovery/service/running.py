@@ -249,6 +249,7 @@ def build_evaluator(request: JobRequest, device: str | None = None) -> Evaluator
         n=request.n,
         seed=request.seed,
         corruption=request.corruption,
+        model=loaded,
     )
     return Evaluator(
         loaded,

@@ -8,11 +8,23 @@ from discovery.errors import UsageError
 from discovery.tasks.base import Dataset, DatasetSpec, Example, Task, build_dataset, metric_from_logits
 from discovery.tasks.digits import DigitsTask
 from discovery.tasks.greater_than import GreaterThanTask
+from discovery.tasks.lan_barez import LanBarezDigitsTask, LanBarezMonthsTask, LanBarezNumberWordsTask
 from discovery.tasks.months import MonthsTask
 from discovery.tasks.number_words import NumberWordsTask
 from discovery.tasks.user_file import FileTask
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (DigitsTask, NumberWordsTask, MonthsTask, GreaterThanTask)}
+TASKS: dict[str, type[Task]] = {
+    t.name: t
+    for t in (
+        DigitsTask,
+        NumberWordsTask,
+        MonthsTask,
+        GreaterThanTask,
+        LanBarezDigitsTask,
+        LanBarezNumberWordsTask,
+        LanBarezMonthsTask,
+    )
+}
 
 
 def register_task(task_class: type[Task]) -> type[Task]:

@@ -5,9 +5,17 @@ tokenises them and checks, once, everything the evaluator relies on:
 
 - every clean prompt has the same token length, and its corrupted twin has that length too
   (means are taken per position, so positions must line up);
-- every answer is exactly one token.
+- every answer is exactly one token (an answer a tokenizer splits, e.g. Llama's and Qwen's digits,
+  is an error naming the prompt and the pieces);
+- no prompt or answer contains the tokenizer's unknown token (a word outside a word-level
+  vocabulary would otherwise be scored as ``<unk>``).
 
-A violation raises :class:`~discovery.errors.TokenizationError` naming the prompt or answer.
+A violation raises :class:`~discovery.errors.TokenizationError` naming the prompt or answer. Oddities
+that are not errors (answers without the leading space the other answers have) are returned in
+:attr:`Dataset.warnings` for the caller to show; the library prints nothing.
+
+Any task can keep only the prompts the model answers correctly (``filter=correct``, see
+:mod:`discovery.tasks.filtering`); the filtered-out count is recorded in the dataset's parameters.
 
 The metric is a signed sum over answer tokens at the last position: ``weights[i, k]`` is +1 for a
 correct token of prompt i, -1 for a wrong one, 0 otherwise. ``logit_diff`` sums weighted logits
@@ -30,6 +38,8 @@ import torch
 from discovery.errors import TokenizationError, UsageError
 
 MetricName = Literal["logit_diff", "prob_diff"]
+FILTERS = ("none", "correct")
+"""``filter`` task parameter: keep every prompt, or only those the model answers correctly."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,16 @@ class Task(ABC):
     default_corruption: ClassVar[str]
     metric: ClassVar[MetricName] = "logit_diff"
 
+    default_prepend_bos: ClassVar[bool] = True
+    """Whether the tokenised prompts start with the tokenizer's BOS token unless the caller says."""
+
     def __init__(self, **params: Any) -> None:
+        if params.get("filter", "none") not in FILTERS:
+            raise UsageError(
+                f"task {self.name!r}: unknown filter {params['filter']!r}; choose one of: {', '.join(FILTERS)}"
+            )
+        if params.get("filter") == "none":
+            params = {k: v for k, v in params.items() if k != "filter"}  # the default: not part of the identity
         self.params: dict[str, Any] = params
 
     @classmethod
@@ -62,16 +81,42 @@ class Task(ABC):
         whose ``__init__`` takes more through ``**params`` overrides this). Callers refuse any other key."""
         import inspect
 
-        return tuple(
+        own = tuple(
             name
             for name, p in inspect.signature(cls.__init__).parameters.items()
             if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         )
+        return (*own, "filter")  # every task takes the model-correctness filter
+
+    @property
+    def filter(self) -> str:
+        return str(self.params.get("filter", "none"))
+
+    @property
+    def prepend_bos(self) -> bool:
+        return self.default_prepend_bos
 
     @abstractmethod
     def examples(self, n: int, seed: int, corruption: str, tokenizer: Any) -> list[Example]:
         """``n`` examples, deterministic in ``seed``. The tokenizer lets a task skip draws that a
         model's vocabulary cannot express (greater-than years that split oddly)."""
+
+    def candidates(self, n: int, seed: int, corruption: str, tokenizer: Any) -> list[Example]:
+        """The first ``n`` prompts of the stream the correctness filter draws from. It must be
+        prefix-stable (``candidates(m)[:n] == candidates(n)`` for m > n); ``examples`` is, for
+        every task that draws its prompts one after another."""
+        return self.examples(n, seed, corruption, tokenizer)
+
+    def max_candidates(self, n: int) -> int:
+        """How far the filter may look for ``n`` passing prompts."""
+        return max(64 * n, 1024)
+
+    def select(self, passing: Sequence[bool], n: int) -> tuple[list[int], int] | None:
+        """Which candidates make the dataset, given which pass the filter: ``(indices, considered)``
+        with ``considered`` the length of the candidate prefix used, or None if too few pass.
+        Default: the first ``n`` that pass."""
+        chosen = [i for i, ok in enumerate(passing) if ok][:n]
+        return (chosen, chosen[-1] + 1) if len(chosen) == n else None
 
     def check_corruption(self, corruption: str | None) -> str:
         corruption = corruption or self.default_corruption
@@ -115,6 +160,9 @@ class Dataset:
     metric: MetricName
     prompt_hash: str = field(default="")
     """sha256 of the token ids and weights: two datasets with the same hash score alike."""
+    warnings: tuple[str, ...] = ()
+    """Things a user should see that are not errors (the CLI prints them), e.g. an answer without
+    the leading space every other answer has."""
 
     @property
     def n(self) -> int:
@@ -138,6 +186,7 @@ class Dataset:
             self.answer_weights.to(device),
             self.metric,
             self.prompt_hash,
+            self.warnings,
         )
 
 
@@ -160,38 +209,97 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def _unknown_words(tokenizer: Any, text: str) -> list[str]:
+    """The parts of ``text`` the tokenizer maps to its unknown token (empty if none or no unk token)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    # GPT-2's "unknown" token is its <|endoftext|> (BOS/EOS): byte-level BPE never produces it for text
+    if unk is None or unk in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        return []
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError):  # slow tokenizers have no offsets
+        ids = _encode(tokenizer, text)
+        return [str(tokenizer.unk_token)] * ids.count(unk)
+    return [
+        text[a:b].strip() or repr(text[a:b]) for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if i == unk
+    ]
+
+
+def _check_known(tokenizer: Any, text: str, where: str) -> None:
+    unknown = _unknown_words(tokenizer, text)
+    if unknown:
+        words = ", ".join(repr(w) for w in dict.fromkeys(unknown))
+        raise TokenizationError(
+            f"{where}: {words} {'is' if len(set(unknown)) == 1 else 'are'} not in the model's vocabulary "
+            f"(tokenised to the unknown token {tokenizer.unk_token!r}); a score over it would mean nothing"
+        )
+
+
 def _single_token(tokenizer: Any, text: str, where: str) -> int:
+    _check_known(tokenizer, text, f"{where}: answer {text!r}")
     ids = _encode(tokenizer, text)
     if len(ids) != 1:
-        pieces = [tokenizer.decode([i]) for i in ids]
-        raise TokenizationError(f"{where}: answer {text!r} is {len(ids)} tokens {pieces}, not one")
+        raise TokenizationError(
+            f"{where}: answer {text!r} is {len(ids)} tokens {_pieces(tokenizer, ids)} for this tokenizer, not one"
+        )
     return ids[0]
 
 
-def build_dataset(
-    task: Task,
-    tokenizer: Any,
-    n: int = 50,
-    seed: int = 0,
-    corruption: str | None = None,
-    prepend_bos: bool = True,
-) -> Dataset:
-    """Generate, tokenise and check ``n`` examples of ``task``."""
-    if n < 1:
-        raise UsageError(f"the number of prompts must be at least 1, got {n}")
-    corruption = task.check_corruption(corruption)
-    examples = task.examples(n, seed, corruption, tokenizer)
-    bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
+def _spacing_warning(examples: Sequence[Example]) -> str | None:
+    """A warning when some answers lack the leading space most answers have (a file typo that
+    silently scores a different token: ``"5"`` instead of ``" 5"``)."""
+    answers = [(i, a) for i, ex in enumerate(examples) for a in ex.correct + ex.wrong]
+    spaced = [a for _, a in answers if a.startswith(" ")]
+    bare = [(i, a) for i, a in answers if not a.startswith(" ")]
+    if not spaced or not bare or len(bare) >= len(spaced):
+        return None
+    shown = ", ".join(f"prompt {i} {a!r}" for i, a in bare[:3]) + (" ..." if len(bare) > 3 else "")
+    return (
+        f"{len(bare)} answer{'s' if len(bare) > 1 else ''} without the leading space the other "
+        f"{len(spaced)} have ({shown}): each scores a different token than ' ' + answer"
+    )
 
+
+@dataclass(frozen=True)
+class _Tokenised:
+    clean: list[list[int]]
+    corrupt: list[list[int]]
+    answers: list[list[tuple[int, float]]]
+    """Per prompt: (token id, +1 correct / -1 wrong)."""
+
+
+def _tokenise(
+    examples: Sequence[Example], tokenizer: Any, bos: list[int], offset: int = 0, length: int | None = None
+) -> _Tokenised:
+    """Tokenise and check examples (numbered from ``offset`` in messages); ``length`` is the
+    token length every prompt must have (that of prompt 0 when None)."""
     clean_rows: list[list[int]] = []
     corrupt_rows: list[list[int]] = []
-    for i, ex in enumerate(examples):
+    answers: list[list[tuple[int, float]]] = []
+    first = examples[0].clean if examples else ""
+    for j, ex in enumerate(examples):
+        i = offset + j
+        where = f"prompt {i} {ex.clean!r}"
+        row = [
+            (_single_token(tokenizer, text, where), sign)
+            for sign, texts in ((1.0, ex.correct), (-1.0, ex.wrong))
+            for text in texts
+        ]
+        _check_known(tokenizer, ex.clean, where)
+        _check_known(tokenizer, ex.corrupt, f"corrupted prompt {i} {ex.corrupt!r}")
         clean = bos + _encode(tokenizer, ex.clean)
         corrupt = bos + _encode(tokenizer, ex.corrupt)
-        if clean_rows and len(clean) != len(clean_rows[0]):
+        if length is None:
+            length = len(clean)
+        if len(clean) != length:
             raise TokenizationError(
-                f"prompt {i} {ex.clean!r} is {len(clean) - len(bos)} tokens but prompt 0 "
-                f"{examples[0].clean!r} is {len(clean_rows[0]) - len(bos)}: all prompts must have one token length"
+                f"prompt {i} {ex.clean!r} is {len(clean) - len(bos)} tokens but prompt 0 {first!r} is "
+                f"{length - len(bos)}: all prompts must have one token length "
+                f"(its pieces: {_pieces(tokenizer, clean[len(bos) :])})"
             )
         if len(corrupt) != len(clean):
             raise TokenizationError(
@@ -200,39 +308,76 @@ def build_dataset(
             )
         clean_rows.append(clean)
         corrupt_rows.append(corrupt)
+        answers.append(row)
+    return _Tokenised(clean_rows, corrupt_rows, answers)
+
+
+def build_dataset(
+    task: Task,
+    tokenizer: Any,
+    n: int = 50,
+    seed: int = 0,
+    corruption: str | None = None,
+    prepend_bos: bool | None = None,
+    model: Any = None,
+    progress: Any = None,
+) -> Dataset:
+    """Generate, tokenise and check ``n`` examples of ``task``.
+
+    ``prepend_bos`` defaults to the task's own setting (Lan & Barez's tasks: no BOS, as in their
+    code). ``model`` (a :class:`~discovery.model.LoadedModel`) is needed only for a task built with
+    ``filter=correct``: candidates are drawn until ``n`` of them pass (the first ``n``, or the
+    task's own selection rule), and ``filtered_out`` / ``candidates`` join the dataset's
+    parameters. ``progress(done, total, message)`` reports the filter's forward passes.
+    """
+    if n < 1:
+        raise UsageError(f"the number of prompts must be at least 1, got {n}")
+    corruption = task.check_corruption(corruption)
+    bos_on = task.prepend_bos if prepend_bos is None else prepend_bos
+    bos = [tokenizer.bos_token_id] if bos_on and tokenizer.bos_token_id is not None else []
+    extra: list[tuple[str, Any]] = []
+    if task.filter == "none":
+        examples = task.examples(n, seed, corruption, tokenizer)
+        tok = _tokenise(examples, tokenizer, bos)
+    else:
+        from discovery.tasks.filtering import filter_candidates
+
+        if model is None:
+            raise UsageError(
+                f"task {task.name!r} with filter={task.filter} keeps the prompts the model answers correctly, "
+                "so building it needs the model (build_dataset(..., model=...))"
+            )
+        examples, tok, considered = filter_candidates(task, model, tokenizer, bos, n, seed, corruption, progress)
+        extra = [("candidates", considered), ("filtered_out", considered - n)]
 
     token_index: dict[int, int] = {}
-    signed: list[list[tuple[int, float]]] = []
-    for i, ex in enumerate(examples):
-        row = []
-        for sign, answers in ((1.0, ex.correct), (-1.0, ex.wrong)):
-            for text in answers:
-                tok = _single_token(tokenizer, text, f"prompt {i} {ex.clean!r}")
-                row.append((token_index.setdefault(tok, len(token_index)), sign))
-        signed.append(row)
+    signed = [[(token_index.setdefault(t, len(token_index)), sign) for t, sign in row] for row in tok.answers]
     weights = torch.zeros(len(examples), len(token_index))
     for i, row in enumerate(signed):
         for k, sign in row:
             weights[i, k] += sign
 
-    clean_ids = torch.tensor(clean_rows, dtype=torch.long)
-    corrupt_ids = torch.tensor(corrupt_rows, dtype=torch.long)
+    clean_ids = torch.tensor(tok.clean, dtype=torch.long)
+    corrupt_ids = torch.tensor(tok.corrupt, dtype=torch.long)
     answer_tokens = torch.tensor(list(token_index), dtype=torch.long)
     digest = hashlib.sha256()
     for t in (clean_ids, corrupt_ids, answer_tokens):
         digest.update(t.numpy().tobytes())
     digest.update(weights.numpy().tobytes())
     digest.update(task.metric.encode())
-    spec = DatasetSpec(
-        task.name,
-        corruption,
-        n,
-        seed,
-        tuple(sorted((k, _jsonable(v)) for k, v in task.params.items())),
-        prepend_bos,
-    )
+    params = sorted((k, _jsonable(v)) for k, v in task.params.items()) + extra
+    spec = DatasetSpec(task.name, corruption, n, seed, tuple(params), bos_on)
+    warning = _spacing_warning(examples)
     return Dataset(
-        spec, tuple(examples), clean_ids, corrupt_ids, answer_tokens, weights, task.metric, digest.hexdigest()
+        spec,
+        tuple(examples),
+        clean_ids,
+        corrupt_ids,
+        answer_tokens,
+        weights,
+        task.metric,
+        digest.hexdigest(),
+        (warning,) if warning else (),
     )
 
 

@@ -4,7 +4,9 @@ JSON: a list of objects, or ``{"examples": [...]}``; CSV: a header row. Each exa
 ``clean``, ``corrupt``, ``answer`` and ``wrong`` (a token string each, e.g. " 5", or a list of
 token strings for several). The optional top-level JSON key ``metric`` picks ``logit_diff``
 (default) or ``prob_diff``. ``n`` takes the first n examples in file order (after a shuffle
-with ``seed`` when seed is not 0); the file's own corruption is called ``file``.
+with ``seed`` when seed is not 0); the file's own corruption is called ``file``. The prompts are
+tokenised after the BOS token unless ``bos=false`` (``circuits prompts --json`` of a task without a
+BOS token, e.g. Lan & Barez's, reads back with ``--task-param bos=false``).
 """
 
 from __future__ import annotations
@@ -34,15 +36,20 @@ class FileTask(Task):
     corruptions = ("file",)
     default_corruption = "file"
 
-    def __init__(self, path: str, **params: Any) -> None:
+    def __init__(self, path: str, bos: bool | None = None, **params: Any) -> None:
+        if bos is not None and not isinstance(bos, bool):
+            raise UsageError(f"task file: bos must be true or false, got {bos!r}")
+        if bos is not None:
+            params["bos"] = bos  # recorded only when given: files without it keep their identity
         super().__init__(path=str(path), **params)
+        self.bos = True if bos is None else bos
         self.path = Path(path)
         if not self.path.is_file():
             raise UsageError(f"task file {str(self.path)!r} does not exist")
         rows, metric = self._read()
         if metric not in ("logit_diff", "prob_diff"):
             raise UsageError(f"task file {self.path}: unknown metric {metric!r} (logit_diff or prob_diff)")
-        self.metric = metric  # type: ignore[misc]
+        self.metric = metric  # type: ignore[misc,assignment]
         self.rows = rows
         self.name = f"file:{self.path.name}"  # type: ignore[misc]
 
@@ -69,6 +76,16 @@ class FileTask(Task):
             if missing:
                 raise UsageError(f"task file {self.path}: example {i} lacks {', '.join(missing)}")
         return rows, metric
+
+    @property
+    def prepend_bos(self) -> bool:
+        return self.bos
+
+    def candidates(self, n: int, seed: int, corruption: str, tokenizer: Any) -> list[Example]:
+        return self.examples(min(n, len(self.rows)), seed, corruption, tokenizer)
+
+    def max_candidates(self, n: int) -> int:
+        return len(self.rows)
 
     def examples(self, n: int, seed: int, corruption: str, tokenizer: Any) -> list[Example]:
         order = np.arange(len(self.rows))
