@@ -49,6 +49,8 @@ def evaluate(
                 "n_edges": s.circuit.n_edges,
                 "score": s.metric,
                 "normalised": s.normalised,
+                "normalised_reliable": s.reliable,
+                "ratio": s.ratio,
                 "full": s.full,
                 "ablated": s.ablated,
                 "model": loaded.identity.name,
@@ -69,9 +71,11 @@ def evaluate(
     console.print(f"method   {first.method.describe()}")
     console.print(f"full     {first.full:.4f}")
     console.print(f"ablated  {first.ablated:.4f}")
-    table = Table("circuit", "size", "score", "normalised")
+    if not first.reliable:
+        console.print(f"warning  {evaluator.base_evaluator.span_note}")
+    table = Table("circuit", "size", "score", "normalised" if first.reliable else "normalised (unreliable)", "ratio")
     for s in scores:
-        table.add_row(str(s.circuit), str(s.circuit.size), f"{s.metric:.4f}", f"{s.normalised:.4f}")
+        table.add_row(str(s.circuit), str(s.circuit.size), f"{s.metric:.4f}", f"{s.normalised:.4f}", f"{s.ratio:.4f}")
     console.print(table)
 
 

@@ -77,7 +77,8 @@ def discover(
         size += f", {result.circuit.n_edges} edges"
     console.print(f"size         {size}")
     console.print(f"score        {score.metric:.4f} (full {score.full:.4f}, ablated {score.ablated:.4f})")
-    console.print(f"normalised   {score.normalised:.4f}")
+    flag = "" if score.reliable else "  (unreliable: full and ablated nearly coincide)"
+    console.print(f"normalised   {score.normalised:.4f}{flag}   ratio to full {score.ratio:.4f}")
     console.print(f"evaluations  {result.n_evaluations}")
     console.print(f"wall time    {result.seconds:.2f} s")
     if job_id is not None:
@@ -95,6 +96,8 @@ def discover(
                     "circuit": result.circuit.canonical,
                     "metric": score.metric,
                     "normalised": score.normalised,
+                    "normalised_reliable": score.reliable,
+                    "ratio": score.ratio,
                     "full": score.full,
                     "ablated": score.ablated,
                     "evaluation": score.method.describe(),
