@@ -31,7 +31,7 @@ case "$cmd" in
     # with the plain template the answer is the successor of the current token and MLPs alone give it
     demo) setup; exec .venv/bin/circuits submit --model ref:sequences --task digits --task-param template=done-in --method greedy --target 0.9 "$@" ;;
     test) setup; exec .venv/bin/python -m pytest -q -ra "$@" ;;
-    lint) setup; .venv/bin/ruff check . && .venv/bin/ruff format --check . ;;
+    lint) setup; .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy ;;
     # the public modules by name: the package's __all__ lists the API functions, which hides its submodules from pdoc
     docs) setup; exec .venv/bin/pdoc --docformat restructuredtext -o "${1:-docs/api}" discovery discovery.api \
         discovery.circuit discovery.evaluator discovery.search discovery.curves discovery.compare discovery.exports \

@@ -5,8 +5,9 @@ SQLite store, starts a long exhaustive job in a thread (a job that is running wh
 open), serves the dashboard read-only with uvicorn on a free localhost port, and checks in the
 browser: the jobs page lists the submitted jobs and the running job's progress moves by itself
 (polling); the job page shows the result as an SVG with one node per circuit component; the compare
-page names the shared heads. It writes the README's screenshots, ``docs/img/dashboard-jobs.png`` and
-``docs/img/dashboard-job.png``.
+page names the shared heads. It writes screenshots of the jobs page and a job page into a temporary
+folder; with ``CIRCUITS_UPDATE_SCREENSHOTS=1`` into ``docs/img/`` (the README's), so a test run
+never changes checked-in files by accident.
 
 Needs ``/usr/bin/chromium`` and ``/usr/bin/chromedriver`` (``apt-get install -y chromium
 chromium-driver``; ``.ci/run`` installs them).
@@ -14,7 +15,9 @@ chromium-driver``; ``.ci/run`` installs them).
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +31,11 @@ from discovery.compare import compare
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = ROOT / "docs" / "img"
+SCREENSHOTS = (
+    ROOT / "docs" / "img"
+    if os.environ.get("CIRCUITS_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="circuits-screenshots-"))
+)
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_FLAGS = [

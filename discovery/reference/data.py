@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from discovery.reference.tokenizer import SPECIAL_TOKENS
+from discovery.tasks.sequence import SequenceTask
 from discovery.words import INDUCTION_WORDS as INDUCTION_WORDS  # re-exported: the induction model's vocabulary
 
 BOS_ID = SPECIAL_TOKENS.index("<|endoftext|>")
@@ -244,6 +245,7 @@ def sequence_texts(rng: np.random.Generator, n: int, tokenizer: Any) -> list[str
                 text += "."
             else:
                 # continue the list a little past the answer (stays inside the vocabulary)
+                assert isinstance(task, SequenceTask)  # digits / number-words / months
                 vocab = list(task.vocabulary)
                 last = vocab.index(ex.correct[0].strip())
                 for extra in vocab[last + 1 : last + 1 + int(rng.integers(0, 3))]:
