@@ -96,15 +96,21 @@ def open_model(spec: str, device: str = "cpu") -> LoadedModel:
         return load_model(spec, device=device, progress=progress)
 
 
-def open_dataset(
-    model: LoadedModel, task: str, n: int, seed: int, corruption: str | None, task_params: list[str] | None = None
-) -> Dataset:
+def check_dataset_options(task: str, n: int, task_params: list[str] | None = None) -> dict[str, Any]:
+    """Refuse bad dataset options before anything slow runs (a model loading); the parsed task params."""
     from discovery.service.requests import MAX_PROMPTS, check_task_params
 
     if not 1 <= n <= MAX_PROMPTS:
         raise UsageError(f"--n {n}: the number of prompts must be between 1 and {MAX_PROMPTS:,}")
     params = parse_task_params(task_params)
     check_task_params(task, params)
+    return params
+
+
+def open_dataset(
+    model: LoadedModel, task: str, n: int, seed: int, corruption: str | None, task_params: list[str] | None = None
+) -> Dataset:
+    params = check_dataset_options(task, n, task_params)
     with progress_bar(f"prompts for {task}") as progress:
         dataset = build_dataset(
             get_task(task, **params),

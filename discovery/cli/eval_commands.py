@@ -33,6 +33,7 @@ def evaluate(
     """
     output.check_format(fmt)
     circuits = [Circuit.parse(text) for text in circuit]
+    common.check_dataset_options(task, n, task_param)  # usage errors before the model loads
     loaded = common.open_model(model, device)
     for c in circuits:
         c.validate(loaded.shape)

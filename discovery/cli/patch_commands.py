@@ -33,6 +33,7 @@ def patch(
     ``--format csv|json`` prints every sender's effect (NaN: cannot send) with the dataset and receiver.
     """
     output.check_format(fmt)
+    common.check_dataset_options(task, n, task_param)  # usage errors before the model loads
     loaded = common.open_model(model, device)
     parsed = Receiver.parse(receiver, loaded.shape)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)

@@ -51,6 +51,7 @@ def discover(
             )
         params["target"] = target
     spec.validate(params)  # refuse bad parameters before loading anything
+    common.check_dataset_options(task, n, task_param)  # usage errors before the model loads
     loaded = common.open_model(model, device)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
     evaluator = common.open_evaluator(loaded, dataset, ablation, mean_source, ablate_mlps, store=False)
@@ -151,6 +152,7 @@ def curve(
             ks = [int(k) for k in grid.split(",") if k.strip()]
         except ValueError as e:
             raise UsageError(f"--grid {grid!r}: write whole numbers, e.g. 0,1,2,5,10") from e
+    common.check_dataset_options(task, n, task_param)  # usage errors before the model loads
     loaded = common.open_model(model, device)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
     # the default store, as every command uses it; CIRCUITS_NO_STORE=1 keeps nothing

@@ -26,6 +26,7 @@ def prompts(
     device: str = common.DeviceOpt,
 ) -> None:
     """Print a task's clean and corrupted prompts with their answer and wrong tokens, as scored."""
+    common.check_dataset_options(task, n, task_param)  # usage errors before the model loads
     loaded = common.open_model(model, device)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
     rows = [
