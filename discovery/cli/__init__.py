@@ -121,8 +121,10 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(f"{e} (--debug shows where)", 2)
-    # standalone_mode=False returns what typer.Exit carried instead of exiting with it
-    sys.exit(rc if isinstance(rc, int) else 0)
+    # standalone_mode=False returns what typer.Exit carried instead of exiting with it. Success
+    # returns (the console script then exits 0), so main() can also be called in-process.
+    if isinstance(rc, int) and rc != 0:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":
