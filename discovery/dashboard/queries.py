@@ -61,8 +61,8 @@ def open_dashboard_store(url: str | None = None, read_only: bool = True) -> Stor
         database = parsed.database or ""
         if database in ("", ":memory:") or database.startswith("file:"):
             raise UsageError(f"the dashboard needs a SQLite file, not {resolved!r}")
-        if not Path(database).expanduser().is_file():
-            raise UsageError(
+        if not Path(database).expanduser().is_file():  # a missing store, as for every reading command
+            raise StoreError(
                 f"no store at {database}: nothing to show yet (run a job first, or pass --db / CIRCUITS_DATABASE_URL)"
             )
     try:
