@@ -65,10 +65,12 @@ PLANTED_FLOORS = {  # method: (node AUC floor, edge AUC floor); measured in comm
     "eap": (0.95, 0.95),  # 1.000, 1.000
     "eap-ig": (0.95, 0.95),  # 1.000, 1.000
     "acdc": (0.95, 0.95),  # 1.000, 1.000
-    "topk": (0.5, 0.58),  # 0.533, 0.619
-    "greedy": (0.53, 0.5),  # 0.570, 0.534
-    "exhaustive": (0.6, 0.5),  # 0.636, 0.541
 }
+# topk, greedy and exhaustive are at chance on planted-chains (node AUC 0.42-0.64 and edge AUC 0.50-0.62,
+# moving with float32 rounding alone: a chain's heads score nothing one at a time, and the big constant
+# that makes its LayerNorms linear leaves path-patching effects at the 1e-4 noise level). A floor there
+# would pin noise, so those methods' floors are the induction model's below; bench/ground_truth.py
+# still reports their planted AUCs.
 INDUCTION_FLOORS = {  # node AUC floor; every method measured 1.000 (bench/ground_truth.py, 20 prompts)
     "eap": 0.95,
     "eap-ig": 0.95,
