@@ -169,7 +169,7 @@ class Evaluator:
         context = int(model.bridge.cfg.n_ctx)
         if self.dataset.seq_len > context:
             raise UsageError(f"prompts of {self.dataset.seq_len} tokens exceed the model's context of {context}")
-        self.hooked = None if model.fast_path else HookedScorer(model, self.dataset, ablation)
+        self.hooked = None if model.fast_path else HookedScorer(model, self.dataset, ablation.kind, ablation.source)
         """The slow path (TransformerLens hooks) for architectures the engine has no fast path for."""
         if self.hooked is not None and self.metric_name == "kl":
             raise UsageError("the kl metric needs the engine's fast path; this model runs on the hooked slow path")
