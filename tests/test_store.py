@@ -64,7 +64,7 @@ def test_alembic_upgrade_head_from_empty(db_url):
     assert done.returncode == 0, done.stderr
     engine = make_engine(db_url)
     assert TABLES <= set(sa.inspect(engine).get_table_names())
-    assert migrate.current_revisions(engine) == migrate.head_revisions() == ("0002",)
+    assert migrate.current_revisions(engine) == migrate.head_revisions() == ("0003",)
     engine.dispose()
 
 
@@ -77,8 +77,8 @@ def test_migrations_match_models_and_downgrade(db_url):
     from discovery.store.models import Base
 
     engine = make_engine(db_url)
-    assert migrate.upgrade(engine) == ("0002",)
-    assert migrate.upgrade(engine) == ("0002",)  # again: nothing to do
+    assert migrate.upgrade(engine) == ("0003",)
+    assert migrate.upgrade(engine) == ("0003",)  # again: nothing to do
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
@@ -101,8 +101,8 @@ def test_open_store_migrates_an_empty_database(db_url):
 
 def test_outdated_or_unknown_schema_is_refused(db_url, monkeypatch):
     open_store(db_url).close()
-    monkeypatch.setattr(migrate, "head_revisions", lambda: ("0003_future",))
-    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001_initial", "0002", "0003_future"})
+    monkeypatch.setattr(migrate, "head_revisions", lambda: ("0004_future",))
+    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001_initial", "0002", "0003", "0004_future"})
     with pytest.raises(StoreError, match="circuits db upgrade"):
         open_store(db_url)
     monkeypatch.undo()

@@ -114,6 +114,9 @@ class Model(Base):
     d_mlp: Mapped[int | None]
     """NULL for rows written before revision 0002 (unknown)."""
     vocab_size: Mapped[int | None]
+    flags: Mapped[str | None] = mapped_column(sa.Text())
+    """The engine's architecture flags in words; NULL for rows written before revision 0003."""
+    parallel_attn_mlp: Mapped[bool | None]
     created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
 
 

@@ -272,6 +272,8 @@ class Store:
             "d_model": identity.d_model,
             "d_mlp": identity.d_mlp,
             "vocab_size": identity.vocab_size,
+            "flags": identity.flags,
+            "parallel_attn_mlp": identity.parallel_attn_mlp,
         }
         with self._transaction("saving the model", write=True) as conn:
             self._insert_ignore(conn, M, [row], ["name", "weight_hash"])
@@ -290,7 +292,16 @@ class Store:
     @staticmethod
     def _model_record(r: Any) -> ModelRecord:
         identity = ModelIdentity(
-            r.name, r.architecture, r.weight_hash, r.n_layers, r.n_heads, r.d_model, r.d_mlp or 0, r.vocab_size or 0
+            r.name,
+            r.architecture,
+            r.weight_hash,
+            r.n_layers,
+            r.n_heads,
+            r.d_model,
+            r.d_mlp or 0,
+            r.vocab_size or 0,
+            r.flags or "",
+            bool(r.parallel_attn_mlp),
         )
         return ModelRecord(r.id, identity)
 
