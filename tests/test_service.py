@@ -109,7 +109,7 @@ def test_prompts_of_unknown_words_are_refused_at_submit(tmp_path):
     row = {"clean": "zebra quokka", "corrupt": "quokka zebra", "answer": " 1", "wrong": " 2"}
     prompts.write_text(json.dumps([row] * 4))
     req = JobRequest(task=f"file:{prompts}", method="greedy", model="ref:sequences", params={"target": 0.9}, n=4)
-    with pytest.raises(UsageError, match="does not know"):
+    with pytest.raises(UsageError, match="not in the model's vocabulary"):
         validate_request(req)
 
 

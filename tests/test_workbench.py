@@ -211,7 +211,7 @@ def test_formats_for_runs_show_jobs_and_patch(tokenizer, tmp_path, capsys):
     main(["runs", "--db", url, "--format", "csv"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("id,status,method") and lines[1].startswith(f"{job},succeeded,greedy")
-    main(["jobs", "--database", url, "--format", "csv"])
+    main(["jobs", "--db", url, "--format", "csv"])
     assert capsys.readouterr().out.splitlines()[1].startswith(f"{job},succeeded")
     main(["show", str(job), "--db", url, "--format", "json"])
     assert json.loads(capsys.readouterr().out)[0]["normalised"] == pytest.approx(result.score.normalised)
