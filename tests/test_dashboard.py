@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from discovery.circuit import Circuit
 from discovery.dashboard import create_app, open_dashboard_store
 from discovery.dashboard.queries import row_counts
-from discovery.errors import StoreError, UsageError
+from discovery.errors import StoreError
 from discovery.evaluator import EvaluationMethod, Score
 from discovery.search.base import SearchResult
 from tests.store_fixtures import *  # noqa: F403
@@ -293,7 +293,7 @@ def test_read_only_mode_writes_nothing(filled, db_url, store):
 
 def test_read_only_mode_creates_and_migrates_nothing(tmp_path, db_url):
     missing = tmp_path / "nothing-here.db"
-    with pytest.raises(UsageError, match="no store at"):
+    with pytest.raises(StoreError, match="no store at"):
         open_dashboard_store(f"sqlite:///{missing}")
     assert not missing.exists()
     if db_url.startswith("sqlite"):
