@@ -339,28 +339,35 @@ def run_job(
         return _run_compare_claimed(store, job, worker_id, progress, device)
 
     def search(callback: JobProgress) -> Any:
-        from discovery.search import run_search
         from discovery.store.evaluator import StoredEvaluator
 
         request = job_request(job)
         callback(0, None, "loading model and dataset")
         stored = StoredEvaluator(build_evaluator(request, device), store, job_id=job_id, checkpoint=callback.checkpoint)
-        store.set_job_model(job_id, stored.model_id)
-        tracker: Any = Tracker(
-            stored
-        )  # a ScoringEvaluator (the protocol declares its ends settable; they are read-only here)
-        callback.tracker = tracker
-        result = run_search(request.method, tracker, request.params, callback)
-        service = {
-            "computed": stored.cache_misses,
-            "served_from_store": stored.cache_hits,
-            "attempt": store.get_job(job_id).attempts,
-            "worker": worker_id,
-            "dataset": stored.dataset_record.description,
-        }
-        return replace(result, extra=dict(result.extra, service=service))
+        return _tracked_search(store, job_id, request, stored, callback, worker_id, store.get_job(job_id).attempts)
 
     return _run_claimed(store, job, worker_id, progress, search)
+
+
+def _tracked_search(
+    store: Any, job_id: int, request: Any, stored: Any, callback: JobProgress, worker_id: str, attempt: int
+) -> Any:
+    """Run the job's search through the store and the best-so-far tracker; the result carries how
+    many circuits were computed and served, by which worker and attempt, on which dataset."""
+    from discovery.search import run_search
+
+    store.set_job_model(job_id, stored.model_id)
+    tracker = Tracker(stored)
+    callback.tracker = tracker
+    result = run_search(request.method, tracker, request.params, callback)
+    service = {
+        "computed": stored.cache_misses,
+        "served_from_store": stored.cache_hits,
+        "attempt": attempt,
+        "worker": worker_id,
+        "dataset": stored.dataset_record.description,
+    }
+    return replace(result, extra=dict(result.extra, service=service))
 
 
 def run_compare(
@@ -405,7 +412,7 @@ def run_discovery(
     as ``submit`` records one (method, parameters, dataset, result; every score stored under the job).
     Returns (job id, the search result, the StoredEvaluator). An error in the search is stored as the
     job's failure and raised; Ctrl-C leaves the job cancelled."""
-    from discovery.search import get_method, run_search
+    from discovery.search import get_method
     from discovery.service.jobs import create_job
     from discovery.store.evaluator import StoredEvaluator
 
@@ -419,20 +426,8 @@ def run_discovery(
 
     def search(callback: JobProgress) -> Any:
         stored = StoredEvaluator(evaluator, store, job_id=job_id, checkpoint=callback.checkpoint)
-        store.set_job_model(job_id, stored.model_id)
-        tracker: Any = Tracker(
-            stored
-        )  # a ScoringEvaluator (the protocol declares its ends settable; they are read-only here)
-        callback.tracker = tracker
-        result = run_search(request.method, tracker, request.params, callback)
-        service = {
-            "computed": stored.cache_misses,
-            "served_from_store": stored.cache_hits,
-            "attempt": 1,
-            "worker": worker_id,
-            "dataset": stored.dataset_record.description,
-        }
-        out["result"], out["stored"] = replace(result, extra=dict(result.extra, service=service)), stored
+        out["result"] = _tracked_search(store, job_id, request, stored, callback, worker_id, 1)
+        out["stored"] = stored
         return out["result"]
 
     outcome = _run_claimed(store, job, worker_id, progress, search, reraise=True)
