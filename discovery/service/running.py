@@ -12,7 +12,9 @@ within one pass); and ends the row. :func:`_run_claimed` is the one place a job'
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import threading
 import time
 import traceback
@@ -69,9 +71,10 @@ class JobProgress:
         self.tracker: Tracker | None = None
         self.also = also
         self.stopped = threading.Event()
-        """Set by the heartbeat thread when it finds the job no longer ours."""
+        """Set by the heartbeat thread when it finds the job no longer ours, or by Ctrl-C."""
+        self.interrupted = False
+        """Ctrl-C arrived (in-process runs): the next progress call or checkpoint raises KeyboardInterrupt."""
         self._last = 0.0
-        self._last_check = 0.0
         self.calls = 0
 
     def message(self, message: str) -> str:
@@ -82,13 +85,15 @@ class JobProgress:
 
     def __call__(self, done: int, total: int | None, message: str) -> None:
         self.calls += 1
+        if self.interrupted:
+            raise KeyboardInterrupt
         if self.also:
             self.also(done, total, message)
         now = time.monotonic()
         last = total is not None and done >= total
         if self.calls > 1 and not last and now - self._last < self.interval and not self.stopped.is_set():
             return
-        self._last = self._last_check = now
+        self._last = now
         try:
             running = self.store.update_progress(
                 self.job_id,
@@ -103,12 +108,11 @@ class JobProgress:
             self.raise_stopped()
 
     def checkpoint(self) -> None:
-        """Between two evaluation passes: stop if the job was cancelled or taken over (one indexed read,
-        at most every ``interval`` seconds unless the heartbeat already saw it)."""
-        now = time.monotonic()
-        if not self.stopped.is_set() and now - self._last_check < self.interval:
-            return
-        self._last_check = now
+        """Between two evaluation passes: stop if the job was cancelled or taken over. One indexed read
+        per pass, not throttled: a pass (hundreds of circuits) costs far more than the read, and on a
+        small model hundreds of passes fit in any throttle interval, so a cancel would land late."""
+        if self.interrupted:
+            raise KeyboardInterrupt
         try:
             job = self.store.get_job(self.job_id)
         except StoreError:
@@ -273,6 +277,29 @@ def claim(store: Any, job_id: int, worker_id: str) -> tuple[Outcome | None, Any]
     return None, store.get_job(job_id)
 
 
+@contextlib.contextmanager
+def interrupt_between_passes(callback: JobProgress) -> Any:
+    """Ctrl-C on an in-process run stops the search at its next progress call or pass boundary
+    instead of wherever the signal lands: a KeyboardInterrupt raised inside a database write or a
+    connection checkout can leave the store locked, and the job could then never be marked cancelled.
+    A second Ctrl-C interrupts at once. Only on the main thread (signals cannot be set elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if callback.interrupted:
+            raise KeyboardInterrupt
+        callback.interrupted = True
+        callback.stopped.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_claimed(
     store: Any,
     job: Any,
@@ -280,6 +307,7 @@ def _run_claimed(
     progress: ProgressCallback | None,
     body: Callable[[JobProgress], Any],
     reraise: bool = False,
+    in_process: bool = False,
 ) -> Outcome:
     """The one place a claimed job ends: ``body(callback)`` returns the search result to store.
 
@@ -288,10 +316,12 @@ def _run_claimed(
     failed: the body raised, and the error's type, message and traceback are stored;
     the database failing (StoreError) is re-raised: not the job's fault, and its row cannot be written
     anyway; the caller retries (a worker: later, resuming from what was stored);
-    KeyboardInterrupt (Ctrl-C on an in-process run): the job is marked cancelled, then re-raised.
+    KeyboardInterrupt (Ctrl-C on an in-process run, ``in_process``: at the next pass boundary, see
+    :func:`interrupt_between_passes`): the job is marked cancelled, then re-raised.
     """
     callback = JobProgress(store, job.id, worker_id, also=progress)
-    with Heartbeat(store, job.id, worker_id, callback):
+    interrupts = interrupt_between_passes(callback) if in_process else contextlib.nullcontext()
+    with interrupts, Heartbeat(store, job.id, worker_id, callback):
         try:
             result = body(callback)
             if not store.finish_job(job.id, result):
@@ -321,6 +351,7 @@ def run_job(
     worker_id: str | None = None,
     progress: ProgressCallback | None = None,
     device: str | None = None,
+    in_process: bool = False,
 ) -> Outcome:
     """Run one discovery job to its end: ``succeeded``, ``failed`` or ``cancelled``.
 
@@ -328,6 +359,7 @@ def run_job(
     ``busy``: another worker holds it with a fresh heartbeat (retry later: if that worker died, its
     heartbeat goes stale after ``CIRCUITS_STALE_AFTER`` seconds and the job can be claimed again).
     ``device`` overrides the job's device (a GPU worker: ``circuits worker --device cuda``).
+    ``in_process``: run from a terminal (not a worker), so Ctrl-C cancels the job between passes.
     Raises :class:`~discovery.errors.StoreError` when the database fails: the job is then neither
     failed nor finished (its row cannot be written) and should be retried.
     """
@@ -336,7 +368,7 @@ def run_job(
     if stop:
         return stop
     if job.method == COMPARE_METHOD:
-        return _run_compare_claimed(store, job, worker_id, progress, device)
+        return _run_compare_claimed(store, job, worker_id, progress, device, in_process)
 
     def search(callback: JobProgress) -> Any:
         from discovery.store.evaluator import StoredEvaluator
@@ -346,7 +378,7 @@ def run_job(
         stored = StoredEvaluator(build_evaluator(request, device), store, job_id=job_id, checkpoint=callback.checkpoint)
         return _tracked_search(store, job_id, request, stored, callback, worker_id, store.get_job(job_id).attempts)
 
-    return _run_claimed(store, job, worker_id, progress, search)
+    return _run_claimed(store, job, worker_id, progress, search, in_process=in_process)
 
 
 def _tracked_search(
@@ -376,6 +408,7 @@ def run_compare(
     worker_id: str | None = None,
     progress: ProgressCallback | None = None,
     device: str | None = None,
+    in_process: bool = False,
 ) -> Outcome:
     """Run a sweep's comparison job once its task jobs have ended; outcomes as :func:`run_job`.
 
@@ -391,18 +424,23 @@ def run_compare(
     stop, job = claim(store, job_id, worker_id)
     if stop:
         return stop
-    return _run_compare_claimed(store, job, worker_id, progress, device)
+    return _run_compare_claimed(store, job, worker_id, progress, device, in_process)
 
 
 def _run_compare_claimed(
-    store: Any, job: Any, worker_id: str, progress: ProgressCallback | None, device: str | None
+    store: Any,
+    job: Any,
+    worker_id: str,
+    progress: ProgressCallback | None,
+    device: str | None,
+    in_process: bool = False,
 ) -> Outcome:
     from discovery.service.comparison import compare_jobs, comparison_result
 
     def body(callback: JobProgress) -> Any:
         return comparison_result(compare_jobs(store, list(job.params.get("jobs", [])), job.id, callback, device))
 
-    return _run_claimed(store, job, worker_id, progress, body)
+    return _run_claimed(store, job, worker_id, progress, body, in_process=in_process)
 
 
 def run_discovery(
@@ -430,7 +468,7 @@ def run_discovery(
         out["stored"] = stored
         return out["result"]
 
-    outcome = _run_claimed(store, job, worker_id, progress, search, reraise=True)
+    outcome = _run_claimed(store, job, worker_id, progress, search, reraise=True, in_process=True)
     if outcome != "succeeded":
         raise JobCancelled(f"job {job_id} ended {outcome}")
     return job_id, out["result"], out["stored"]
