@@ -1,8 +1,29 @@
-"""Time the discovery methods on a GPT-2-small-shaped random model (digits task); print ONE JSON line.
+"""Edge-level and brute-force discovery speed against the plain forward; prints ONE JSON line.
 
-Random weights: the circuits found mean nothing; the numbers are for timing only.
+Every figure is ``seconds`` and ``forwards``: seconds divided by the seconds of the Hugging Face
+model's plain no-grad forward on the same prompts, measured in the same run (the median of several,
+taken before and after the workloads, so a loaded machine shows in both). GPT-2-small shape, random
+weights: the timings are the real model's, the circuits mean nothing.
 
-    python bench/discovery.py [--n 20] [--greedy-size 4] [--ig-steps 5] [--acdc-top 60] [--threads 2]
+Workloads (keys of ``workloads``):
+
+- ``edge_eval``: one edge-level evaluation from scratch (no remembered prefix) of a near-full
+  circuit: every edge but 20 random ones; ``edge_eval_random98`` keeps each edge with probability
+  0.98, so almost every receiver loses one (the worst case for a near-full circuit);
+- ``eap``: EAP scores for every edge; ``eap_ig5``: EAP-IG (inputs) with 5 steps;
+- ``acdc_full_pass``: one ACDC pass (KL criterion, speculative batches of 8 as the method runs) over
+  the full graph, projected from a stratified sample: in every layer (and at the logits) a few
+  receivers' first incoming edges are tested from the full graph, and each layer's mean cost per
+  edge test is multiplied by that layer's edge count. ``check`` runs the same projection and a real
+  full ACDC pass on a small model and gives their ratio;
+- ``brute_force``: all 4,095 subsets of a 12-head pool, node level (``exhaustive``), on ``digits``
+  done-in prompts (24 tokens).
+
+``--memory`` adds, per workload, the peak resident memory of a fresh process running EAP, EAP-IG
+(5 steps) and 8 ACDC edge tests on 50 prompts of 21 tokens. ``--quick`` (routine runs, under 3
+minutes): fewer ACDC samples and a 7-head brute-force pool (127 subsets), labelled so.
+
+    python bench/discovery.py [--quick] [--memory] [--n 50] [--threads 2] [--device cpu]
 """
 
 from __future__ import annotations
@@ -10,75 +31,253 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import resource
+import statistics
+import subprocess
 import sys
 import time
+from typing import Any
 
 # run as a script, this file's folder comes first on sys.path and its name would shadow the package
 sys.path = [entry for entry in sys.path if os.path.abspath(entry or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import torch  # noqa: E402
 
+from discovery import edge_forward as ef  # noqa: E402
+from discovery.circuit import LOGITS, Circuit  # noqa: E402
 from discovery.evaluator import Evaluator  # noqa: E402
-from discovery.model import random_gpt2  # noqa: E402
+from discovery.model import random_model  # noqa: E402
 from discovery.search import run_search  # noqa: E402
 from discovery.tasks import build_dataset, get_task  # noqa: E402
+
+POOL = "0.1 0.10 1.5 3.0 4.4 6.6 6.10 7.11 8.6 8.8 9.1 10.7".split()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Any, device: str, repeat: int = 1) -> float:
+    """The fastest of ``repeat`` runs, seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def plain_forward(model: Any, ids: torch.Tensor, device: str, repeat: int = 5) -> list[float]:
+    with torch.no_grad():
+        model.hf_model(ids)  # warm-up
+        return [timed(lambda: model.hf_model(ids), device) for _ in range(repeat)]
+
+
+def edge_eval(evaluator: Evaluator, circuit: Circuit, device: str, repeat: int) -> float:
+    graph = ef.graph_of(evaluator)
+    masks = graph.mask([circuit])
+
+    def once() -> None:
+        ef._PREFIXES.pop(evaluator, None)  # from scratch
+        with torch.no_grad():
+            ef._forward(evaluator, masks)
+
+    once()
+    return timed(once, device, repeat)
+
+
+def acdc_projection(evaluator: Evaluator, per_layer: int, batch: int, device: str, seed: int = 0) -> dict[str, Any]:
+    """Project one ACDC pass over the full graph from ``per_layer`` sampled receivers per layer."""
+    judge = evaluator.with_metric("kl")
+    graph = ef.graph_of(judge)
+    full = set(graph.edges)
+    judge.evaluate([Circuit.from_edges(full)])  # the walk's start: its prefix is remembered
+    rng = random.Random(seed)
+    by_layer: dict[int, list[tuple[Any, Any]]] = {}
+    for receiver, inp in graph.receivers:
+        layer = evaluator.shape.n_layers if receiver == LOGITS else receiver.layer
+        by_layer.setdefault(layer, []).append((receiver, inp))
+    edges_into: dict[int, int] = {}
+    for e in graph.edges:
+        layer = evaluator.shape.n_layers if e.receiver == LOGITS else e.receiver.layer
+        edges_into[layer] = edges_into.get(layer, 0) + 1
+    per_edge: dict[int, float] = {}
+    tested = 0
+    for layer, slots in sorted(by_layer.items()):
+        costs = []
+        for receiver, inp in rng.sample(slots, min(per_layer, len(slots))):
+            incoming = sorted(
+                (e for e in full if e.receiver == receiver and e.receiver_input == inp),
+                key=lambda e: e.sender.sort_key,
+                reverse=True,
+            )[:batch]
+            if not incoming:
+                continue
+            trial, circuits = set(full), []
+            for e in incoming:
+                trial.discard(e)
+                circuits.append(Circuit.from_edges(trial))
+            seconds = timed(lambda circuits=circuits: judge.evaluate(circuits), device)
+            costs.append(seconds / len(circuits))
+            tested += len(circuits)
+        if costs:
+            per_edge[layer] = statistics.mean(costs)
+    projected = sum(per_edge[layer] * edges_into.get(layer, 0) for layer in per_edge)
+    return {
+        "projected_seconds": projected,
+        "edges": len(graph.edges),
+        "edge_tests_sampled": tested,
+        "seconds_per_edge_by_layer": {str(k): round(v, 5) for k, v in per_edge.items()},
+    }
+
+
+def acdc_check(n: int, device: str, per_layer: int, batch: int) -> dict[str, Any]:
+    """The projection against a real full ACDC pass on a small model (4 layers x 4 heads, width 128)."""
+    model = random_model("gpt2", n_layers=4, n_heads=4, d_model=128, seed=1, device=device)
+    dataset = build_dataset(get_task("digits"), model.tokenizer, n=n, seed=0)
+    evaluator = Evaluator(model, dataset)
+    projected = acdc_projection(evaluator, per_layer, batch, device)["projected_seconds"]
+    fresh = Evaluator(model, dataset)
+    result = run_search("acdc", fresh, {"tau": 0.01, "batch": batch})
+    return {
+        "model": "gpt2 4x4x128 (random)",
+        "projected_seconds": round(projected, 3),
+        "actual_seconds": round(result.seconds, 3),
+        "actual_over_projected": round(result.seconds / projected, 3),
+        "actual_evaluations": result.n_evaluations,
+        "edges_left": result.circuit.n_edges,
+    }
+
+
+def brute_force(model: Any, n: int, pool: list[str], device: str) -> dict[str, Any]:
+    dataset = build_dataset(get_task("digits", template="done-in"), model.tokenizer, n=n, seed=0)
+    evaluator = Evaluator(model, dataset)
+    evaluator.full_metric, evaluator.ablated_metric  # noqa: B018 - the two ends, outside the timing
+    plain = statistics.median(plain_forward(model, dataset.clean_ids.to(model.device), device, 3))
+    params = {"k": len(pool), "pool": pool, "target": 2.0, "max_circuits": 10**6}
+    result = run_search("exhaustive", evaluator, params)
+    return {
+        "seconds": round(result.seconds, 2),
+        "forwards": round(result.seconds / plain, 1),
+        "circuits": result.n_evaluations,
+        "pool": " ".join(pool),
+        "prompt_length": dataset.seq_len,
+        "plain_forward_seconds": round(plain, 4),
+    }
+
+
+def memory_child(workload: str, n: int, device: str) -> None:
+    """One workload at 50 x 21 tokens in this (fresh) process; prints its peak resident memory."""
+    model = random_model("gpt2", full_size=True, seed=0, device=device)
+    dataset = build_dataset(get_task("digits", length=20), model.tokenizer, n=n, seed=0)
+    evaluator = Evaluator(model, dataset)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if workload == "eap":
+        ef.edge_attribution(evaluator, steps=1)
+    elif workload == "eap_ig5":
+        ef.edge_attribution(evaluator, steps=5)
+    else:
+        _acdc_tests(evaluator)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    record = {"workload": workload, "peak_rss_gib": round(peak / 2**20, 2), "before_gib": round(before / 2**20, 2)}
+    print(json.dumps({**record, "prompts": dataset.n, "prompt_length": dataset.seq_len}))
+
+
+def _acdc_tests(evaluator: Evaluator) -> None:
+    judge = evaluator.with_metric("kl")
+    graph = ef.graph_of(judge)
+    full = set(graph.edges)
+    judge.evaluate([Circuit.from_edges(full)])
+    incoming = [e for e in graph.edges if e.receiver.layer == 6][:8]
+    trial, circuits = set(full), []
+    for e in incoming:
+        trial.discard(e)
+        circuits.append(Circuit.from_edges(trial))
+    judge.evaluate(circuits)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=20, help="prompts")
-    parser.add_argument("--greedy-size", type=int, default=4, help="greedy's max_size (forward steps)")
-    parser.add_argument("--ig-steps", type=int, default=5)
-    parser.add_argument("--acdc-top", type=int, default=60, help="ACDC walks the top N edges by EAP score")
-    parser.add_argument("--acdc-tau", type=float, default=0.02)
+    parser.add_argument("--n", type=int, default=50, help="prompts")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, a 7-head brute-force pool")
+    parser.add_argument("--memory", action="store_true", help="peak memory per workload at 50 x 21 tokens")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args.memory_child, args.n, args.device)
+        return
 
-    start = time.perf_counter()
-    model = random_gpt2(full_size=True, seed=0)
+    model = random_model("gpt2", full_size=True, seed=0, device=args.device)
     dataset = build_dataset(get_task("digits"), model.tokenizer, n=args.n, seed=0)
+    ids = dataset.clean_ids.to(model.device)
     evaluator = Evaluator(model, dataset)
-    evaluator.full_metric, evaluator.ablated_metric  # noqa: B018 - the two ends, computed once, up front
-    setup = time.perf_counter() - start
+    evaluator.full_metric, evaluator.ablated_metric  # noqa: B018
+    plains = plain_forward(model, ids, args.device)
+    graph = ef.graph_of(evaluator)
+    rng = random.Random(0)
+    dropped = set(rng.sample(range(len(graph.edges)), 20))
+    near_full = Circuit.from_edges([e for i, e in enumerate(graph.edges) if i not in dropped])
+    random98 = Circuit.from_edges([e for e in graph.edges if rng.random() < 0.98])
+    repeat = 2 if args.quick else 3
 
-    runs = {
-        "greedy": ("greedy", {"max_size": args.greedy_size, "backward": False}),
-        "eap-ig": ("eap-ig", {"steps": args.ig_steps, "top_n": 100}),
-        "acdc": ("acdc", {"eap_top": args.acdc_top, "tau": args.acdc_tau}),
+    workloads: dict[str, dict[str, Any]] = {}
+    seconds = {
+        "edge_eval": edge_eval(evaluator, near_full, args.device, repeat),
+        "edge_eval_random98": edge_eval(evaluator, random98, args.device, repeat),
+        "eap": timed(lambda: ef.edge_attribution(evaluator, steps=1), args.device),
+        "eap_ig5": timed(lambda: ef.edge_attribution(evaluator, steps=5), args.device),
     }
-    methods = {}
-    for label, (key, params) in runs.items():
-        result = run_search(key, evaluator, params)
-        methods[label] = {
-            "seconds": round(result.seconds, 2),
-            "evaluations": result.n_evaluations,
-            "params": result.params,
-            "circuit_size": result.circuit.size,
-            "edges": result.circuit.n_edges,
-        }
-    print(
-        json.dumps(
-            {
-                "benchmark": "discovery",
-                "weights": "random",
-                "note": "random weights: timings only, circuits meaningless",
-                "model": {
-                    "n_layers": model.shape.n_layers,
-                    "n_heads": model.shape.n_heads,
-                    "d_model": model.hf_model.config.n_embd,
-                },
-                "task": "digits",
-                "prompts": dataset.n,
-                "seq_len": dataset.seq_len,
-                "ablation": "mean",
-                "threads": torch.get_num_threads(),
-                "device": str(model.device),
-                "setup_seconds": round(setup, 2),
-                "methods": methods,
-            }
-        )
-    )
+    acdc = acdc_projection(evaluator, 1 if args.quick else 3, 8, args.device)
+    plains += plain_forward(model, ids, args.device)
+    plain = statistics.median(plains)
+    for key, s in seconds.items():
+        workloads[key] = {"seconds": round(s, 3), "forwards": round(s / plain, 2)}
+    projected = acdc.pop("projected_seconds")
+    workloads["acdc_full_pass"] = {
+        "seconds": round(projected, 1),
+        "forwards": round(projected / plain, 1),
+        "forwards_per_edge": round(projected / plain / acdc["edges"], 3),
+        "hours": round(projected / 3600, 2),
+        **acdc,
+        "check": acdc_check(args.n, args.device, 1 if args.quick else 3, 8),
+    }
+    pool = POOL[:7] if args.quick else POOL
+    workloads["brute_force"] = brute_force(model, args.n, pool, args.device)
+    out: dict[str, Any] = {
+        "benchmark": "discovery",
+        "weights": "random",
+        "note": "random weights: timings only, circuits meaningless; forwards = seconds / plain_forward_seconds",
+        "quick": args.quick,
+        "model": {"n_layers": model.shape.n_layers, "n_heads": model.shape.n_heads, "d_model": model.engine.d_model},
+        "task": "digits",
+        "prompts": dataset.n,
+        "prompt_length": dataset.seq_len,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "plain_forward_seconds": round(plain, 4),
+        "plain_forward_spread": [round(min(plains), 4), round(max(plains), 4)],
+        "workloads": workloads,
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    }
+    if args.memory:
+        peaks = {}
+        for workload in ("eap", "eap_ig5", "acdc"):
+            child = subprocess.run(
+                [sys.executable, __file__, "--memory-child", workload, "--n", str(args.n), "--device", args.device],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            peaks[workload] = json.loads(child.stdout.strip().splitlines()[-1])
+        out["memory_50x21"] = peaks
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

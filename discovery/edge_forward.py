@@ -23,8 +23,10 @@ the masks and (through ``probes``) in every receiver input: that is what EAP and
 
 from __future__ import annotations
 
+import bisect
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from typing import Any, Literal, Protocol
 
@@ -33,6 +35,7 @@ import torch
 
 from discovery.circuit import HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
 from discovery.engine import Engine, record_forward
+from discovery.readout import per_prompt_metric
 
 Slot = tuple[Node, "str | None"]
 
@@ -54,6 +57,9 @@ class ForwardInputs(Protocol):
 
     @property
     def replacement(self) -> Any: ...
+
+    @property
+    def metric_name(self) -> str: ...
 
     def readout(self, final_normed: torch.Tensor) -> torch.Tensor: ...
 
@@ -163,6 +169,348 @@ def _graph(shape: ModelShape, ablate_mlps: bool) -> EdgeGraph:
     return EdgeGraph(shape, ablate_mlps)
 
 
+# --- the edge-level forward ------------------------------------------------------------------------
+#
+# Every receiver input has two equal spellings (``delta_s = out_s - rep_s``, over ablatable senders
+# before the receiver):
+#
+#   input(r) = base + sum_s mask(s->r) delta_s                 ("kept" form)
+#            = resid - sum_s (valid(s->r) - mask(s->r)) delta_s  ("removed" form)
+#
+# where ``base`` is the stream with every ablatable sender replaced and ``resid`` the stream with
+# every one of them present (this run's outputs). Per receiver group (a layer's head inputs, its
+# MLP, the logits) the forward takes the form with fewer receivers that need a stream of their own:
+# a receiver whose weights in that form are all zero reads the shared stream, so its q/k/v come
+# from one shared projection as in a plain forward. A near-empty circuit is cheap in the kept form,
+# a near-full one (ACDC's candidates, EAP's top edges) in the removed form.
+
+
+@dataclass(frozen=True, eq=False)
+class Prefix:
+    """One circuit's forward state below every layer, reused by circuits whose receivers below some
+    layer read exactly the same edges: ACDC walks receivers from the logits backwards, so every
+    circuit it tests agrees with its start circuit below the receiver being tested."""
+
+    mask: torch.Tensor
+    """[R, S] the circuit's mask."""
+    base: tuple[torch.Tensor, ...]
+    """Per layer 0 .. n_layers: [n, p, d] the kept-form stream before the layer (n_layers: the logits)."""
+    resid: tuple[torch.Tensor, ...]
+    """Per layer 0 .. n_layers: [n, p, d] the removed-form stream before the layer."""
+    deltas: torch.Tensor
+    """[S, n, p, d] every sender's delta in this circuit's run."""
+
+    def first_difference(self, masks: torch.Tensor, graph: EdgeGraph) -> int:
+        """The lowest layer with a receiver whose edges differ from this prefix's in any of ``masks``."""
+        differs = (masks != self.mask.to(masks.device)).any(0).any(-1)
+        rows = torch.nonzero(differs).flatten()
+        if not len(rows):
+            return graph.shape.n_layers
+        return min(int(rows[0]) // graph.receivers_per_layer, graph.shape.n_layers)
+
+
+_PREFIXES: weakref.WeakKeyDictionary[Any, Prefix] = weakref.WeakKeyDictionary()
+PREFIX_BUDGET_FLOATS = 2.5e8
+"""Largest prefix kept per evaluator (1 GB in float32); larger prompt sets recompute from layer 0."""
+
+
+class _Senders:
+    """The deltas of the senders computed so far: the prefix's (shared by every circuit) below the
+    first recomputed layer, then this batch's own, [c, A, n, p, d] in push order."""
+
+    def __init__(
+        self,
+        shared: torch.Tensor | None,
+        shared_count: int,
+        computed: list[int],
+        c: int,
+        n: int,
+        p: int,
+        d: int,
+        like: torch.Tensor,
+        differentiable: bool,
+    ) -> None:
+        self.shared = shared  # [S0, n, p, d] or None
+        self.shared_count = shared_count
+        self.column_list = computed  # sender index of each own slot, ascending
+        self.columns = torch.tensor(computed, dtype=torch.long)
+        self.filled = 0
+        self.pieces: list[torch.Tensor] = []
+        self.buffer = (
+            None if differentiable else torch.empty(c, len(computed), n, p, d, device=like.device, dtype=like.dtype)
+        )
+
+    def push(self, delta: torch.Tensor, last_only: bool) -> None:  # [c, k, n, p or 1, d]
+        k = delta.shape[1]
+        if self.buffer is None:
+            self.pieces.append(delta)
+        elif last_only:
+            self.buffer[:, self.filled : self.filled + k, :, -1:] = delta
+        else:
+            self.buffer[:, self.filled : self.filled + k] = delta
+        self.filled += k
+
+    def own(self) -> torch.Tensor:
+        if self.buffer is not None:
+            return self.buffer[:, : self.filled]
+        return torch.cat(self.pieces, dim=1)
+
+    def mix(self, weights: torch.Tensor, last: bool) -> torch.Tensor | None:
+        """sum_s weights[..., s] delta_s for weights [c, k, S] over every sender index: [c, k, n, p', d]
+        (None when every weight is zero). Only the senders with a nonzero weight are read."""
+        c, k, _ = weights.shape
+        out = None
+        parts: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
+        if self.shared is not None and self.shared_count:
+            parts.append((weights[:, :, : self.shared_count], self.shared, True))
+        # own senders the weights reach (a parallel block's MLP does not read its own layer's heads)
+        reach = bisect.bisect_left(self.column_list, weights.shape[-1], 0, self.filled)
+        if reach:
+            own_w = weights[:, :, self.columns[:reach].to(weights.device)]
+            parts.append((own_w, self.own()[:, :reach], False))
+        for w, deltas, shared in parts:
+            if not torch.is_grad_enabled() or not w.requires_grad:
+                nonzero = torch.nonzero(w.detach().abs().sum((0, 1)) > 0).flatten()
+                if not len(nonzero):
+                    continue
+                if len(nonzero) < 0.6 * w.shape[-1]:  # a sparse update: read only those senders
+                    w = w[:, :, nonzero]
+                    deltas = deltas[nonzero] if shared else deltas[:, nonzero]
+            if last:
+                deltas = deltas[..., -1:, :]
+            tail = deltas.shape[-3:] if shared else deltas.shape[2:]
+            if shared:
+                flat = deltas.reshape(deltas.shape[0], -1)
+                term = (w.reshape(c * k, -1) @ flat).view(c, k, *tail)
+            else:
+                flat = deltas.reshape(c, deltas.shape[1], -1)
+                term = torch.bmm(w, flat).view(c, k, *tail)
+            out = term if out is None else out + term
+        return out
+
+
+def _group_form(weights_kept: torch.Tensor, weights_removed: torch.Tensor, force_kept: bool) -> bool:
+    """True: the kept form (fewer receivers with a nonzero kept weight), False: the removed form."""
+    if force_kept:
+        return True
+    own_kept = int((weights_kept.abs().sum((0, 2)) > 0).sum())
+    own_removed = int((weights_removed.abs().sum((0, 2)) > 0).sum())
+    return own_kept <= own_removed
+
+
+def _forward(
+    evaluator: ForwardInputs,
+    masks: torch.Tensor,
+    probes: torch.Tensor | None = None,
+    embedding: torch.Tensor | None = None,
+    prefix: Prefix | None = None,
+    start_layer: int = 0,
+    record: bool = False,
+) -> tuple[torch.Tensor, Prefix | None]:
+    """Per-circuit, per-prompt metric [c, n] of ``masks`` [c, R, S], computed from ``start_layer``
+    on (below it the state is ``prefix``'s, which must agree with ``masks`` there); with ``record``
+    (one circuit) also that circuit's :class:`Prefix`."""
+    graph = graph_of(evaluator)
+    eng: Engine = evaluator.engine
+    ds = evaluator.dataset
+    rep = evaluator.replacement
+    H = evaluator.shape.n_heads
+    L = eng.n_layers
+    per_layer_r = graph.receivers_per_layer
+    spl = graph.senders_per_layer
+    S = len(graph.senders)
+    masks = masks.to(device=eng.device, dtype=eng.dtype)
+    valid = graph.valid.to(device=eng.device, dtype=eng.dtype)
+    c = masks.shape[0]
+    differentiable = torch.is_grad_enabled() and (masks.requires_grad or probes is not None)
+    every_row_own = probes is not None
+    first_sender = start_layer * spl
+
+    # --- plan: each receiver group's form, and which senders must be computed ---------------------
+    groups: list[tuple[int, int, int]] = []  # (first row, row count, senders before the group)
+    for layer in range(start_layer, L):
+        r0 = layer * per_layer_r
+        groups.append((r0, 3 * H, layer * spl))
+        groups.append((r0 + 3 * H, 1, layer * spl + (0 if eng.parallel else H)))
+    groups.append((len(graph.receivers) - 1, 1, S))
+    kept_form: dict[int, bool] = {}
+    # computed: senders whose output this run needs (a kept weight somewhere, or every sender below a
+    # group read in the removed form, whose shared stream holds them all); stored: those whose own
+    # delta some receiver reads (a nonzero weight in its group's form), kept in the senders' buffer
+    computed_mask = torch.zeros(S, dtype=torch.bool, device=masks.device)
+    stored_mask = torch.zeros(S, dtype=torch.bool, device=masks.device)
+    for r0, count, before in groups:
+        w_kept = masks[:, r0 : r0 + count, :before]
+        w_removed = valid[r0 : r0 + count, :before] - w_kept
+        kept = _group_form(w_kept, w_removed, every_row_own or differentiable)
+        kept_form[r0] = kept
+        reads = (w_kept if kept else w_removed).abs().sum((0, 1)) > 0
+        stored_mask[:before] |= reads
+        computed_mask[:before] |= reads if kept else True
+    if record or differentiable:
+        computed_mask[:] = True
+        stored_mask[:] = True
+    computed_mask[:first_sender] = False  # below the start: the prefix's
+    stored_mask[:first_sender] = False
+    computed = torch.nonzero(computed_mask).flatten().tolist()
+    computed_set = set(computed)
+    stored = torch.nonzero(stored_mask).flatten().tolist()
+    stored_set = set(stored)
+    head_layers = [graph.senders[i].layer for i in computed if graph.senders[i].kind == "head"]
+    last_head_layer = max(head_layers, default=-1)
+    track_resid = record or not all(kept_form.values())
+
+    # --- the state at the start layer ---------------------------------------------------------------
+    if prefix is not None and start_layer > 0:
+        base = prefix.base[start_layer].unsqueeze(0)
+        resid = prefix.resid[start_layer].unsqueeze(0)
+        shared = prefix.deltas[:first_sender]
+    else:
+        x0 = eng.embed(ds.clean_ids) if embedding is None else embedding  # [n, p, d]
+        base = resid = x0.unsqueeze(0)
+        shared = None
+    n, p, d = base.shape[1:]
+    senders = _Senders(shared, first_sender, stored, c, n, p, d, base, differentiable)
+    positions = torch.arange(p, device=base.device)
+    last_only = False
+    bases: list[torch.Tensor] = []
+    resids: list[torch.Tensor] = []
+
+    def receiver_inputs(r0: int, rows: list[int], before: int, kept: bool, last: bool) -> torch.Tensor:
+        """Inputs of receiver rows ``r0 + rows`` [c, k, n, p', d] in the group's form."""
+        idx = torch.tensor([r0 + r for r in rows], device=masks.device)
+        start = base if kept else resid
+        start = start[:, None, :, -1:] if last and not last_only else start[:, None]
+        w = masks[:, idx, :before] if kept else valid[idx, :before] - masks[:, idx, :before]
+        mixed = senders.mix(w if kept else -w, last)
+        out = start.expand(c, len(rows), -1, -1, -1)
+        if mixed is not None:
+            out = out + mixed
+        if probes is not None:
+            pr = probes[:, idx]
+            out = out + (pr[:, :, :, -1:] if last else pr)
+        return out
+
+    def own_rows(r0: int, count: int, before: int, kept: bool) -> list[int]:
+        if every_row_own:
+            return list(range(count))
+        w = masks[:, r0 : r0 + count, :before]
+        if not kept:
+            w = valid[r0 : r0 + count, :before] - w
+        return torch.nonzero(w.abs().sum((0, 2)) > 0).flatten().tolist()
+
+    for layer in range(start_layer, L):
+        if record:
+            bases.append(base[0])
+            resids.append(resid[0])
+        r0 = layer * per_layer_r
+        block_resid = resid  # the removed-form stream entering the block (a parallel MLP reads it)
+        heads_here = [h for h in range(H) if layer * spl + h in computed_set]
+        queries_last = not record and not differentiable and layer >= last_head_layer
+        q_pos = positions[-1:] if queries_last else positions
+        if heads_here:
+            all_heads = len(heads_here) == H
+            hs = None if all_heads else torch.tensor(heads_here, device=base.device)
+            kept = kept_form[r0]
+            start = base if kept else resid
+            # the q/k/v rows of the computed heads that read a stream of their own
+            wanted = {3 * h + i for h in heads_here for i in range(3)}
+            own = [r for r in own_rows(r0, 3 * H, layer * spl, kept) if r in wanted]
+            own_normed = None
+            if own:
+                own_normed = eng.ln1(layer, receiver_inputs(r0, own, layer * spl, kept, False))  # [c, k, n, p, d]
+            shared_normed = eng.ln1(layer, start) if len(own) < 3 * len(heads_here) else None
+            qkv = []
+            for i, which in enumerate(("q", "k", "v")):
+                pos = q_pos if which == "q" else positions
+                own_here = [(j, r) for j, r in enumerate(own) if r % 3 == i]
+                if len(own_here) == len(heads_here):  # every head reads its own stream
+                    x = own_normed[:, [j for j, _ in own_here]].transpose(1, 2)  # [c, n, k, p, d]
+                    if which == "q" and queries_last:
+                        x = x[..., -1:, :]
+                    qkv.append(eng.project(layer, which, x, hs, pos, per_head_input=True))
+                    continue
+                assert shared_normed is not None
+                sx = shared_normed[..., -1:, :] if which == "q" and queries_last else shared_normed
+                out = eng.project(layer, which, sx, hs, pos)  # [c', n, p, k, e]
+                if own_here:
+                    out = out.expand(c, *out.shape[1:]).clone()
+                    slot = [heads_here.index(r // 3) for _, r in own_here]
+                    x = own_normed[:, [j for j, _ in own_here]].transpose(1, 2)
+                    if which == "q" and queries_last:
+                        x = x[..., -1:, :]
+                    heads_own = torch.tensor([r // 3 for _, r in own_here], device=base.device)
+                    out[..., slot, :] = eng.project(layer, which, x, heads_own, pos, per_head_input=True)
+                qkv.append(out)
+            q, k_, v = qkv
+            z = eng.attend(q, k_, v, q_pos)  # [c, n, q, k, e]
+            z_rep = rep.z[layer][:, q_pos] if all_heads else rep.z[layer][:, q_pos][:, :, hs]
+            z_delta = z - z_rep
+            if queries_last and not last_only:
+                last_only = True  # nothing after this layer's attention mixes positions
+                base, resid, block_resid = base[:, :, -1:], resid[:, :, -1:], block_resid[:, :, -1:]
+            keep = [j for j, h in enumerate(heads_here) if layer * spl + h in stored_set]
+            if keep:
+                every = len(keep) == len(heads_here)
+                which_heads = hs if every else torch.tensor([heads_here[j] for j in keep], device=base.device)
+                delta = eng.head_outputs(layer, z_delta if every else z_delta[..., keep, :], which_heads)
+                senders.push(delta.expand(c, *delta.shape[1:]).transpose(1, 2), last_only)  # [c, k, n, q, d]
+            if track_resid:  # every computed head's delta at once, through W_O
+                W_O = eng.layers[layer].W_O if all_heads else eng.layers[layer].W_O[hs]
+                resid = resid + z_delta.flatten(-2) @ W_O.flatten(0, 1)
+        if not last_only and not record and not differentiable and layer > last_head_layer:
+            last_only = True
+            base, resid, block_resid = base[:, :, -1:], resid[:, :, -1:], block_resid[:, :, -1:]
+        pos_sl = slice(-1, None) if last_only else slice(None)
+        block_base = base  # the kept-form stream entering the block: this layer's heads are in the buffer
+        base = base + rep.attn_constant[layer][:, pos_sl]
+        if track_resid:
+            resid = resid + rep.attn_constant[layer][:, pos_sl]
+        # the MLP reads this layer's heads too (its row comes after them), except in parallel blocks,
+        # where it reads the block's input and the graph has no head -> MLP edge within the layer
+        m_sender = layer * spl + H
+        if graph.ablate_mlps and m_sender not in computed_set:
+            base = base + rep.mlp_out[layer][:, pos_sl]
+            if track_resid:
+                resid = resid + rep.mlp_out[layer][:, pos_sl]
+            continue
+        m_row = r0 + 3 * H
+        before = layer * spl + (0 if eng.parallel else H)
+        kept = kept_form[m_row]
+        start = eng.mlp_input(block_base, base) if kept else eng.mlp_input(block_resid, resid)
+        if own_rows(m_row, 1, before, kept):
+            idx = torch.tensor([m_row], device=masks.device)
+            w = masks[:, idx, :before] if kept else valid[idx, :before] - masks[:, idx, :before]
+            mixed = senders.mix(w if kept else -w, last_only)
+            m_in = start if mixed is None else start + mixed[:, 0]
+            if probes is not None:
+                m_in = m_in + (probes[:, m_row, :, -1:] if last_only else probes[:, m_row])
+        else:
+            m_in = start
+        m_out = eng.mlp(layer, eng.ln2(layer, m_in))
+        if graph.ablate_mlps:
+            if m_sender in stored_set:
+                m_delta = (m_out - rep.mlp_out[layer][:, pos_sl]).expand(c, *m_out.shape[1:])
+                senders.push(m_delta.unsqueeze(1), last_only)
+            base = base + rep.mlp_out[layer][:, pos_sl]
+            if track_resid:
+                resid = resid + m_out
+        else:
+            base = base + m_out
+            if track_resid:
+                resid = resid + m_out
+    if record:
+        bases.append(base[0])
+        resids.append(resid[0])
+    logits_row = len(graph.receivers) - 1
+    final_in = receiver_inputs(logits_row, [0], S, kept_form[logits_row], True)[:, 0, :, -1]
+    metric = evaluator.readout(eng.final_norm(final_in))  # [c, n]
+    recorded = None
+    if record:
+        recorded = Prefix(masks[0].detach(), tuple(bases), tuple(resids), senders.own()[0].detach())
+    return metric, recorded
+
+
 def edge_forward(
     evaluator: ForwardInputs,
     masks: torch.Tensor,
@@ -171,116 +519,13 @@ def edge_forward(
 ) -> torch.Tensor:
     """Per-circuit, per-prompt metric [c, n] of edge masks ``masks`` [c, R, S] (floats; 1 kept, 0 ablated).
 
-    ``embedding`` [n, p, d] replaces the clean prompts' input embedding (EAP-IG's interpolated inputs).
-
-    Differentiable in ``masks`` and in ``probes`` [c, R, n, p, d], which is added to each receiver
-    slot's input (zeros: no change; the gradient there is dMetric/d(receiver input)). The logits
-    slot reads only the last position.
-
-    Without gradients only *active* senders are computed: a sender with no kept outgoing edge in any
-    circuit of the batch contributes its replacement everywhere, so its own inputs never matter.
-    After the last layer with an active head nothing mixes positions and only the last one is kept.
+    ``embedding`` [n, p, d] replaces the clean prompts' input embedding. Differentiable in ``masks``
+    and in ``probes`` [c, R, n, p, d], which is added to each receiver slot's input (zeros: no
+    change; the gradient there is dMetric/d(receiver input)). The logits slot reads only the last
+    position. Without gradients only the senders some receiver reads are computed, and after the
+    last computed head only the last position.
     """
-    graph = graph_of(evaluator)
-    eng: Engine = evaluator.engine
-    ds = evaluator.dataset
-    rep = evaluator.replacement
-    shape = evaluator.shape
-    H = shape.n_heads
-    per_layer_r = graph.receivers_per_layer
-    masks = masks.to(device=eng.device, dtype=eng.dtype)
-    c = masks.shape[0]
-    x0 = eng.embed(ds.clean_ids) if embedding is None else embedding  # [n, p, d]
-    n, p, d = x0.shape
-    differentiable = torch.is_grad_enabled() and (masks.requires_grad or probes is not None)
-    if differentiable:
-        active = torch.arange(len(graph.senders), device=masks.device)
-    else:
-        active = torch.nonzero(masks.abs().sum((0, 1)) > 0).flatten()
-    active_set = set(active.tolist())
-    cols = masks[:, :, active]  # [c, R, A]: mask columns of the active senders, in push order
-    A = len(active)
-    spl = graph.senders_per_layer
-    head_layers = [graph.senders[i].layer for i in active_set if graph.senders[i].kind == "head"]
-    last_head_layer = max(head_layers, default=-1)
-
-    base = x0.unsqueeze(0).expand(c, n, p, d)
-    # active senders' deltas (out_s - rep_s) in one buffer [c, A, n, p*d]: a receiver's input is one
-    # batched matmul of its mask row with the senders before it. Autograd cannot see through
-    # in-place writes, so differentiable calls concatenate instead.
-    buffer = None if differentiable else torch.zeros(c, A, n, p, d, device=x0.device, dtype=x0.dtype)
-    pieces: list[torch.Tensor] = []
-    filled = 0
-    positions = torch.arange(p, device=x0.device)
-    last_only = False
-
-    def push(delta: torch.Tensor) -> None:  # [c, s, n, p or 1, d]
-        nonlocal filled
-        if buffer is None:
-            pieces.append(delta)
-        elif last_only:
-            buffer[:, filled : filled + delta.shape[1], :, -1:] = delta
-        else:
-            buffer[:, filled : filled + delta.shape[1]] = delta
-        filled += delta.shape[1]
-
-    def gather(
-        rows: torch.Tensor | slice, count: int, last: bool = False, start: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Inputs of receiver slots ``rows`` from every active sender pushed so far: [c, count, n, p, d].
-        ``start``: the stream the senders' deltas are added to (default: ``base``)."""
-        origin = base if start is None else start
-        out = (origin[:, None, :, -1:] if last and not last_only else origin[:, None]).expand(-1, count, -1, -1, -1)
-        if filled:
-            D = buffer[:, :filled] if buffer is not None else torch.cat(pieces, dim=1)
-            if last:
-                D = D[:, :, :, -1:]
-            mixed = torch.bmm(cols[:, rows, :filled], D.reshape(c, filled, -1))
-            out = out + mixed.view(c, count, *out.shape[2:])
-        if probes is not None:
-            pr = probes[:, rows]
-            out = out + (pr[:, :, :, -1:] if last else pr)
-        return out
-
-    for layer in range(eng.n_layers):
-        r0 = layer * per_layer_r
-        heads_here = [h for h in range(H) if layer * spl + h in active_set]
-        if heads_here:
-            hs = torch.tensor(heads_here, device=x0.device)
-            rows = torch.tensor([r0 + 3 * h + i for h in heads_here for i in range(3)], device=x0.device)
-            k_heads = len(heads_here)
-            # each of q, k, v reads its own residual stream
-            inp = gather(rows, 3 * k_heads)  # [c, 3k, n, p, d]
-            ln = eng.ln1(layer, inp).reshape(c, k_heads, 3, n, p, d).transpose(1, 3)  # [c, n, 3, k, p, d]
-            q = eng.project(layer, "q", ln[:, :, 0], hs, positions, per_head_input=True)  # [c, n, p, k, e]
-            k = eng.project(layer, "k", ln[:, :, 1], hs, positions, per_head_input=True)
-            v = eng.project(layer, "v", ln[:, :, 2], hs, positions, per_head_input=True)
-            z = eng.attend(q, k, v, positions)
-            delta = eng.head_outputs(layer, z - rep.z[layer][:, :, hs], hs)  # [c, n, k, p, d]
-            push(delta.transpose(1, 2))  # [c, k, n, p, d]
-        if layer > last_head_layer and not last_only and not differentiable:
-            last_only = True  # nothing after this mixes positions
-            base = base[:, :, -1:]
-        pos = slice(-1, None) if last_only else slice(None)
-        block_in = base
-        base = base + rep.attn_constant[layer][:, pos]
-        # the MLP reads this layer's heads too (its slot comes after them), except in parallel blocks,
-        # where it reads the block's input and the graph has no head -> MLP edge within the layer
-        mlp_active = (layer * spl + H) in active_set if graph.ablate_mlps else True
-        if not mlp_active:
-            base = base + rep.mlp_out[layer][:, pos]
-            continue
-        m_row = r0 + 3 * H
-        m_in = gather(slice(m_row, m_row + 1), 1, last=last_only, start=eng.mlp_input(block_in, base))[:, 0]
-        m_out = eng.mlp(layer, eng.ln2(layer, m_in))
-        if graph.ablate_mlps:
-            push((m_out - rep.mlp_out[layer][:, pos]).expand(c, n, m_out.shape[2], d).unsqueeze(1))
-            base = base + rep.mlp_out[layer][:, pos]
-        else:
-            base = base + m_out
-    final_in = gather(slice(len(graph.receivers) - 1, len(graph.receivers)), 1, last=True)[:, 0, :, -1]
-    final = eng.final_norm(final_in)  # [c, n, d]
-    return evaluator.readout(final)
+    return _forward(evaluator, masks, probes, embedding)[0]
 
 
 def _chunk_size(evaluator: ForwardInputs, graph: EdgeGraph, budget_floats: float = 1.2e8) -> int:
@@ -290,9 +535,20 @@ def _chunk_size(evaluator: ForwardInputs, graph: EdgeGraph, budget_floats: float
     return max(1, int(budget_floats // per_circuit))
 
 
+def _prefix_fits(evaluator: ForwardInputs, graph: EdgeGraph) -> bool:
+    n, p = evaluator.dataset.clean_ids.shape
+    return (len(graph.senders) + 2 * (graph.shape.n_layers + 1)) * n * p * evaluator.engine.d_model <= (
+        PREFIX_BUDGET_FLOATS
+    )
+
+
 @torch.no_grad()
 def edge_metric_values(evaluator: ForwardInputs, circuits: Sequence[Circuit]) -> np.ndarray:
-    """The metric (mean over prompts) of each edge-level circuit; equal circuits computed once."""
+    """The metric (mean over prompts) of each edge-level circuit; equal circuits computed once.
+
+    A batch whose circuits agree with the evaluator's remembered :class:`Prefix` below some layer is
+    computed from that layer on; a batch computed from scratch leaves its first circuit as the new
+    prefix when there is none yet (recorded in the same pass when it is alone)."""
     graph = graph_of(evaluator)
     unique: dict[str, int] = {}
     order = [unique.setdefault(c.key, len(unique)) for c in circuits]
@@ -302,15 +558,57 @@ def edge_metric_values(evaluator: ForwardInputs, circuits: Sequence[Circuit]) ->
     distinct = [firsts[u] for u in range(len(unique))]
     values = np.empty(len(distinct), dtype=np.float64)
     chunk = _chunk_size(evaluator, graph)
+    keep_prefix = _prefix_fits(evaluator, graph)
     for start in range(0, len(distinct), chunk):
         batch = distinct[start : start + chunk]
-        out = edge_forward(evaluator, graph.mask(batch))
+        masks = graph.mask(batch)
+        prefix = _PREFIXES.get(evaluator) if keep_prefix else None
+        layer = prefix.first_difference(masks, graph) if prefix is not None else 0
+        if layer > 0:
+            out, _ = _forward(evaluator, masks, prefix=prefix, start_layer=layer)
+        elif keep_prefix and len(batch) == 1:
+            out, recorded = _forward(evaluator, masks, record=True)
+            _PREFIXES[evaluator] = recorded  # type: ignore[assignment]
+        else:
+            out, _ = _forward(evaluator, masks)
+            if keep_prefix and prefix is None:
+                _PREFIXES[evaluator] = _forward(evaluator, masks[:1], record=True)[1]  # type: ignore[assignment]
         values[start : start + len(batch)] = out.mean(-1).double().cpu().numpy()
     return values[np.array(order, dtype=np.int64)]
 
 
+# --- attribution -----------------------------------------------------------------------------------
+
+
+def _rows(t: torch.Tensor, rows: slice) -> torch.Tensor:
+    """A per-prompt tensor's rows (a mean or zero replacement has one row, shared)."""
+    return t if t.shape[0] == 1 else t[rows]
+
+
+def _dataset_rows(dataset: Any, rows: slice) -> Any:
+    return replace(
+        dataset,
+        examples=dataset.examples[rows],
+        clean_ids=dataset.clean_ids[rows],
+        corrupt_ids=dataset.corrupt_ids[rows],
+        answer_weights=dataset.answer_weights[rows],
+    )
+
+
+def attribution_prompt_batch(evaluator: ForwardInputs, budget_floats: float = 2.5e8) -> int:
+    """Prompts per backward pass so that attribution's activations stay near ``budget_floats`` floats
+    (1 GB): about 400 residual-sized tensors per prompt, most of them the senders' deltas."""
+    graph = graph_of(evaluator)
+    p = evaluator.dataset.seq_len
+    per_prompt = (len(graph.senders) + 20 * graph.shape.n_layers + 40) * p * evaluator.engine.d_model
+    return max(1, int(budget_floats // per_prompt))
+
+
 def edge_attribution(
-    evaluator: ForwardInputs, steps: int = 1, interpolate: Literal["inputs", "edges"] = "inputs"
+    evaluator: ForwardInputs,
+    steps: int = 1,
+    interpolate: Literal["inputs", "edges"] = "inputs",
+    prompt_batch: int | None = None,
 ) -> tuple[list[Edge], np.ndarray]:
     """EAP (``steps=1``) or EAP-IG scores of every ablatable edge, in :attr:`EdgeGraph.edges` order.
 
@@ -325,47 +623,134 @@ def edge_attribution(
     - ``interpolate="edges"``: every ablatable edge scaled by alpha = (k + 1/2) / steps,
       interpolating from the empty circuit (alpha = 0) to the full model (this project's earlier
       variant, kept as ``eap-ig-edges``).
+
+    With every edge present each receiver reads the plain residual stream, so EAP and EAP-IG over
+    inputs are plain forwards and one backward each: the gradient at a head's q, k or v input is
+    taken from the gradient at its q, k or v through that head's own norm and projection. Prompts
+    go ``prompt_batch`` at a time (default :func:`attribution_prompt_batch`), which bounds memory.
     """
     graph = graph_of(evaluator)
+    if interpolate == "edges" and steps > 1:
+        return graph.edges, _attribution_through_masks(evaluator, steps)
     eng: Engine = evaluator.engine
-    n, p = evaluator.dataset.clean_ids.shape
-    d = eng.d_model
-    R = len(graph.receivers)
-    valid = graph.full_mask().to(eng.device)
-    grad_sum = torch.zeros(R, n, p, d, device=eng.device)
-    by_inputs = interpolate == "inputs" and steps > 1
-    if by_inputs:
-        alphas = [k / steps for k in range(steps)]
-        clean_x, corrupt_x = eng.embed(evaluator.dataset.clean_ids), eng.embed(evaluator.dataset.corrupt_ids)
-    else:
-        alphas = [1.0] if steps <= 1 else [(k + 0.5) / steps for k in range(steps)]
-    for alpha in alphas:
-        probes = torch.zeros(1, R, n, p, d, device=eng.device, requires_grad=True)
-        if by_inputs:
-            inputs = corrupt_x + alpha * (clean_x - corrupt_x)
-            metric = edge_forward(evaluator, valid, probes, embedding=inputs).mean()
-        else:
-            metric = edge_forward(evaluator, valid * alpha, probes).mean()
-        (grad,) = torch.autograd.grad(metric, probes)
-        grad_sum += grad[0]
-    grad_mean = grad_sum / len(alphas)
-    # the clean run's sender deltas (out_s - rep_s), from a full-mask forward
-    deltas = sender_deltas(evaluator)  # [S, n, p, d]
-    scores = -torch.einsum("snpd,rnpd->rs", deltas, grad_mean)
+    ds = evaluator.dataset
+    n = ds.n
+    batch = prompt_batch or attribution_prompt_batch(evaluator)
+    alphas = [1.0] if steps <= 1 else [k / steps for k in range(steps)]
+    scores = torch.zeros(len(graph.receivers), len(graph.senders), dtype=torch.float64, device=eng.device)
+    for lo in range(0, n, batch):
+        rows = slice(lo, min(n, lo + batch))
+        clean_x = eng.embed(ds.clean_ids[rows])
+        corrupt_x = eng.embed(ds.corrupt_ids[rows]) if steps > 1 else None
+        deltas = None if alphas == [1.0] else sender_deltas(evaluator, rows)
+        for alpha in alphas:
+            x = clean_x if corrupt_x is None else corrupt_x + alpha * (clean_x - corrupt_x)
+            scores += _gradient_scores(evaluator, x, rows, deltas) / len(alphas)
     r, s = graph.positions
-    return graph.edges, scores[torch.from_numpy(r), torch.from_numpy(s)].double().cpu().numpy()
+    return graph.edges, scores[torch.from_numpy(r), torch.from_numpy(s)].cpu().numpy()
 
 
-@torch.no_grad()
-def sender_deltas(evaluator: ForwardInputs) -> torch.Tensor:
-    """[S, n, p, d]: each ablatable sender's clean output minus its replacement."""
+def _gradient_scores(
+    evaluator: ForwardInputs, x: torch.Tensor, rows: slice, deltas: torch.Tensor | None
+) -> torch.Tensor:
+    """-(delta_s . dMetric/d input(r)) for every (receiver, sender) cell [R, S] (float64) from one
+    forward of the full model on input embedding ``x`` [b, p, d] (prompts ``rows``) and one backward.
+    ``deltas`` [S, b, p, d]: the senders' deltas to score with (None: this run's)."""
     graph = graph_of(evaluator)
     eng: Engine = evaluator.engine
     rep = evaluator.replacement
-    rec = record_forward(eng, evaluator.dataset.clean_ids)
+    b, p, d = x.shape
+    H = evaluator.shape.n_heads
+    positions = torch.arange(p, device=x.device)
+    resid_in: list[torch.Tensor] = []
+    projections: list[tuple[torch.Tensor, ...]] = []
+    mlp_inputs: list[torch.Tensor] = []
+    own: list[torch.Tensor] = []
+    with torch.enable_grad():
+        h = x.detach().requires_grad_()  # a leaf: the weights are constants here
+        for layer in range(eng.n_layers):
+            resid_in.append(h.detach())
+            normed = eng.ln1(layer, h)
+            qkv = tuple(eng.project(layer, w, normed, None, positions) for w in ("q", "k", "v"))  # [b, p, H, e]
+            for t in qkv:
+                t.retain_grad()
+            projections.append(qkv)
+            z = eng.attend(*qkv, positions)
+            after = h + eng.attention_output(layer, z)
+            m_in = eng.mlp_input(h, after).view_as(h)  # its own node: the gradient through the MLP alone
+            m_in.retain_grad()
+            mlp_inputs.append(m_in)
+            m_out = eng.mlp(layer, eng.ln2(layer, m_in))
+            if deltas is None:
+                with torch.no_grad():
+                    own.append(eng.head_outputs(layer, z - _rows(rep.z[layer], rows)).transpose(0, 1))
+                    if graph.ablate_mlps:
+                        own.append((m_out - _rows(rep.mlp_out[layer], rows)).unsqueeze(0))
+            h = after + m_out
+        final_in = h[:, -1]
+        final_in.retain_grad()
+        reference = getattr(evaluator, "reference_logprobs", None) if evaluator.metric_name == "kl" else None
+        per_prompt = per_prompt_metric(
+            eng,
+            _dataset_rows(evaluator.dataset, rows),
+            eng.final_norm(final_in),
+            evaluator.metric_name,
+            None if reference is None else reference[rows],
+        )
+        (per_prompt.sum() / evaluator.dataset.n).backward()
+    D = torch.cat(own, dim=0) if deltas is None else deltas  # [S, b, p, d]
+    D_flat = D.reshape(D.shape[0], -1)
+    scores = torch.zeros(len(graph.receivers), len(graph.senders), dtype=torch.float64, device=x.device)
+    per_layer_r, spl = graph.receivers_per_layer, graph.senders_per_layer
+    for layer in range(eng.n_layers):
+        # the gradient at each head's own q, k, v input: back through that head's norm and projection
+        slots = [resid_in[layer].unsqueeze(1).expand(b, H, p, d).clone().requires_grad_() for _ in range(3)]
+        with torch.enable_grad():
+            outs = [
+                eng.project(layer, w, eng.ln1(layer, s), None, positions, per_head_input=True)
+                for w, s in zip(("q", "k", "v"), slots)
+            ]
+            grads = torch.autograd.grad(outs, slots, grad_outputs=[t.grad for t in projections[layer]])
+        heads = torch.stack(grads, dim=2).reshape(b, 3 * H, p, d)  # rows 3h + (q, k, v), as the graph's
+        G = torch.cat([heads, mlp_inputs[layer].grad.unsqueeze(1)], dim=1).transpose(0, 1)  # [3H + 1, b, p, d]
+        before = min(len(graph.senders), layer * spl + H)
+        r0 = layer * per_layer_r
+        scores[r0 : r0 + per_layer_r, :before] = -(G.reshape(per_layer_r, -1) @ D_flat[:before].T).double()
+    g_final = final_in.grad  # [b, d]
+    scores[-1] = -torch.einsum("sbd,bd->s", D[:, :, -1], g_final).double()
+    return scores
+
+
+def _attribution_through_masks(evaluator: ForwardInputs, steps: int) -> np.ndarray:
+    """EAP-IG over edge scaling: gradients at probes on every receiver of the masked forward."""
+    graph = graph_of(evaluator)
+    eng: Engine = evaluator.engine
+    n, p = evaluator.dataset.clean_ids.shape
+    R = len(graph.receivers)
+    valid = graph.full_mask().to(eng.device)
+    grad_sum = torch.zeros(R, n, p, eng.d_model, device=eng.device)
+    for k in range(steps):
+        alpha = (k + 0.5) / steps
+        probes = torch.zeros(1, R, n, p, eng.d_model, device=eng.device, requires_grad=True)
+        metric = edge_forward(evaluator, valid * alpha, probes).mean()
+        (grad,) = torch.autograd.grad(metric, probes)
+        grad_sum += grad[0]
+    deltas = sender_deltas(evaluator)  # [S, n, p, d]
+    scores = -torch.einsum("snpd,rnpd->rs", deltas, grad_sum / steps)
+    r, s = graph.positions
+    return scores[torch.from_numpy(r), torch.from_numpy(s)].double().cpu().numpy()
+
+
+@torch.no_grad()
+def sender_deltas(evaluator: ForwardInputs, rows: slice = slice(None)) -> torch.Tensor:
+    """[S, n, p, d]: each ablatable sender's clean output minus its replacement (prompts ``rows``)."""
+    graph = graph_of(evaluator)
+    eng: Engine = evaluator.engine
+    rep = evaluator.replacement
+    rec = record_forward(eng, evaluator.dataset.clean_ids[rows])
     out = []
     for layer in range(eng.n_layers):
-        out.append(eng.head_outputs(layer, rec.z[layer] - rep.z[layer]).transpose(0, 1))  # [h, n, p, d]
+        out.append(eng.head_outputs(layer, rec.z[layer] - _rows(rep.z[layer], rows)).transpose(0, 1))  # [h, n, p, d]
         if graph.ablate_mlps:
-            out.append((rec.mlp_out[layer] - rep.mlp_out[layer]).unsqueeze(0))
+            out.append((rec.mlp_out[layer] - _rows(rep.mlp_out[layer], rows)).unsqueeze(0))
     return torch.cat(out, dim=0)
