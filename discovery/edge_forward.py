@@ -421,10 +421,11 @@ def _forward(
                 own_normed = eng.ln1(layer, receiver_inputs(r0, own, layer * spl, kept, False))  # [c, k, n, p, d]
             shared_normed = eng.ln1(layer, start) if len(own) < 3 * len(heads_here) else None
             qkv = []
-            for i, which in enumerate(("q", "k", "v")):
+            for i, which in enumerate(HEAD_INPUTS):
                 pos = q_pos if which == "q" else positions
                 own_here = [(j, r) for j, r in enumerate(own) if r % 3 == i]
                 if len(own_here) == len(heads_here):  # every head reads its own stream
+                    assert own_normed is not None
                     x = own_normed[:, [j for j, _ in own_here]].transpose(1, 2)  # [c, n, k, p, d]
                     if which == "q" and queries_last:
                         x = x[..., -1:, :]
@@ -434,6 +435,7 @@ def _forward(
                 sx = shared_normed[..., -1:, :] if which == "q" and queries_last else shared_normed
                 out = eng.project(layer, which, sx, hs, pos)  # [c', n, p, k, e]
                 if own_here:
+                    assert own_normed is not None
                     out = out.expand(c, *out.shape[1:]).clone()
                     slot = [heads_here.index(r // 3) for _, r in own_here]
                     x = own_normed[:, [j for j, _ in own_here]].transpose(1, 2)
@@ -671,11 +673,11 @@ def _gradient_scores(
         for layer in range(eng.n_layers):
             resid_in.append(h.detach())
             normed = eng.ln1(layer, h)
-            qkv = tuple(eng.project(layer, w, normed, None, positions) for w in ("q", "k", "v"))  # [b, p, H, e]
+            qkv = tuple(eng.project(layer, w, normed, None, positions) for w in HEAD_INPUTS)  # [b, p, H, e]
             for t in qkv:
                 t.retain_grad()
             projections.append(qkv)
-            z = eng.attend(*qkv, positions)
+            z = eng.attend(qkv[0], qkv[1], qkv[2], positions)
             after = h + eng.attention_output(layer, z)
             m_in = eng.mlp_input(h, after).view_as(h)  # its own node: the gradient through the MLP alone
             m_in.retain_grad()
@@ -708,15 +710,18 @@ def _gradient_scores(
         with torch.enable_grad():
             outs = [
                 eng.project(layer, w, eng.ln1(layer, s), None, positions, per_head_input=True)
-                for w, s in zip(("q", "k", "v"), slots)
+                for w, s in zip(HEAD_INPUTS, slots)
             ]
             grads = torch.autograd.grad(outs, slots, grad_outputs=[t.grad for t in projections[layer]])
         heads = torch.stack(grads, dim=2).reshape(b, 3 * H, p, d)  # rows 3h + (q, k, v), as the graph's
-        G = torch.cat([heads, mlp_inputs[layer].grad.unsqueeze(1)], dim=1).transpose(0, 1)  # [3H + 1, b, p, d]
+        mlp_grad = mlp_inputs[layer].grad
+        assert mlp_grad is not None
+        G = torch.cat([heads, mlp_grad.unsqueeze(1)], dim=1).transpose(0, 1)  # [3H + 1, b, p, d]
         before = min(len(graph.senders), layer * spl + H)
         r0 = layer * per_layer_r
         scores[r0 : r0 + per_layer_r, :before] = -(G.reshape(per_layer_r, -1) @ D_flat[:before].T).double()
     g_final = final_in.grad  # [b, d]
+    assert g_final is not None
     scores[-1] = -torch.einsum("sbd,bd->s", D[:, :, -1], g_final).double()
     return scores
 

@@ -152,3 +152,38 @@ def test_acdc_equals_the_literal_published_algorithm(model, dataset):
     assert 0 < len(expected) < len(graph_of(ev).edges)
     assert result.extra["criterion"] == "kl" and result.extra["final_kl"] >= 0
     assert result.score.method.metric == dataset.metric  # the reported score is the task's, normalised
+
+
+def test_interrupted_acdc_resumes_from_stored_scores_with_the_same_result(model, dataset, tmp_path):
+    """A killed ACDC job's rerun replays the walk from the store: no circuit scored twice, and the
+    same circuit as an uninterrupted run; progress counts work up to its total (the ETA's basis)."""
+    from discovery.store import open_store
+    from discovery.store.evaluator import StoredEvaluator
+
+    params = {"tau": 0.02, "batch": 4}
+    uninterrupted = run_search("acdc", Evaluator(model, dataset), params)
+
+    class Killed(Exception):
+        pass
+
+    store = open_store(f"sqlite:///{tmp_path / 'acdc.db'}")
+    first = StoredEvaluator(Evaluator(model, dataset), store)
+    calls = []
+
+    def die_midway(done, total, message):
+        calls.append((done, total))
+        if len(calls) == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_search("acdc", first, params, die_midway)
+    assert first.cache_misses > 0
+    second = StoredEvaluator(Evaluator(model, dataset), store)
+    seen = []
+    resumed = run_search("acdc", second, params, lambda d, t, m: seen.append((d, t, m)))
+    assert resumed.circuit == uninterrupted.circuit
+    assert second.cache_hits >= first.cache_misses  # everything the killed run scored is served
+    assert second.cache_misses + first.cache_misses == uninterrupted.n_evaluations
+    totals = {t for _, t, _ in seen if t is not None and t > 1}
+    assert len(totals) == 1 and seen[-1][0] == totals.pop() and "edges tested" in seen[-1][2]
+    store.close()

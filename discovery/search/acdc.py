@@ -24,6 +24,13 @@ the top edges by EAP score. Edges outside the start set are ablated from the out
 Speculation (``batch``): up to ``batch`` successive removals are scored in one ``evaluate`` call
 assuming each is accepted; the first rejection discards the rest. The decisions are exactly the
 sequential ones; only the evaluation count grows a little.
+
+Speed: the circuits a receiver's test scores agree with the start circuit below that receiver's
+layer, so the edge forward recomputes them from that layer only (:mod:`discovery.edge_forward`'s
+remembered prefix). Progress is reported in work units (an edge into layer L weighs the layers it
+recomputes), so the ETA holds from the first receivers on. Every scored circuit goes through the
+scorer, so a job's store keeps each one: a resumed job replays the walk from stored scores up to
+where it stopped, without a forward pass.
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ def _start_edges(evaluator: Scorer, params: dict[str, Any], progress: ProgressCa
         from discovery.search.eap import ranked_edges
 
         keep = set(edges)
-        ranked = [e for e, _ in ranked_edges(evaluator, params["eap_steps"], progress) if e in keep]
+        ranking = ranked_edges(evaluator, params["eap_steps"], progress, prompt_batch=params["prompt_batch"])
+        ranked = [e for e, _ in ranking if e in keep]
         edges = ranked[: params["eap_top"]]
     if not edges:
         raise UsageError("method 'acdc': the restriction leaves no edge to walk")
@@ -76,6 +84,15 @@ def acdc(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) 
         change = before.normalised - after.normalised
         return abs(change) < tau if params["absolute"] else change < tau
 
+    # progress in work units: testing an edge into layer L recomputes layers L and above, so an edge
+    # counts (layers above it + 1): the ETA then holds although the walk starts with the cheap ones
+    n_layers = evaluator.shape.n_layers
+
+    def cost(edge: Edge) -> int:
+        return 1 if edge.receiver == LOGITS else n_layers - edge.receiver.layer + 1
+
+    total_work = sum(cost(e) for e in current_edges)
+    work_done, handled = 0, 0
     visited = 0
     for receiver, inp in reversed(graph.receivers):
         incoming = sorted(
@@ -93,6 +110,8 @@ def acdc(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) 
         ):
             current_edges -= set(incoming)  # its output is ablated everywhere: its inputs cannot matter
             free_removed += len(incoming)
+            work_done += sum(cost(e) for e in incoming)
+            handled += len(incoming)
             continue
         i = 0
         while i < len(incoming):
@@ -112,8 +131,15 @@ def acdc(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) 
                     i += 1
                     break
         steps.append(current)
+        work_done += sum(cost(e) for e in incoming)
+        handled += len(incoming)
         shown = f"KL {current.metric:.4f}" if kl else f"score {current.normalised:.3f}"
-        progress(visited, None, f"{receiver.name}{'.' + inp if inp else ''}: {len(current_edges)} edges, {shown}")
+        progress(
+            work_done,
+            total_work,
+            f"{receiver.name}{'.' + inp if inp else ''}: {handled}/{start_count} edges tested, "
+            f"{len(current_edges)} left, {shown}",
+        )
     circuit = Circuit.from_edges(current_edges)
     final = evaluator.evaluate([circuit])[0]
     extra = {
@@ -145,6 +171,7 @@ register(
             Param("eap_top", int, 0, "restrict to the top N edges by EAP score (0: off)", minimum=0),
             Param("eap_steps", int, 1, "EAP-IG steps for eap_top (1: plain EAP)", minimum=1),
             Param("batch", int, 8, "removals scored per evaluate call (speculative; same decisions)", minimum=1),
+            Param("prompt_batch", int, 0, "eap_top's attribution: prompts per backward pass (0: automatic)", minimum=0),
         ),
         func=acdc,
         level="edge",

@@ -27,11 +27,18 @@ from discovery.search.scorer import Scorer
 
 
 def ranked_edges(
-    evaluator: Scorer, steps: int, progress: ProgressCallback, interpolate: Literal["inputs", "edges"] = "inputs"
+    evaluator: Scorer,
+    steps: int,
+    progress: ProgressCallback,
+    interpolate: Literal["inputs", "edges"] = "inputs",
+    prompt_batch: int = 0,
 ) -> list[tuple[Edge, float]]:
-    """Every ablatable edge with its attribution score, strongest |score| first (ties: canonical order)."""
+    """Every ablatable edge with its attribution score, strongest |score| first (ties: canonical order).
+    ``prompt_batch``: prompts per backward pass (0: as many as fit in about 1 GB of activations)."""
     progress(0, 1, f"attribution over {steps} step(s)")
-    edges, scores = edge_attribution(evaluator.base_evaluator, steps=steps, interpolate=interpolate)
+    edges, scores = edge_attribution(
+        evaluator.base_evaluator, steps=steps, interpolate=interpolate, prompt_batch=prompt_batch or None
+    )
     progress(1, 1, "attribution done")
     order = np.argsort(-np.abs(scores), kind="stable")
     return [(edges[i], float(scores[i])) for i in order]
@@ -45,7 +52,7 @@ def _run(
     progress: ProgressCallback,
     interpolate: Literal["inputs", "edges"] = "inputs",
 ) -> SearchResult:
-    ranked = ranked_edges(evaluator, steps, progress, interpolate)
+    ranked = ranked_edges(evaluator, steps, progress, interpolate, params["prompt_batch"])
     if params["threshold"] > 0:
         kept = [e for e, s in ranked if abs(s) >= params["threshold"]]
     else:
@@ -68,9 +75,13 @@ def eap_ig_edges(evaluator: Scorer, params: dict[str, Any], progress: ProgressCa
     return _run("eap-ig-edges", evaluator, params, params["steps"], progress, "edges")
 
 
+PROMPT_BATCH = Param(
+    "prompt_batch", int, 0, "prompts per backward pass, bounds memory (0: as many as fit in about 1 GB)", minimum=0
+)
 SELECT = (
     Param("top_n", int, 50, "number of top edges (by |score|) in the circuit", minimum=1),
     Param("threshold", float, 0.0, "if > 0: keep every edge with |score| >= threshold instead of top_n", minimum=0),
+    PROMPT_BATCH,
 )
 
 register(

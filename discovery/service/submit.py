@@ -119,5 +119,7 @@ def submit(
         for job_id in ids:
             sub.outcomes[job_id] = run_job(job_id, store, worker_id=worker, progress=progress, in_process=True)
         if compare_id is not None:
-            sub.outcomes[compare_id] = run_compare(compare_id, store, worker_id=worker, progress=progress, in_process=True)
+            sub.outcomes[compare_id] = run_compare(
+                compare_id, store, worker_id=worker, progress=progress, in_process=True
+            )
     return sub

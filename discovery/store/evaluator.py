@@ -55,6 +55,7 @@ class StoredEvaluator:
         self.batch_size = batch_size
         self.cache_hits = 0
         self.cache_misses = 0
+        self._counts_to: StoredEvaluator | None = None
         self.model_record = store.get_or_create_model(evaluator.model.identity)
         self.dataset_record = store.get_or_create_dataset(evaluator.dataset)
 
@@ -104,7 +105,16 @@ class StoredEvaluator:
         inner = self.evaluator.with_metric(metric)
         if inner is self.evaluator:
             return self
-        return StoredEvaluator(inner, self.store, self.job_id, self.batch_size, self.checkpoint)
+        derived = StoredEvaluator(inner, self.store, self.job_id, self.batch_size, self.checkpoint)
+        derived._counts_to = self  # ACDC scores through its KL twin: the job's counts must include them
+        return derived
+
+    def _count(self, hits: int, misses: int) -> None:
+        evaluator: StoredEvaluator | None = self
+        while evaluator is not None:
+            evaluator.cache_hits += hits
+            evaluator.cache_misses += misses
+            evaluator = evaluator._counts_to
 
     @cached_property
     def _reliable(self) -> bool:
@@ -146,7 +156,7 @@ class StoredEvaluator:
             of_level = [c for c in circuits if c.level == level]
             if of_level:
                 found.update(self.store.lookup(of_level, self.model_id, self.dataset_id, self.evaluator.method(level)))
-        self.cache_hits += sum(1 for c in circuits if c.key in found)
+        self._count(sum(1 for c in circuits if c.key in found), 0)
         missing = list({c.key: c for c in circuits if c.key not in found}.values())
         total = len(circuits)
         done_before = total - sum(1 for c in circuits if c.key not in found)
@@ -160,7 +170,7 @@ class StoredEvaluator:
                     self.checkpoint()
                 chunk = missing[start : start + per_pass]
                 scores = self.evaluator.evaluate(chunk)
-                self.cache_misses += len(chunk)
+                self._count(0, len(chunk))
                 for s in scores:
                     found[s.circuit.key] = s
                 for b in range(0, len(scores), self.batch_size):
