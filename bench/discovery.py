@@ -20,7 +20,7 @@ Workloads (keys of ``workloads``):
   done-in prompts (24 tokens).
 
 ``--memory`` adds, per workload, the peak resident memory of a fresh process running EAP, EAP-IG
-(5 steps) and 8 ACDC edge tests on 50 prompts of 21 tokens. ``--quick`` (routine runs, under 3
+(5 steps) and 8 ACDC edge tests on 50 ``induction`` prompts of 21 tokens. ``--quick`` (routine runs, under 3
 minutes): fewer ACDC samples and a 7-head brute-force pool (127 subsets), labelled so.
 
     python bench/discovery.py [--quick] [--memory] [--n 50] [--threads 2] [--device cpu]
@@ -176,7 +176,7 @@ def brute_force(model: Any, n: int, pool: list[str], device: str) -> dict[str, A
 def memory_child(workload: str, n: int, device: str) -> None:
     """One workload at 50 x 21 tokens in this (fresh) process; prints its peak resident memory."""
     model = random_model("gpt2", full_size=True, seed=0, device=device)
-    dataset = build_dataset(get_task("digits", length=20), model.tokenizer, n=n, seed=0)
+    dataset = build_dataset(get_task("induction", prefix=5), model.tokenizer, n=n, seed=0)  # 21 tokens
     evaluator = Evaluator(model, dataset)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if workload == "eap":

@@ -597,9 +597,9 @@ def _dataset_rows(dataset: Any, rows: slice) -> Any:
     )
 
 
-def attribution_prompt_batch(evaluator: ForwardInputs, budget_floats: float = 2.5e8) -> int:
+def attribution_prompt_batch(evaluator: ForwardInputs, budget_floats: float = 1.5e8) -> int:
     """Prompts per backward pass so that attribution's activations stay near ``budget_floats`` floats
-    (1 GB): about 400 residual-sized tensors per prompt, most of them the senders' deltas."""
+    (600 MB): about 400 residual-sized tensors per prompt, most of them the senders' deltas."""
     graph = graph_of(evaluator)
     p = evaluator.dataset.seq_len
     per_prompt = (len(graph.senders) + 20 * graph.shape.n_layers + 40) * p * evaluator.engine.d_model

@@ -34,7 +34,7 @@ def ranked_edges(
     prompt_batch: int = 0,
 ) -> list[tuple[Edge, float]]:
     """Every ablatable edge with its attribution score, strongest |score| first (ties: canonical order).
-    ``prompt_batch``: prompts per backward pass (0: as many as fit in about 1 GB of activations)."""
+    ``prompt_batch``: prompts per backward pass (0: as many as fit in about 600 MB of activations)."""
     progress(0, 1, f"attribution over {steps} step(s)")
     edges, scores = edge_attribution(
         evaluator.base_evaluator, steps=steps, interpolate=interpolate, prompt_batch=prompt_batch or None
@@ -76,7 +76,7 @@ def eap_ig_edges(evaluator: Scorer, params: dict[str, Any], progress: ProgressCa
 
 
 PROMPT_BATCH = Param(
-    "prompt_batch", int, 0, "prompts per backward pass, bounds memory (0: as many as fit in about 1 GB)", minimum=0
+    "prompt_batch", int, 0, "prompts per backward pass, bounds memory (0: as many as fit in about 600 MB)", minimum=0
 )
 SELECT = (
     Param("top_n", int, 50, "number of top edges (by |score|) in the circuit", minimum=1),
