@@ -30,6 +30,7 @@ _API = {
     "open_store": "discovery.api",
     "patch": "discovery.api",
     "runs": "discovery.api",
+    "register_metric": "discovery.readout",
     "Circuit": "discovery.circuit",
     "Ablation": "discovery.evaluator",
     "EvaluationMethod": "discovery.evaluator",
@@ -64,5 +65,6 @@ __all__ = [
     "load_model",
     "open_store",
     "patch",
+    "register_metric",
     "runs",
 ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from discovery.circuit import Circuit
@@ -36,6 +36,7 @@ from discovery.tasks import Dataset, build_dataset, get_task
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
 
     from discovery.curves import FaithfulnessCurve
     from discovery.patching import PatchingResult
@@ -112,7 +113,6 @@ def _default_tokenizer(model: Any) -> Any:
 def _unwrap_bridge(bridge: Any) -> Any:
     """A fresh HF module holding the bridge's weights (booting a bridge renames the HF module's parameters
     in place, so its own state dict neither hashes nor loads like the original's)."""
-    import torch
 
     wrapped = bridge.original_model
     clean = type(wrapped)(wrapped.config)
@@ -158,9 +158,13 @@ def build_evaluator(
     ablate_mlps: bool = False,
     store: Any = None,
     job_id: int | None = None,
+    metric: str | Callable[..., torch.Tensor] | None = None,
 ) -> Any:
-    """The evaluator for ``model`` on ``data``; with a store, wrapped so every score is kept and reused."""
-    ev = Evaluator(model, data, Ablation(kind=ablation, source=mean_source, ablate_mlps=ablate_mlps))  # type: ignore[arg-type]
+    """The evaluator for ``model`` on ``data``; with a store, wrapped so every score is kept and reused.
+    ``metric``: the task's (default), ``"kl"``, a registered metric's name, or a function
+    ``metric(logits, dataset) -> one value per prompt`` (stored under its name; :mod:`discovery.readout`)."""
+    ablation_ = Ablation(kind=ablation, source=mean_source, ablate_mlps=ablate_mlps)  # type: ignore[arg-type]
+    ev = Evaluator(model, data, ablation_, metric=metric)
     chosen = _store_of(store)
     if chosen is None:
         return ev
@@ -184,12 +188,15 @@ def evaluate(
     ablate_mlps: bool = False,
     store: Any = None,
     progress: ProgressCallback | None = None,
+    metric: str | Callable[..., torch.Tensor] | None = None,
 ) -> list[Score]:
-    """Scores of ``circuits`` (Circuit values or strings like ``"0.2,1.2"``), as ``circuits evaluate`` prints them."""
+    """Scores of ``circuits`` (Circuit values or strings like ``"0.2,1.2"``), as ``circuits evaluate`` prints them;
+    ``metric`` as in :func:`build_evaluator`."""
     parsed = _circuits(circuits)
     for c in parsed:
         c.validate(model.shape)
-    return build_evaluator(model, data, ablation, mean_source, ablate_mlps, store).evaluate(parsed, progress=progress)
+    ev = build_evaluator(model, data, ablation, mean_source, ablate_mlps, store, metric=metric)
+    return ev.evaluate(parsed, progress=progress)
 
 
 def _config(data: Dataset, ablation: str, mean_source: str, ablate_mlps: bool, model: LoadedModel) -> dict[str, Any]:

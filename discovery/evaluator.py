@@ -29,7 +29,7 @@ TransformerLens hooks (:mod:`discovery.engine.hooked`, node level only).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -145,14 +145,14 @@ class Evaluator:
         ablation: Ablation = Ablation(),
         max_tokens_per_chunk: int = 32768,
         circuits_per_pass: int = 256,
-        metric: str | None = None,
+        metric: str | Callable[..., torch.Tensor] | None = None,
         source_dataset: Dataset | None = None,
     ) -> None:
         self.model = model
         self.dataset = dataset.to(model.device)
         self.ablation = ablation
         self.metric_name = check_metric(self.dataset, metric)
-        """The task's metric, or ``kl`` (KL divergence to the full model)."""
+        """The task's metric, ``kl`` (KL divergence to the full model), or a user metric's name."""
         self.source_dataset = (source_dataset or dataset).to(model.device)
         """Where replacement values come from: the evaluated prompts, or a separate (larger) set."""
         if source_dataset is not None and source_dataset.seq_len != dataset.seq_len:
@@ -171,11 +171,13 @@ class Evaluator:
             raise UsageError(f"prompts of {self.dataset.seq_len} tokens exceed the model's context of {context}")
         self.hooked = None if model.fast_path else HookedScorer(model, self.dataset, ablation.kind, ablation.source)
         """The slow path (TransformerLens hooks) for architectures the engine has no fast path for."""
-        if self.hooked is not None and self.metric_name == "kl":
-            raise UsageError("the kl metric needs the engine's fast path; this model runs on the hooked slow path")
+        if self.hooked is not None and self.metric_name not in ("logit_diff", "prob_diff"):
+            raise UsageError(
+                f"the {self.metric_name} metric needs the engine's fast path; this model runs on the hooked slow path"
+            )
         self._settings = (max_tokens_per_chunk, circuits_per_pass, source_dataset)
 
-    def with_metric(self, metric: str) -> Evaluator:
+    def with_metric(self, metric: str | Callable[..., torch.Tensor]) -> Evaluator:
         """The same evaluation scored by another metric (e.g. ``kl`` for ACDC's criterion)."""
         if metric == self.metric_name:
             return self

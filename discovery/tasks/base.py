@@ -29,15 +29,32 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
 from discovery.errors import TokenizationError, UsageError
 
-MetricName = Literal["logit_diff", "prob_diff"]
+MetricName = str
+"""``logit_diff``, ``prob_diff`` (read off the answer tokens' logits), or a user metric's name."""
+UserMetric = Callable[[torch.Tensor, "Dataset"], torch.Tensor]
+USER_METRICS: dict[str, UserMetric] = {}
+"""User metrics by name (see :mod:`discovery.readout`): functions of the last position's logits."""
+BUILTIN_METRICS = ("logit_diff", "prob_diff", "kl")
+
+
+def register_metric(name: str, fn: UserMetric) -> str:
+    """Make ``fn(logits [..., n, vocab], dataset) -> [..., n]`` a metric called ``name``; returns the name."""
+    if name in BUILTIN_METRICS:
+        raise UsageError(f"metric name {name!r} is built in; choose another")
+    if not name.isidentifier():
+        raise UsageError(f"metric name {name!r}: use letters, digits and underscores")
+    USER_METRICS[name] = fn
+    return name
+
+
 FILTERS = ("none", "correct")
 """``filter`` task parameter: keep every prompt, or only those the model answers correctly."""
 
@@ -196,6 +213,11 @@ def metric_from_logits(dataset: Dataset, answer_logits: torch.Tensor, logsumexp:
     ``answer_logits``: [..., n, k] logits of ``dataset.answer_tokens``; ``logsumexp``: [..., n] the
     log partition over the whole vocabulary (needed for ``prob_diff`` only). Returns [..., n].
     """
+    if dataset.metric not in ("logit_diff", "prob_diff"):
+        raise UsageError(
+            f"metric {dataset.metric!r} reads the whole vocabulary's logits; this scorer (path patching, the "
+            "hooked slow path) reads the answer tokens only: use logit_diff or prob_diff here"
+        )
     weights = dataset.answer_weights.to(answer_logits.dtype)
     if dataset.metric == "logit_diff":
         return (answer_logits * weights).sum(-1)

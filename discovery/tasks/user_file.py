@@ -3,7 +3,9 @@
 JSON: a list of objects, or ``{"examples": [...]}``; CSV: a header row. Each example has
 ``clean``, ``corrupt``, ``answer`` and ``wrong`` (a token string each, e.g. " 5", or a list of
 token strings for several). The optional top-level JSON key ``metric`` picks ``logit_diff``
-(default) or ``prob_diff``. ``n`` takes the first n examples in file order (after a shuffle
+(default), ``prob_diff``, a registered user metric, or ``FILE.py:FUNCTION`` (a Python file beside
+the task file; the function, ``metric(logits, dataset) -> values per prompt``, becomes the task's
+metric under its name; see :mod:`discovery.readout`). ``n`` takes the first n examples in file order (after a shuffle
 with ``seed`` when seed is not 0); the file's own corruption is called ``file``. The prompts are
 tokenised after the BOS token unless ``bos=false`` (``circuits prompts --json`` of a task without a
 BOS token, e.g. Lan & Barez's, reads back with ``--task-param bos=false``).
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from discovery.errors import UsageError
-from discovery.tasks.base import Example, Task
+from discovery.tasks.base import USER_METRICS, Example, Task, register_metric
 
 REQUIRED = ("clean", "corrupt", "answer", "wrong")
 
@@ -47,11 +49,34 @@ class FileTask(Task):
         if not self.path.is_file():
             raise UsageError(f"task file {str(self.path)!r} does not exist")
         rows, metric = self._read()
-        if metric not in ("logit_diff", "prob_diff"):
-            raise UsageError(f"task file {self.path}: unknown metric {metric!r} (logit_diff or prob_diff)")
-        self.metric = metric  # type: ignore[misc,assignment]
+        if ":" in str(metric):
+            metric = self._load_metric(str(metric))
+        elif metric not in ("logit_diff", "prob_diff") and metric not in USER_METRICS:
+            raise UsageError(
+                f"task file {self.path}: unknown metric {metric!r} (logit_diff, prob_diff, a registered "
+                "metric, or FILE.py:FUNCTION)"
+            )
+        self.metric = metric  # type: ignore[misc]
         self.rows = rows
         self.name = f"file:{self.path.name}"  # type: ignore[misc]
+
+    def _load_metric(self, spec: str) -> str:
+        """``metrics.py:name`` (relative to the task file): the function ``name`` of that Python file,
+        registered as the metric ``name``. The file is the user's own code and runs here."""
+        import importlib.util
+
+        file, _, function = spec.rpartition(":")
+        path = (self.path.parent / file).resolve()
+        if not path.is_file() or path.suffix != ".py":
+            raise UsageError(f"task file {self.path}: metric {spec!r}: {str(path)!r} is not a Python file")
+        module_spec = importlib.util.spec_from_file_location(f"circuits_metric_{path.stem}", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        fn = getattr(module, function, None)
+        if not callable(fn):
+            raise UsageError(f"task file {self.path}: metric {spec!r}: {path.name} has no function {function!r}")
+        return register_metric(function, fn)
 
     def _read(self) -> tuple[list[dict[str, Any]], str]:
         text = self.path.read_text()
