@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from typing import Any, Literal, Protocol
@@ -611,6 +611,7 @@ def edge_attribution(
     steps: int = 1,
     interpolate: Literal["inputs", "edges"] = "inputs",
     prompt_batch: int | None = None,
+    progress: Callable[[int, int | None, str], None] | None = None,
 ) -> tuple[list[Edge], np.ndarray]:
     """EAP (``steps=1``) or EAP-IG scores of every ablatable edge, in :attr:`EdgeGraph.edges` order.
 
@@ -630,6 +631,7 @@ def edge_attribution(
     inputs are plain forwards and one backward each: the gradient at a head's q, k or v input is
     taken from the gradient at its q, k or v through that head's own norm and projection. Prompts
     go ``prompt_batch`` at a time (default :func:`attribution_prompt_batch`), which bounds memory.
+    ``progress`` hears of each forward + backward pass done (of prompt batches x steps).
     """
     graph = graph_of(evaluator)
     if interpolate == "edges" and steps > 1:
@@ -640,6 +642,7 @@ def edge_attribution(
     batch = prompt_batch or attribution_prompt_batch(evaluator)
     alphas = [1.0] if steps <= 1 else [k / steps for k in range(steps)]
     scores = torch.zeros(len(graph.receivers), len(graph.senders), dtype=torch.float64, device=eng.device)
+    passes, done = len(alphas) * -(-n // batch), 0
     for lo in range(0, n, batch):
         rows = slice(lo, min(n, lo + batch))
         clean_x = eng.embed(ds.clean_ids[rows])
@@ -648,6 +651,9 @@ def edge_attribution(
         for alpha in alphas:
             x = clean_x if corrupt_x is None else corrupt_x + alpha * (clean_x - corrupt_x)
             scores += _gradient_scores(evaluator, x, rows, deltas) / len(alphas)
+            done += 1
+            if progress:
+                progress(done, passes, f"attribution: prompts {rows.start}-{rows.stop - 1}, alpha {alpha:.2f}")
     r, s = graph.positions
     return graph.edges, scores[torch.from_numpy(r), torch.from_numpy(s)].cpu().numpy()
 

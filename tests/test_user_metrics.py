@@ -27,7 +27,9 @@ def top_logit(logits: torch.Tensor, dataset) -> torch.Tensor:
     return logits.max(-1).values
 
 
-def test_a_callable_metric_scores_like_the_builtin_it_spells_out_and_is_stored_by_name(tiny_model3, tokenizer, tmp_path):
+def test_a_callable_metric_scores_like_the_builtin_it_spells_out_and_is_stored_by_name(
+    tiny_model3, tokenizer, tmp_path
+):
     ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=0)
     builtin = Evaluator(tiny_model3, ds, Ablation(ablate_mlps=True))
     mine = Evaluator(tiny_model3, ds, Ablation(ablate_mlps=True), metric=answer_margin)
@@ -71,7 +73,9 @@ def test_a_task_file_names_its_metric_in_a_python_file(tiny_model3, tokenizer, t
         "    w = dataset.answer_weights.to(logits.dtype)\n"
         "    return (logits[..., dataset.answer_tokens] * w).sum(-1)\n"
     )
-    rows = [{"clean": f"1 2 {i}", "corrupt": f"1 2 {i + 1}", "answer": f" {i + 1}", "wrong": f" {i}"} for i in range(3, 8)]
+    rows = [
+        {"clean": f"1 2 {i}", "corrupt": f"1 2 {i + 1}", "answer": f" {i + 1}", "wrong": f" {i}"} for i in range(3, 8)
+    ]
     task_file = tmp_path / "task.json"
     task_file.write_text(json.dumps({"metric": "metrics.py:file_margin", "examples": rows}))
     ds = build_dataset(get_task(f"file:{task_file}"), tokenizer, n=5)
@@ -81,7 +85,8 @@ def test_a_task_file_names_its_metric_in_a_python_file(tiny_model3, tokenizer, t
     plain_rows = tmp_path / "plain.json"
     plain_rows.write_text(json.dumps({"examples": rows}))
     plain = Evaluator(tiny_model3, build_dataset(get_task(f"file:{plain_rows}"), tokenizer, n=5))
-    assert ev.evaluate_one(Circuit.parse("1.1")).metric == pytest.approx(plain.evaluate_one(Circuit.parse("1.1")).metric)
+    head = Circuit.parse("1.1")
+    assert ev.evaluate_one(head).metric == pytest.approx(plain.evaluate_one(head).metric)
     with pytest.raises(UsageError, match="answer tokens only"):
         path_patching(tiny_model3, ds, "logits")
     task_file.write_text(json.dumps({"metric": "metrics.py:missing", "examples": rows}))

@@ -35,11 +35,14 @@ def ranked_edges(
 ) -> list[tuple[Edge, float]]:
     """Every ablatable edge with its attribution score, strongest |score| first (ties: canonical order).
     ``prompt_batch``: prompts per backward pass (0: as many as fit in about 600 MB of activations)."""
-    progress(0, 1, f"attribution over {steps} step(s)")
+    progress(0, None, f"attribution over {steps} step(s)")
     edges, scores = edge_attribution(
-        evaluator.base_evaluator, steps=steps, interpolate=interpolate, prompt_batch=prompt_batch or None
+        evaluator.base_evaluator,
+        steps=steps,
+        interpolate=interpolate,
+        prompt_batch=prompt_batch or None,
+        progress=progress,
     )
-    progress(1, 1, "attribution done")
     order = np.argsort(-np.abs(scores), kind="stable")
     return [(edges[i], float(scores[i])) for i in order]
 
