@@ -18,9 +18,13 @@ Speed. One :meth:`Evaluator.evaluate` call scores many circuits in one pass over
 circuits form a trie over their per-layer masks: layer ``l`` is computed once per distinct mask
 prefix ``0..l``, so circuits that agree on their first layers share that work (a greedy step's
 candidates differ in one head). Within a layer only heads kept by some circuit are computed;
-ablated heads contribute a precomputed constant. After the last layer that keeps any head, later
-layers cannot mix positions, so only the last position is computed; the unembedding reads only the
-answer tokens (and the log partition, for ``prob_diff``).
+ablated heads contribute a precomputed constant, and heads that share a key/value head (GQA, MQA)
+compute their keys and values once. After the last layer in which a trie group's circuits keep a
+head, later layers cannot mix positions, so from that layer's output on only the group's last
+position is computed (that layer still reads keys and values at every position); the unembedding
+reads only the answer tokens (and the log partition, for ``prob_diff``). A call with more circuits
+than one pass holds sorts them by their masks first, so that each pass gets circuits that share
+prefixes; values come back in the caller's order.
 
 Edge-level circuits (with edges) are delegated to :mod:`discovery.edge_forward`. Both run on the
 one forward of :mod:`discovery.engine`; models without the engine's fast path are scored through
@@ -351,8 +355,8 @@ class Evaluator:
         """
         head_masks, mlp_masks = self.masks(circuits)
         n_layers = self.shape.n_layers
-        any_head = head_masks.any(axis=2)  # [c, layers]
-        last_kept = np.where(any_head.any(1), n_layers - 1 - any_head[:, ::-1].argmax(1), -1)
+        any_head = head_masks.sum(axis=2) > 0  # [c, layers]: keeps a head there
+        last_kept = np.where(any_head.any(axis=1), n_layers - 1 - any_head[:, ::-1].argmax(axis=1), -1)
 
         x = self.engine.embed(self.dataset.clean_ids).unsqueeze(0)  # [1, n, p, d]
         full, last = x, x[:, :, -1:]  # the groups' states: every position / the last one only
@@ -380,11 +384,16 @@ class Evaluator:
             new_full = self._layer(layer, full, slot[parents[spread]], heads[spread], mlps[spread], False)
             parts = []
             if len(narrowing):
-                parts.append(self._layer(layer, full, slot[parents[narrowing]], heads[narrowing], mlps[narrowing], True))
+                parts.append(
+                    self._layer(layer, full, slot[parents[narrowing]], heads[narrowing], mlps[narrowing], True)
+                )
             if len(narrow):
                 sources = parents[narrow]
                 if from_full[narrow].any():
-                    inputs, source_slots = self._last_positions(full, last, is_full, slot, sources), np.arange(len(narrow))
+                    inputs, source_slots = (
+                        self._last_positions(full, last, is_full, slot, sources),
+                        np.arange(len(narrow)),
+                    )
                 else:
                     inputs, source_slots = last, slot[sources]
                 parts.append(self._layer(layer, inputs, source_slots, heads[narrow], mlps[narrow], True))
@@ -409,9 +418,11 @@ class Evaluator:
         out = torch.empty(len(groups), *last.shape[1:], device=last.device, dtype=last.dtype)
         fulls = is_full[groups]
         if fulls.any():
-            out[torch.from_numpy(np.nonzero(fulls)[0])] = full[torch.from_numpy(slot[groups[fulls]]), :, -1:]
+            into, take = (torch.from_numpy(a).to(last.device) for a in (np.nonzero(fulls)[0], slot[groups[fulls]]))
+            out[into] = full[take, :, -1:]
         if not fulls.all():
-            out[torch.from_numpy(np.nonzero(~fulls)[0])] = last[torch.from_numpy(slot[groups[~fulls]])]
+            into, take = (torch.from_numpy(a).to(last.device) for a in (np.nonzero(~fulls)[0], slot[groups[~fulls]]))
+            out[into] = last[take]
         return out
 
     def readout(self, final_normed: torch.Tensor) -> torch.Tensor:

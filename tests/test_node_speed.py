@@ -137,7 +137,9 @@ def test_batched_equals_alone_gqa(llama_gqa, tokenizer, ablate_mlps):
     circuits.append(Circuit.of([head(1, 0), head(1, 1), mlp(2)] if ablate_mlps else [head(1, 0), head(1, 1)]))
     ev = Evaluator(llama_gqa, ds, Ablation(ablate_mlps=ablate_mlps), max_tokens_per_chunk=120, circuits_per_pass=50)
     batched = ev.metric_values(circuits)
-    np.testing.assert_allclose(batched, alone(Evaluator(llama_gqa, ds, Ablation(ablate_mlps=ablate_mlps)), circuits), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        batched, alone(Evaluator(llama_gqa, ds, Ablation(ablate_mlps=ablate_mlps)), circuits), atol=1e-5, rtol=0
+    )
     for circuit, value in list(zip(circuits, batched))[:: len(circuits) // 10]:
         expected = ref.ablated_metric(llama_gqa, ds, circuit, ablate_mlps=ablate_mlps)
         assert value == pytest.approx(expected, abs=1e-4), circuit.canonical
