@@ -18,9 +18,13 @@ Speed. One :meth:`Evaluator.evaluate` call scores many circuits in one pass over
 circuits form a trie over their per-layer masks: layer ``l`` is computed once per distinct mask
 prefix ``0..l``, so circuits that agree on their first layers share that work (a greedy step's
 candidates differ in one head). Within a layer only heads kept by some circuit are computed;
-ablated heads contribute a precomputed constant. After the last layer that keeps any head, later
-layers cannot mix positions, so only the last position is computed; the unembedding reads only the
-answer tokens (and the log partition, for ``prob_diff``).
+ablated heads contribute a precomputed constant, and heads that share a key/value head (GQA, MQA)
+compute their keys and values once. After the last layer in which a trie group's circuits keep a
+head, later layers cannot mix positions, so from that layer's output on only the group's last
+position is computed (that layer still reads keys and values at every position); the unembedding
+reads only the answer tokens (and the log partition, for ``prob_diff``). A call with more circuits
+than one pass holds sorts them by their masks first, so that each pass gets circuits that share
+prefixes; values come back in the caller's order.
 
 Edge-level circuits (with edges) are delegated to :mod:`discovery.edge_forward`. Both run on the
 one forward of :mod:`discovery.engine`; models without the engine's fast path are scored through
@@ -283,14 +287,32 @@ class Evaluator:
         return self.evaluate([circuit])[0]
 
     def metric_values(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> np.ndarray:
-        """The raw metric of each circuit (no normalisation), in passes of ``circuits_per_pass``."""
+        """The raw metric of each circuit (no normalisation), in passes of ``circuits_per_pass``.
+
+        Node-level circuits are put in the order of their per-layer masks (layer 0 first) before
+        they are split into passes, so the circuits of one pass share their mask prefixes; the
+        values come back in the caller's order.
+        """
         out = np.empty(len(circuits), dtype=np.float64)
+        order = self._pass_order(circuits)
         for start in range(0, len(circuits), self.circuits_per_pass):
-            batch = circuits[start : start + self.circuits_per_pass]
-            out[start : start + len(batch)] = self._metric_values(batch)
+            chosen = order[start : start + self.circuits_per_pass]
+            out[chosen] = self._metric_values([circuits[i] for i in chosen])
             if progress:
-                progress(start + len(batch), len(circuits), "circuits evaluated")
+                progress(start + len(chosen), len(circuits), "circuits evaluated")
         return out
+
+    def _pass_order(self, circuits: Sequence[Circuit]) -> np.ndarray:
+        """Node-level circuits sorted by their masks (layer-major), then edge-level ones as given."""
+        if len(circuits) <= self.circuits_per_pass or self.hooked is not None:
+            return np.arange(len(circuits))
+        node = np.array([i for i, c in enumerate(circuits) if not c.edges], dtype=np.int64)
+        edge = np.array([i for i, c in enumerate(circuits) if c.edges], dtype=np.int64)
+        if len(node):
+            heads, mlps = self.masks([circuits[i] for i in node])
+            keys = np.concatenate([heads, mlps[:, :, None]], axis=2).reshape(len(node), -1)
+            node = node[np.lexsort(keys.T[::-1])]
+        return np.concatenate([node, edge])
 
     # --- the forward ---------------------------------------------------------------------------
     def _metric_values(self, circuits: Sequence[Circuit]) -> np.ndarray:
@@ -327,36 +349,83 @@ class Evaluator:
 
     @torch.no_grad()
     def _node_metric_values(self, circuits: Sequence[Circuit]) -> np.ndarray:
+        """Node-level circuits in one pass over the layers: the trie of mask prefixes (module docstring).
+
+        Each trie group (circuits sharing their masks up to layer ``l``) keeps every position only
+        while one of its circuits keeps a head after ``l``; from the layer of its last kept head on
+        it keeps the last position only (that layer still reads keys and values at every position).
+        """
         head_masks, mlp_masks = self.masks(circuits)
-        eng = self.engine
-        device = self.model.device
-        kept_layers = np.nonzero(head_masks.any(axis=(0, 2)))[0]
-        last_kept = int(kept_layers.max()) if len(kept_layers) else -1
+        n_layers = self.shape.n_layers
+        any_head = head_masks.sum(axis=2) > 0  # [c, layers]: keeps a head there
+        last_kept = np.where(any_head.any(axis=1), n_layers - 1 - any_head[:, ::-1].argmax(axis=1), -1)
 
-        x = eng.embed(self.dataset.clean_ids)
-        if last_kept < 0:
-            x = x[:, -1:]
-        states = x.unsqueeze(0)  # [groups, n, positions, d]
+        x = self.engine.embed(self.dataset.clean_ids).unsqueeze(0)  # [1, n, p, d]
+        full, last = x, x[:, :, -1:]  # the groups' states: every position / the last one only
+        # group g's state is full[slot[g]] when is_full[g], else last[slot[g]]
+        is_full = np.array([last_kept.max() >= 0])
+        slot = np.zeros(1, dtype=np.int64)
         group_of = np.zeros(len(circuits), dtype=np.int64)
-        for layer in range(self.shape.n_layers):
+        for layer in range(n_layers):
             # split each group by this layer's mask: the trie's next level
-            keys: dict[tuple, int] = {}
-            new_group_of = np.empty_like(group_of)
-            for i in range(len(circuits)):
-                key = (int(group_of[i]), head_masks[i, layer].tobytes(), bool(mlp_masks[i, layer]))
-                new_group_of[i] = keys.setdefault(key, len(keys))
-            parents = torch.tensor([k[0] for k in keys], device=device)
-            firsts = np.empty(len(keys), dtype=np.int64)
-            firsts[new_group_of[::-1]] = np.arange(len(circuits))[::-1]
-            layer_heads = torch.from_numpy(head_masks[firsts, layer]).to(device)
-            layer_mlps = torch.from_numpy(mlp_masks[firsts, layer]).to(device)
-            states = self._layer(layer, states, parents, layer_heads, layer_mlps, last_only=layer >= last_kept)
-            group_of = new_group_of
+            rows = np.concatenate(
+                [group_of[:, None], np.packbits(head_masks[:, layer], axis=1), mlp_masks[:, layer, None]], axis=1
+            )
+            _, firsts, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+            new_group_of = inverse.reshape(-1)
+            parents = group_of[firsts]
+            reach = np.full(len(firsts), -1, dtype=np.int64)  # the last kept layer of each group's circuits
+            np.maximum.at(reach, new_group_of, last_kept)
+            heads, mlps = head_masks[firsts, layer], mlp_masks[firsts, layer]
+            from_full = is_full[parents]
+            to_full = reach > layer
+            # all positions in, all out / all in, last out (keys and values of kept heads) / last in and out
+            spread = np.nonzero(to_full)[0]
+            narrowing = np.nonzero(from_full & ~to_full & heads.any(1))[0]
+            narrow = np.nonzero(~to_full & ~(from_full & heads.any(1)))[0]
+            new_full = self._layer(layer, full, slot[parents[spread]], heads[spread], mlps[spread], False)
+            parts = []
+            if len(narrowing):
+                parts.append(
+                    self._layer(layer, full, slot[parents[narrowing]], heads[narrowing], mlps[narrowing], True)
+                )
+            if len(narrow):
+                sources = parents[narrow]
+                if from_full[narrow].any():
+                    inputs, source_slots = (
+                        self._last_positions(full, last, is_full, slot, sources),
+                        np.arange(len(narrow)),
+                    )
+                else:
+                    inputs, source_slots = last, slot[sources]
+                parts.append(self._layer(layer, inputs, source_slots, heads[narrow], mlps[narrow], True))
+            new_last = parts[0] if len(parts) == 1 else torch.cat(parts) if parts else last[:0]
+            slot = np.empty(len(firsts), dtype=np.int64)
+            slot[spread] = np.arange(len(spread))
+            slot[narrowing] = np.arange(len(narrowing))
+            slot[narrow] = len(narrowing) + np.arange(len(narrow))
+            is_full, full, last, group_of = to_full, new_full, new_last, new_group_of
 
-        final = eng.final_norm(states[:, :, -1])  # [groups, n, d]
+        assert not is_full.any()
+        final = self.engine.final_norm(last[:, :, -1])  # [groups, n, d]
         per_group = self.readout(final).mean(-1)
-        self.forward_count += int(states.shape[0])
-        return per_group.double().cpu().numpy()[group_of]
+        self.forward_count += len(slot)
+        return per_group.double().cpu().numpy()[slot[group_of]]
+
+    @staticmethod
+    def _last_positions(
+        full: torch.Tensor, last: torch.Tensor, is_full: np.ndarray, slot: np.ndarray, groups: np.ndarray
+    ) -> torch.Tensor:
+        """[len(groups), n, 1, d] the last-position state of each of ``groups`` (full or last-only)."""
+        out = torch.empty(len(groups), *last.shape[1:], device=last.device, dtype=last.dtype)
+        fulls = is_full[groups]
+        if fulls.any():
+            into, take = (torch.from_numpy(a).to(last.device) for a in (np.nonzero(fulls)[0], slot[groups[fulls]]))
+            out[into] = full[take, :, -1:]
+        if not fulls.all():
+            into, take = (torch.from_numpy(a).to(last.device) for a in (np.nonzero(~fulls)[0], slot[groups[~fulls]]))
+            out[into] = last[take]
+        return out
 
     def readout(self, final_normed: torch.Tensor) -> torch.Tensor:
         """The metric per prompt from final-normed last-position residuals [groups, n, d] -> [groups, n]."""
@@ -372,19 +441,31 @@ class Evaluator:
         self,
         layer: int,
         states: torch.Tensor,
-        parents: torch.Tensor,
-        head_mask: torch.Tensor,
-        mlp_mask: torch.Tensor,
+        sources: np.ndarray,
+        head_mask: np.ndarray,
+        mlp_mask: np.ndarray,
         last_only: bool,
     ) -> torch.Tensor:
-        """Layer ``layer`` for each new group (state ``states[parents[g]]``, masks ``head_mask[g]``)."""
+        """Layer ``layer`` for each new group g: state ``states[sources[g]]``, masks ``head_mask[g]``, ``mlp_mask[g]``.
+
+        Returns [groups, n, positions or 1, d]; chunked so that no chunk holds more than
+        ``max_tokens_per_chunk`` input tokens.
+        """
         n, positions = states.shape[1], states.shape[2]
         out_positions = 1 if last_only else positions
-        out = torch.empty(len(parents), n, out_positions, states.shape[3], device=states.device, dtype=states.dtype)
+        out = torch.empty(len(sources), n, out_positions, states.shape[3], device=states.device, dtype=states.dtype)
+        if not len(sources):
+            return out
+        device = states.device
         chunk = max(1, self.max_tokens_per_chunk // (n * positions))
-        for start in range(0, len(parents), chunk):
+        for start in range(0, len(sources), chunk):
             sl = slice(start, start + chunk)
-            out[sl] = self._layer_chunk(layer, states[parents[sl]], head_mask[sl], mlp_mask[sl], last_only)
+            src = sources[sl]
+            contiguous = bool(src[-1] - src[0] == len(src) - 1 and (np.diff(src) == 1).all())
+            x = states[int(src[0]) : int(src[-1]) + 1] if contiguous else states[torch.from_numpy(src).to(device)]
+            heads = torch.from_numpy(head_mask[sl]).to(device)
+            mlps = torch.from_numpy(mlp_mask[sl]).to(device)
+            out[sl] = self._layer_chunk(layer, x, heads, mlps, last_only)
         return out
 
     def _layer_chunk(
@@ -399,7 +480,7 @@ class Evaluator:
         if len(kept):
             g, n, p, d = x.shape
             n_kept, dh = len(kept), eng.d_head
-            z = eng.attention_z(layer, eng.ln1(layer, x), kept, last_only)  # [g, n, q, h, e]
+            z = eng.attention_z_shared_kv(layer, eng.ln1(layer, x), kept, last_only)  # [g, n, q, h, e]
             z_rep = rep.z[layer][:, q_pos][:, :, kept]  # [n|1, q, h, e]
             delta = (z - z_rep) * head_mask[:, kept].to(z.dtype)[:, None, None, :, None]
             attn = attn + (delta.reshape(g, n, -1, n_kept * dh) @ W_O[kept].reshape(n_kept * dh, d))

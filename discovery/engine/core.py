@@ -83,6 +83,7 @@ class Engine:
         self.d_head = int(layers[0].W_Q.shape[2])
         self._rotary_module = rotary_module
         self._rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._kv_sources: dict[int, torch.Tensor] = {}
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -258,6 +259,53 @@ class Engine:
         q = self.project(layer, "q", normed[..., -1:, :] if last_only else normed, heads, q_pos)
         k = self.project(layer, "k", normed, heads, all_pos)
         v = self.project(layer, "v", normed, heads, all_pos)
+        return self.attend(q, k, v, q_pos)
+
+    def kv_sources(self, layer: int) -> torch.Tensor:
+        """[heads] for each query head, the first head whose K and V weights and biases equal its own.
+
+        ``get_bridge_params`` expands grouped K/V (GQA, MQA) to one copy per query head; heads that
+        share a key/value head have identical K/V weights, so their keys and values are equal and can
+        be computed once (:meth:`attention_z_shared_kv`). Detected from the weights themselves, so a
+        model whose expanded copies differ (or that has no grouping) maps every head to itself.
+        """
+        if layer not in self._kv_sources:
+            w = self.layers[layer]
+            sources: list[int] = []
+            for h in range(self.n_heads):
+                same = (
+                    j
+                    for j in range(h)
+                    if sources[j] == j
+                    and torch.equal(w.W_K[h], w.W_K[j])
+                    and torch.equal(w.W_V[h], w.W_V[j])
+                    and torch.equal(w.b_K[h], w.b_K[j])
+                    and torch.equal(w.b_V[h], w.b_V[j])
+                )
+                sources.append(next(same, h))
+            self._kv_sources[layer] = torch.tensor(sources, device=self.device)
+        return self._kv_sources[layer]
+
+    def attention_z_shared_kv(
+        self, layer: int, normed: torch.Tensor, heads: torch.Tensor | None = None, last_only: bool = False
+    ) -> torch.Tensor:
+        """:meth:`attention_z` computing K and V once per key/value head (:meth:`kv_sources`).
+
+        The same z to float precision; for grouped-query models the K/V projections of query heads
+        that share a key/value head are computed once and indexed per query head.
+        """
+        if heads is None:
+            heads = torch.arange(self.n_heads, device=normed.device)
+        sources = self.kv_sources(layer)[heads]
+        unique, per_head = torch.unique(sources, return_inverse=True)
+        if len(unique) == len(heads):
+            return self.attention_z(layer, normed, heads, last_only)
+        p = normed.shape[-2]
+        all_pos = torch.arange(p, device=normed.device)
+        q_pos = all_pos[-1:] if last_only else all_pos
+        q = self.project(layer, "q", normed[..., -1:, :] if last_only else normed, heads, q_pos)
+        k = self.project(layer, "k", normed, unique, all_pos)[..., per_head, :]
+        v = self.project(layer, "v", normed, unique, all_pos)[..., per_head, :]
         return self.attend(q, k, v, q_pos)
 
     def head_outputs(self, layer: int, z: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,145 @@
+"""The node-level fast path agrees with scoring each circuit alone.
+
+The batched path sorts circuits by their masks before splitting them into passes, builds the trie
+of mask prefixes within a pass, lets each trie group drop to the last position from its own last
+kept layer on, and computes grouped keys/values once per key/value head. Every one of those must
+give the value a circuit gets when it is scored alone (one circuit per call) and, for a sample,
+the TransformerLens-hooked reference. No timing here (``bench/brute_force.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from discovery.circuit import Circuit, head, mlp
+from discovery.evaluator import Ablation, Evaluator
+from discovery.model import random_gpt2
+from discovery.tasks import build_dataset, get_task
+from tests import reference_impl as ref
+from tests.test_engine import perturbed_model
+
+
+@pytest.fixture(scope="module")
+def gpt2_4layer(tokenizer):
+    return random_gpt2(n_layers=4, n_heads=4, d_model=64, seed=2, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def llama_gqa(tokenizer):
+    """Llama with 4 query heads on 2 key/value heads (the expanded K/V weights come in pairs)."""
+    return perturbed_model("llama", tokenizer, seed=4, n_layers=4, num_key_value_heads=2)
+
+
+def mixed_circuits(shape, count: int, seed: int, with_mlps: bool) -> list[Circuit]:
+    """Empty, full, single components at every layer, exhaustive subsets of a small pool, random ones, repeats."""
+    rng = random.Random(seed)
+    heads = shape.all_heads()
+    nodes = heads + (shape.all_mlps() if with_mlps else [])
+    out = [Circuit(), Circuit.of(nodes)]
+    out += [Circuit.of([n]) for n in nodes]
+    pool = rng.sample(heads, 6)
+    out += [Circuit.of(c) for size in range(1, 4) for c in itertools.combinations(pool, size)]
+    while len(out) < count:
+        out.append(Circuit.of(rng.sample(nodes, rng.randint(1, max(1, len(nodes) // 3)))))
+    out += rng.sample(out, 10)  # repeats, scored once
+    rng.shuffle(out)
+    return out
+
+
+def last_kept_layer(circuit: Circuit) -> int:
+    return max((n.layer for n in circuit.nodes if n.kind == "head"), default=-1)
+
+
+def alone(ev: Evaluator, circuits: list[Circuit]) -> np.ndarray:
+    return np.array([ev.metric_values([c])[0] for c in circuits])
+
+
+@pytest.mark.parametrize("ablate_mlps", [False, True])
+def test_batched_equals_alone_gpt2(gpt2_4layer, tokenizer, ablate_mlps):
+    ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=4)
+    circuits = mixed_circuits(gpt2_4layer.shape, 300, seed=ablate_mlps, with_mlps=ablate_mlps)
+    # several passes, several chunks per layer
+    ev = Evaluator(gpt2_4layer, ds, Ablation(ablate_mlps=ablate_mlps), max_tokens_per_chunk=150, circuits_per_pass=64)
+    first_pass = [circuits[i] for i in ev._pass_order(circuits)[:64]]
+    assert len({last_kept_layer(c) for c in first_pass}) >= 3  # groups leave the full positions at different layers
+    batched = ev.metric_values(circuits)
+    single = alone(Evaluator(gpt2_4layer, ds, Ablation(ablate_mlps=ablate_mlps)), circuits)
+    np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
+    for circuit, value in list(zip(circuits, batched))[:: len(circuits) // 12]:
+        expected = ref.ablated_metric(gpt2_4layer, ds, circuit, ablate_mlps=ablate_mlps)
+        assert value == pytest.approx(expected, abs=1e-4), circuit.canonical
+
+
+def test_one_pass_with_mixed_last_layers(gpt2_4layer, tokenizer):
+    """One pass (no sorting): circuits ending at layers 0..3 and none, next to each other."""
+    ds = build_dataset(get_task("digits"), tokenizer, n=5, seed=1)
+    circuits = [Circuit(), Circuit.of([head(3, 1)]), Circuit.of([head(0, 0)]), Circuit.of([head(0, 0), head(2, 3)])]
+    circuits += [Circuit.of([head(0, 0), head(1, 2)]), Circuit.of([head(0, 1), head(1, 2), head(3, 0)])]
+    for kind in ("mean", "resample", "zero"):
+        ev = Evaluator(gpt2_4layer, ds, Ablation(kind=kind))
+        batched = ev.metric_values(circuits)
+        np.testing.assert_allclose(batched, alone(ev, circuits), atol=1e-5, rtol=0)
+        for circuit, value in zip(circuits, batched):
+            assert value == pytest.approx(ref.ablated_metric(gpt2_4layer, ds, circuit, kind=kind), abs=1e-4)
+
+
+def test_caller_order_and_counts(gpt2_4layer, tokenizer):
+    ds = build_dataset(get_task("digits"), tokenizer, n=4, seed=0)
+    ev = Evaluator(gpt2_4layer, ds, circuits_per_pass=8)
+    circuits = mixed_circuits(gpt2_4layer.shape, 40, seed=3, with_mlps=False)
+    values = ev.metric_values(circuits)
+    shuffled = list(reversed(circuits))
+    np.testing.assert_allclose(ev.metric_values(shuffled), values[::-1], atol=1e-5, rtol=0)
+    order = ev._pass_order(circuits)
+    assert sorted(order.tolist()) == list(range(len(circuits)))
+    seen = []
+    ev.metric_values(circuits, progress=lambda done, total, _: seen.append((done, total)))
+    assert seen[-1] == (len(circuits), len(circuits)) and len(seen) == -(-len(circuits) // 8)
+
+
+def test_edge_circuits_keep_their_values_next_to_sorted_node_circuits(tiny_model3, tokenizer):
+    ds = build_dataset(get_task("digits"), tokenizer, n=4, seed=0)
+    ev = Evaluator(tiny_model3, ds, circuits_per_pass=4)
+    edges = [Circuit.of([], ["0.1->2.2.v"]), Circuit.of([], ["embed->1.0.q", "1.0->logits"])]
+    nodes = mixed_circuits(tiny_model3.shape, 12, seed=1, with_mlps=False)
+    circuits = nodes[:5] + [edges[0]] + nodes[5:] + [edges[1]]
+    values = ev.metric_values(circuits)
+    expected = alone(ev, circuits)
+    np.testing.assert_allclose(values, expected, atol=1e-5, rtol=0)
+
+
+def test_kv_heads_detected_and_shared(llama_gqa):
+    engine = llama_gqa.engine
+    assert engine.flags.n_kv_heads == 2
+    for layer in range(engine.n_layers):
+        assert engine.kv_sources(layer).tolist() == [0, 0, 2, 2]
+    normed = engine.ln1(1, torch.randn(2, 3, 7, engine.d_model, generator=torch.Generator().manual_seed(0)))
+    for heads in (None, torch.tensor([1, 2, 3]), torch.tensor([0, 1]), torch.tensor([3])):
+        for last_only in (False, True):
+            ours = engine.attention_z_shared_kv(1, normed, heads, last_only)
+            theirs = engine.attention_z(1, normed, heads, last_only)
+            assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_multi_head_models_share_nothing(gpt2_4layer):
+    assert gpt2_4layer.engine.kv_sources(0).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("ablate_mlps", [False, True])
+def test_batched_equals_alone_gqa(llama_gqa, tokenizer, ablate_mlps):
+    ds = build_dataset(get_task("digits"), tokenizer, n=5, seed=2)
+    circuits = mixed_circuits(llama_gqa.shape, 200, seed=5, with_mlps=ablate_mlps)
+    circuits.append(Circuit.of([head(1, 0), head(1, 1), mlp(2)] if ablate_mlps else [head(1, 0), head(1, 1)]))
+    ev = Evaluator(llama_gqa, ds, Ablation(ablate_mlps=ablate_mlps), max_tokens_per_chunk=120, circuits_per_pass=50)
+    batched = ev.metric_values(circuits)
+    np.testing.assert_allclose(
+        batched, alone(Evaluator(llama_gqa, ds, Ablation(ablate_mlps=ablate_mlps)), circuits), atol=1e-5, rtol=0
+    )
+    for circuit, value in list(zip(circuits, batched))[:: len(circuits) // 10]:
+        expected = ref.ablated_metric(llama_gqa, ds, circuit, ablate_mlps=ablate_mlps)
+        assert value == pytest.approx(expected, abs=1e-4), circuit.canonical
