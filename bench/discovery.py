@@ -40,18 +40,19 @@ import time
 from typing import Any
 
 # run as a script, this file's folder comes first on sys.path and its name would shadow the package
-sys.path = [entry for entry in sys.path if os.path.abspath(entry or ".") != os.path.dirname(os.path.abspath(__file__))]
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path = [entry for entry in sys.path if os.path.abspath(entry or ".") != _here]
+sys.path.insert(0, os.path.dirname(_here))  # bench._brute_force
 
 import torch  # noqa: E402
 
+from bench._brute_force import POOL, brute_force  # noqa: E402
 from discovery import edge_forward as ef  # noqa: E402
 from discovery.circuit import LOGITS, Circuit  # noqa: E402
 from discovery.evaluator import Evaluator  # noqa: E402
 from discovery.model import random_model  # noqa: E402
 from discovery.search import run_search  # noqa: E402
 from discovery.tasks import build_dataset, get_task  # noqa: E402
-
-POOL = "0.1 0.10 1.5 3.0 4.4 6.6 6.10 7.11 8.6 8.8 9.1 10.7".split()
 
 
 def _sync(device: str) -> None:
@@ -156,21 +157,13 @@ def acdc_check(n: int, device: str, per_layer: int, batch: int) -> dict[str, Any
     }
 
 
-def brute_force(model: Any, n: int, pool: list[str], device: str) -> dict[str, Any]:
+def brute_force_workload(model: Any, n: int, pool: list[str]) -> dict[str, Any]:
+    """``bench._brute_force`` on ``digits`` done-in prompts: each scored batch over the plain forward
+    timed next to it (the machine's load may change during the run)."""
     dataset = build_dataset(get_task("digits", template="done-in"), model.tokenizer, n=n, seed=0)
-    evaluator = Evaluator(model, dataset)
-    evaluator.full_metric, evaluator.ablated_metric  # noqa: B018 - the two ends, outside the timing
-    plain = statistics.median(plain_forward(model, dataset.clean_ids.to(model.device), device, 3))
-    params = {"k": len(pool), "pool": pool, "target": 2.0, "max_circuits": 10**6}
-    result = run_search("exhaustive", evaluator, params)
-    return {
-        "seconds": round(result.seconds, 2),
-        "forwards": round(result.seconds / plain, 1),
-        "circuits": result.n_evaluations,
-        "pool": " ".join(pool),
-        "prompt_length": dataset.seq_len,
-        "plain_forward_seconds": round(plain, 4),
-    }
+    out = brute_force(model, dataset, tuple(pool))
+    keep = ("seconds", "forwards", "forwards_one_baseline", "circuits", "plain_forward_seconds", "seq_len")
+    return {**{k: out[k] for k in keep}, "pool": " ".join(pool)}
 
 
 def memory_child(workload: str, n: int, device: str) -> None:
@@ -251,8 +244,8 @@ def main() -> None:
         **acdc,
         "check": acdc_check(args.n, args.device, 1 if args.quick else 3, 8),
     }
-    pool = POOL[:7] if args.quick else POOL
-    workloads["brute_force"] = brute_force(model, args.n, pool, args.device)
+    pool = list(POOL[:7] if args.quick else POOL)
+    workloads["brute_force"] = brute_force_workload(model, args.n, pool)
     out: dict[str, Any] = {
         "benchmark": "discovery",
         "weights": "random",
