@@ -24,6 +24,7 @@ and nothing here imports :mod:`workers` (the workers import this).
 from discovery.service.broker import app_for_environment, celery_config
 from discovery.service.comparison import compare_jobs, comparison_result
 from discovery.service.control import Reaper, cancel, fail_abandoned, reap, requeue, wait
+from discovery.service.evaluators import build_evaluator, cached_model
 from discovery.service.jobs import (
     COMPARE_METHOD,
     COMPARE_TASK,
@@ -42,8 +43,6 @@ from discovery.service.running import (
     Heartbeat,
     JobProgress,
     Tracker,
-    build_evaluator,
-    cached_model,
     run_compare,
     run_discovery,
     run_job,

@@ -28,7 +28,7 @@ def compare_jobs(
     did not succeed are listed in ``missing`` and left out.
     """
     from discovery.compare import compare, overlap_matrix
-    from discovery.service.running import build_evaluator
+    from discovery.service.evaluators import build_evaluator
     from discovery.store.evaluator import StoredEvaluator
 
     jobs = [store.get_job(j) for j in job_ids]

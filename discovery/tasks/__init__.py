@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from discovery.errors import UsageError
-from discovery.tasks.base import Dataset, DatasetSpec, Example, Task, build_dataset, metric_from_logits
+from discovery.tasks.base import Dataset, DatasetSpec, Example, Task, metric_from_logits
+from discovery.tasks.building import build_dataset
 from discovery.tasks.digits import DigitsTask
 from discovery.tasks.greater_than import GreaterThanTask
 from discovery.tasks.lan_barez import LanBarezDigitsTask, LanBarezMonthsTask, LanBarezNumberWordsTask

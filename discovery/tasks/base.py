@@ -1,7 +1,7 @@
 """Tasks, their examples, and the tokenised dataset every evaluation runs on.
 
-A task turns ``(n, seed, corruption, tokenizer)`` into text :class:`Example` s; :func:`build_dataset`
-tokenises them and checks, once, everything the evaluator relies on:
+A task turns ``(n, seed, corruption, tokenizer)`` into text :class:`Example` s;
+:func:`~discovery.tasks.building.build_dataset` tokenises them and checks, once, everything the evaluator relies on:
 
 - every clean prompt has the same token length, and its corrupted twin has that length too
   (means are taken per position, so positions must line up);
@@ -26,7 +26,6 @@ Both are averaged over prompts.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -332,75 +331,6 @@ def _tokenise(
         corrupt_rows.append(corrupt)
         answers.append(row)
     return _Tokenised(clean_rows, corrupt_rows, answers)
-
-
-def build_dataset(
-    task: Task,
-    tokenizer: Any,
-    n: int = 50,
-    seed: int = 0,
-    corruption: str | None = None,
-    prepend_bos: bool | None = None,
-    model: Any = None,
-    progress: Any = None,
-) -> Dataset:
-    """Generate, tokenise and check ``n`` examples of ``task``.
-
-    ``prepend_bos`` defaults to the task's own setting (Lan & Barez's tasks: no BOS, as in their
-    code). ``model`` (a :class:`~discovery.model.LoadedModel`) is needed only for a task built with
-    ``filter=correct``: candidates are drawn until ``n`` of them pass (the first ``n``, or the
-    task's own selection rule), and ``filtered_out`` / ``candidates`` join the dataset's
-    parameters. ``progress(done, total, message)`` reports the filter's forward passes.
-    """
-    if n < 1:
-        raise UsageError(f"the number of prompts must be at least 1, got {n}")
-    corruption = task.check_corruption(corruption)
-    bos_on = task.prepend_bos if prepend_bos is None else prepend_bos
-    bos = [tokenizer.bos_token_id] if bos_on and tokenizer.bos_token_id is not None else []
-    extra: list[tuple[str, Any]] = []
-    if task.filter == "none":
-        examples = task.examples(n, seed, corruption, tokenizer)
-        tok = _tokenise(examples, tokenizer, bos)
-    else:
-        from discovery.tasks.filtering import filter_candidates
-
-        if model is None:
-            raise UsageError(
-                f"task {task.name!r} with filter={task.filter} keeps the prompts the model answers correctly, "
-                "so building it needs the model (build_dataset(..., model=...))"
-            )
-        examples, tok, considered = filter_candidates(task, model, tokenizer, bos, n, seed, corruption, progress)
-        extra = [("candidates", considered), ("filtered_out", considered - n)]
-
-    token_index: dict[int, int] = {}
-    signed = [[(token_index.setdefault(t, len(token_index)), sign) for t, sign in row] for row in tok.answers]
-    weights = torch.zeros(len(examples), len(token_index))
-    for i, row in enumerate(signed):
-        for k, sign in row:
-            weights[i, k] += sign
-
-    clean_ids = torch.tensor(tok.clean, dtype=torch.long)
-    corrupt_ids = torch.tensor(tok.corrupt, dtype=torch.long)
-    answer_tokens = torch.tensor(list(token_index), dtype=torch.long)
-    digest = hashlib.sha256()
-    for t in (clean_ids, corrupt_ids, answer_tokens):
-        digest.update(t.numpy().tobytes())
-    digest.update(weights.numpy().tobytes())
-    digest.update(task.metric.encode())
-    params = sorted((k, _jsonable(v)) for k, v in task.params.items()) + extra
-    spec = DatasetSpec(task.name, corruption, n, seed, tuple(params), bos_on)
-    warning = _spacing_warning(examples)
-    return Dataset(
-        spec,
-        tuple(examples),
-        clean_ids,
-        corrupt_ids,
-        answer_tokens,
-        weights,
-        task.metric,
-        digest.hexdigest(),
-        (warning,) if warning else (),
-    )
 
 
 def _jsonable(value: Any) -> Any:
