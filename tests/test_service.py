@@ -820,3 +820,27 @@ def test_exit_codes_of_in_process_jobs_failed_and_interrupted(tmp_path, long_mod
     assert "Traceback" not in err
     assert store.list_jobs(limit=1)[0].status.value == "cancelled"
     store.close()
+
+
+def test_a_first_use_training_reports_its_steps_as_the_jobs_progress(tmp_path, long_model_dir, monkeypatch):
+    """A reference model trained on first use (minutes) shows as the job's progress, not as silence."""
+    from discovery import model as model_module
+    from discovery.service import run_job
+    from discovery.service.evaluators import _MODEL_CACHE
+    from discovery.store import open_store
+
+    real_load = model_module.load_model
+
+    def training_load(spec, device="cpu", progress=None):
+        progress(5, 10, "training ref:fake: loss 1.000")
+        return real_load(spec, device=device)
+
+    monkeypatch.setattr(model_module, "load_model", training_load)
+    _MODEL_CACHE.clear()
+    store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    job = store.create_job("topk", {"k": 2}, "digits", str(long_model_dir), config={"n": N_PROMPTS})
+    heard: list[tuple] = []
+    assert run_job(job, store, worker_id="w", progress=lambda d, t, m: heard.append((d, t, m))) == "succeeded"
+    assert (5, 10, "training ref:fake: loss 1.000") in heard
+    _MODEL_CACHE.clear()
+    store.close()

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from discovery.evaluator import Ablation, Evaluator
+from discovery.progress import ProgressCallback
 from discovery.service.requests import JobRequest
 
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}
 
 
-def cached_model(spec: str, device: str) -> Any:
+def cached_model(spec: str, device: str, progress: ProgressCallback | None = None) -> Any:
     """Load a model once per worker process (the last two kept): jobs on one model share it."""
     from discovery.model import load_model
 
@@ -22,15 +23,17 @@ def cached_model(spec: str, device: str) -> Any:
     if key not in _MODEL_CACHE:
         while len(_MODEL_CACHE) >= 2:
             _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
-        _MODEL_CACHE[key] = load_model(spec, device=device)
+        _MODEL_CACHE[key] = load_model(spec, device=device, progress=progress)  # progress: a first-use training
     return _MODEL_CACHE[key]
 
 
-def build_evaluator(request: JobRequest, device: str | None = None) -> Evaluator:
+def build_evaluator(
+    request: JobRequest, device: str | None = None, progress: ProgressCallback | None = None
+) -> Evaluator:
     """The plain evaluator a job's request describes (model cached per process)."""
     from discovery.tasks import build_dataset, get_task
 
-    loaded = cached_model(request.model, device or request.device)
+    loaded = cached_model(request.model, device or request.device, progress)
     dataset = build_dataset(
         get_task(request.task, **request.task_params),
         loaded.tokenizer,

@@ -337,7 +337,9 @@ def run_job(
 
         request = job_request(job)
         callback(0, None, "loading model and dataset")
-        stored = StoredEvaluator(build_evaluator(request, device), store, job_id=job_id, checkpoint=callback.checkpoint)
+        # a reference model trained on first use reports its training steps as the job's progress
+        evaluator = build_evaluator(request, device, progress=callback)
+        stored = StoredEvaluator(evaluator, store, job_id=job_id, checkpoint=callback.checkpoint)
         return _tracked_search(store, job_id, request, stored, callback, worker_id, store.get_job(job_id).attempts)
 
     return _run_claimed(store, job, worker_id, progress, search, in_process=in_process)
