@@ -47,3 +47,16 @@ def tiny_model(tokenizer) -> LoadedModel:
 def tiny_model3(tokenizer) -> LoadedModel:
     """A 3-layer, 4-head random GPT-2: enough layers for prefix sharing and path patching to matter."""
     return random_gpt2(n_layers=3, n_heads=4, d_model=64, seed=1, tokenizer=tokenizer)
+
+
+TRAINING_FIXTURES = {"sequences_reference", "induction_reference"}
+TRAINING_TIMEOUT = 1800
+"""Seconds allowed to the first test of a session that uses a trained reference model: it pays for the
+training (about 7 minutes on a loaded 2-core machine), which the default per-test timeout (600 s) would
+cut, failing every test that shares the fixture."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.timeout(TRAINING_TIMEOUT))
