@@ -18,8 +18,9 @@ receiver head with no outgoing edge left cannot affect the output, so its incomi
 dropped without evaluation. The returned score is the task metric's, normalised as everywhere.
 
 GPT-2-small has ~30k ablatable edges (a full pass: about half a forward per edge tested). To
-restrict the walk: ``nodes`` starts from the edges among those components (plus the logits, and the MLPs when they are not ablated), ``eap_top`` from
-the top edges by EAP score. Edges outside the start set are ablated from the outset.
+restrict the walk: ``nodes`` starts from the edges among those components (plus the logits, and
+the MLPs when they are not ablated), ``eap_top`` from the top edges by EAP score. Edges outside
+the start set are ablated from the outset.
 
 Speculation (``batch``): up to ``batch`` successive removals are scored in one ``evaluate`` call
 assuming each is accepted; the first rejection discards the rest. The decisions are exactly the
