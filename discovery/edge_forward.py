@@ -289,13 +289,17 @@ class _Senders:
         return out
 
 
-def _group_form(weights_kept: torch.Tensor, weights_removed: torch.Tensor, force_kept: bool) -> bool:
-    """True: the kept form (fewer receivers with a nonzero kept weight), False: the removed form."""
-    if force_kept:
-        return True
-    own_kept = int((weights_kept.abs().sum((0, 2)) > 0).sum())
-    own_removed = int((weights_removed.abs().sum((0, 2)) > 0).sum())
-    return own_kept <= own_removed
+def _group_form(
+    weights_kept: torch.Tensor, weights_removed: torch.Tensor, every_row_own: bool
+) -> tuple[bool, list[int]]:
+    """(kept form?, the group's rows that need a stream of their own in it): the kept form when no
+    more receivers have a nonzero kept weight than a nonzero removed one. ``every_row_own`` (probes):
+    the kept form, every row its own."""
+    if every_row_own:
+        return True, list(range(weights_kept.shape[1]))
+    own_kept = torch.nonzero(weights_kept.abs().sum((0, 2)) > 0).flatten().tolist()
+    own_removed = torch.nonzero(weights_removed.abs().sum((0, 2)) > 0).flatten().tolist()
+    return (True, own_kept) if len(own_kept) <= len(own_removed) else (False, own_removed)
 
 
 def _forward(
@@ -334,6 +338,7 @@ def _forward(
         groups.append((r0 + 3 * H, 1, layer * spl + (0 if eng.parallel else H)))
     groups.append((len(graph.receivers) - 1, 1, S))
     kept_form: dict[int, bool] = {}
+    own_rows: dict[int, list[int]] = {}  # per group: its rows reading a stream of their own
     # computed: senders whose output this run needs (a kept weight somewhere, or every sender below a
     # group read in the removed form, whose shared stream holds them all); stored: those whose own
     # delta some receiver reads (a nonzero weight in its group's form), kept in the senders' buffer
@@ -342,8 +347,11 @@ def _forward(
     for r0, count, before in groups:
         w_kept = masks[:, r0 : r0 + count, :before]
         w_removed = valid[r0 : r0 + count, :before] - w_kept
-        kept = _group_form(w_kept, w_removed, every_row_own or differentiable)
-        kept_form[r0] = kept
+        if differentiable and not every_row_own:  # gradients in every kept weight: every row reads its own
+            kept, own = True, list(range(count))
+        else:
+            kept, own = _group_form(w_kept, w_removed, every_row_own)
+        kept_form[r0], own_rows[r0] = kept, own
         reads = (w_kept if kept else w_removed).abs().sum((0, 1)) > 0
         stored_mask[:before] |= reads
         computed_mask[:before] |= reads if kept else True
@@ -376,10 +384,14 @@ def _forward(
     bases: list[torch.Tensor] = []
     resids: list[torch.Tensor] = []
 
-    def receiver_inputs(r0: int, rows: list[int], before: int, kept: bool, last: bool) -> torch.Tensor:
-        """Inputs of receiver rows ``r0 + rows`` [c, k, n, p', d] in the group's form."""
+    def receiver_inputs(
+        r0: int, rows: list[int], before: int, kept: bool, last: bool, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Inputs of receiver rows ``r0 + rows`` [c, k, n, p', d] in the group's form; ``start``: the
+        shared stream they differ from (default: the form's, ``base`` or ``resid``)."""
         idx = torch.tensor([r0 + r for r in rows], device=masks.device)
-        start = base if kept else resid
+        if start is None:
+            start = base if kept else resid
         start = start[:, None, :, -1:] if last and not last_only else start[:, None]
         w = masks[:, idx, :before] if kept else valid[idx, :before] - masks[:, idx, :before]
         mixed = senders.mix(w if kept else -w, last)
@@ -390,14 +402,6 @@ def _forward(
             pr = probes[:, idx]
             out = out + (pr[:, :, :, -1:] if last else pr)
         return out
-
-    def own_rows(r0: int, count: int, before: int, kept: bool) -> list[int]:
-        if every_row_own:
-            return list(range(count))
-        w = masks[:, r0 : r0 + count, :before]
-        if not kept:
-            w = valid[r0 : r0 + count, :before] - w
-        return torch.nonzero(w.abs().sum((0, 2)) > 0).flatten().tolist()
 
     for layer in range(start_layer, L):
         if record:
@@ -415,7 +419,7 @@ def _forward(
             start = base if kept else resid
             # the q/k/v rows of the computed heads that read a stream of their own
             wanted = {3 * h + i for h in heads_here for i in range(3)}
-            own = [r for r in own_rows(r0, 3 * H, layer * spl, kept) if r in wanted]
+            own = [r for r in own_rows[r0] if r in wanted]
             own_normed = None
             if own:
                 own_normed = eng.ln1(layer, receiver_inputs(r0, own, layer * spl, kept, False))  # [c, k, n, p, d]
@@ -480,13 +484,8 @@ def _forward(
         before = layer * spl + (0 if eng.parallel else H)
         kept = kept_form[m_row]
         start = eng.mlp_input(block_base, base) if kept else eng.mlp_input(block_resid, resid)
-        if own_rows(m_row, 1, before, kept):
-            idx = torch.tensor([m_row], device=masks.device)
-            w = masks[:, idx, :before] if kept else valid[idx, :before] - masks[:, idx, :before]
-            mixed = senders.mix(w if kept else -w, last_only)
-            m_in = start if mixed is None else start + mixed[:, 0]
-            if probes is not None:
-                m_in = m_in + (probes[:, m_row, :, -1:] if last_only else probes[:, m_row])
+        if own_rows[m_row]:
+            m_in = receiver_inputs(m_row, [0], before, kept, last_only, start=start)[:, 0]
         else:
             m_in = start
         m_out = eng.mlp(layer, eng.ln2(layer, m_in))
