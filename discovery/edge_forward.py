@@ -7,15 +7,21 @@ or v, an MLP, or the logits). In an edge-level circuit every receiver input is
 
 where ``out_s`` is the sender's output *in this run* (computed from its own, possibly ablated,
 inputs) and ``rep_s`` its replacement output from ``evaluator.replacement`` (the mean / resampled
-/ zero value the node-level ablation uses). Edge-level ablation removes exactly what node-level
-ablation removes: edges leaving heads, and edges leaving MLPs when the ablation has
-``ablate_mlps``. The embedding, and MLPs when they are kept, are never ablated at node level, so
-their edges are always present here too (listing them in a circuit changes nothing). That makes
-the two levels agree where they should:
+/ zero value the node-level ablation uses). Edge-level ablation removes what node-level ablation
+removes: edges leaving heads, and edges leaving MLPs when the ablation has ``ablate_mlps``. MLPs
+that are kept are never ablated at node level, so their edges are always present here too
+(listing them in a circuit changes nothing). The embedding is kept too unless the ablation has
+``ablate_embed`` (ACDC's graph, in which the input node's edges are prunable like any other):
+then ``embed`` is one more sender, whose replacement is the source prompts' embedding, and a
+receiver without its ``embed`` edge reads that instead of the clean one. Without
+``ablate_embed`` the two levels agree where they should:
 
 - all edges = the full model; no edges = the node-level empty circuit (``ablated_metric``), so
   edge circuits are normalised on the same scale as node circuits;
 - a node circuit C equals the edge circuit of every edge leaving C's components.
+
+With ``ablate_embed`` all edges is still the full model; edge circuits are normalised by the same
+node-level ends, so one without its embedding edges can score below the empty node circuit.
 
 Gradients. :func:`edge_forward` takes edge masks as a float tensor, so it is differentiable in
 the masks and (through ``probes``) in every receiver input: that is what EAP and EAP-IG use.
@@ -33,7 +39,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from discovery.circuit import HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
+from discovery.circuit import EMBED, HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
 from discovery.engine import Engine, record_forward
 from discovery.readout import per_prompt_metric
 
@@ -68,16 +74,27 @@ class ForwardInputs(Protocol):
 class EdgeGraph:
     """The ablatable edges of a model as a [receivers, senders] grid.
 
-    Senders are ordered layer by layer (a layer's heads, then its MLP when MLPs are ablatable);
-    receiver slots likewise (each head's q, k, v, then the MLP), with ``logits`` last.
+    Senders are ``embed`` first when it is ablatable, then layer by layer (a layer's heads, then
+    its MLP when MLPs are ablatable); receiver slots likewise (each head's q, k, v, then the MLP),
+    with ``logits`` last.
     """
 
     shape: ModelShape
     ablate_mlps: bool
+    ablate_embed: bool = False
+
+    @property
+    def embed_senders(self) -> int:
+        """How many senders come before layer 0's (1 when the embedding is ablatable)."""
+        return 1 if self.ablate_embed else 0
+
+    def layer_start(self, layer: int) -> int:
+        """The index of layer ``layer``'s first sender (``n_layers``: the number of senders)."""
+        return self.embed_senders + layer * self.senders_per_layer
 
     @cached_property
     def senders(self) -> list[Node]:
-        out: list[Node] = []
+        out: list[Node] = [EMBED] if self.ablate_embed else []
         for layer in range(self.shape.n_layers):
             out.extend(head(layer, h) for h in range(self.shape.n_heads))
             if self.ablate_mlps:
@@ -161,12 +178,13 @@ class EdgeGraph:
 
 def graph_of(evaluator: Any) -> EdgeGraph:
     """The edge graph of an evaluator (works through wrappers that delegate attributes)."""
-    return _graph(evaluator.shape, bool(evaluator.ablation.ablate_mlps))
+    ablation = evaluator.ablation
+    return _graph(evaluator.shape, bool(ablation.ablate_mlps), bool(getattr(ablation, "ablate_embed", False)))
 
 
 @lru_cache(maxsize=16)
-def _graph(shape: ModelShape, ablate_mlps: bool) -> EdgeGraph:
-    return EdgeGraph(shape, ablate_mlps)
+def _graph(shape: ModelShape, ablate_mlps: bool, ablate_embed: bool = False) -> EdgeGraph:
+    return EdgeGraph(shape, ablate_mlps, ablate_embed)
 
 
 # --- the edge-level forward ------------------------------------------------------------------------
@@ -321,21 +339,20 @@ def _forward(
     H = evaluator.shape.n_heads
     L = eng.n_layers
     per_layer_r = graph.receivers_per_layer
-    spl = graph.senders_per_layer
     S = len(graph.senders)
     masks = masks.to(device=eng.device, dtype=eng.dtype)
     valid = graph.valid.to(device=eng.device, dtype=eng.dtype)
     c = masks.shape[0]
     differentiable = torch.is_grad_enabled() and (masks.requires_grad or probes is not None)
     every_row_own = probes is not None
-    first_sender = start_layer * spl
+    first_sender = graph.layer_start(start_layer)  # the embedding's sender (if any) is in every prefix
 
     # --- plan: each receiver group's form, and which senders must be computed ---------------------
     groups: list[tuple[int, int, int]] = []  # (first row, row count, senders before the group)
     for layer in range(start_layer, L):
         r0 = layer * per_layer_r
-        groups.append((r0, 3 * H, layer * spl))
-        groups.append((r0 + 3 * H, 1, layer * spl + (0 if eng.parallel else H)))
+        groups.append((r0, 3 * H, graph.layer_start(layer)))
+        groups.append((r0 + 3 * H, 1, graph.layer_start(layer) + (0 if eng.parallel else H)))
     groups.append((len(graph.receivers) - 1, 1, S))
     kept_form: dict[int, bool] = {}
     own_rows: dict[int, list[int]] = {}  # per group: its rows reading a stream of their own
@@ -358,8 +375,9 @@ def _forward(
     if record or differentiable:
         computed_mask[:] = True
         stored_mask[:] = True
-    computed_mask[:first_sender] = False  # below the start: the prefix's
-    stored_mask[:first_sender] = False
+    if start_layer > 0:  # below the start: the prefix's
+        computed_mask[:first_sender] = False
+        stored_mask[:first_sender] = False
     computed = torch.nonzero(computed_mask).flatten().tolist()
     computed_set = set(computed)
     stored = torch.nonzero(stored_mask).flatten().tolist()
@@ -375,10 +393,16 @@ def _forward(
         shared = prefix.deltas[:first_sender]
     else:
         x0 = eng.embed(ds.clean_ids) if embedding is None else embedding  # [n, p, d]
-        base = resid = x0.unsqueeze(0)
+        resid = x0.unsqueeze(0)
+        # the kept form starts from the replacement embedding when it is ablatable, and adds it back
+        # (its delta, the first sender's) where an embed edge is kept
+        base = rep.embed.unsqueeze(0).expand_as(resid) if graph.ablate_embed else resid
         shared = None
-    n, p, d = base.shape[1:]
-    senders = _Senders(shared, first_sender, stored, c, n, p, d, base, differentiable)
+        first_sender = 0
+    n, p, d = resid.shape[1:]
+    senders = _Senders(shared, first_sender, stored, c, n, p, d, resid, differentiable)
+    if graph.ablate_embed and start_layer == 0 and 0 in stored_set:
+        senders.push((resid - rep.embed).unsqueeze(1).expand(c, 1, n, p, d), False)
     positions = torch.arange(p, device=base.device)
     last_only = False
     bases: list[torch.Tensor] = []
@@ -409,7 +433,7 @@ def _forward(
             resids.append(resid[0])
         r0 = layer * per_layer_r
         block_resid = resid  # the removed-form stream entering the block (a parallel MLP reads it)
-        heads_here = [h for h in range(H) if layer * spl + h in computed_set]
+        heads_here = [h for h in range(H) if graph.layer_start(layer) + h in computed_set]
         queries_last = not record and not differentiable and layer >= last_head_layer
         q_pos = positions[-1:] if queries_last else positions
         if heads_here:
@@ -422,7 +446,7 @@ def _forward(
             own = [r for r in own_rows[r0] if r in wanted]
             own_normed = None
             if own:
-                own_normed = eng.ln1(layer, receiver_inputs(r0, own, layer * spl, kept, False))  # [c, k, n, p, d]
+                own_normed = eng.ln1(layer, receiver_inputs(r0, own, graph.layer_start(layer), kept, False))
             shared_normed = eng.ln1(layer, start) if len(own) < 3 * len(heads_here) else None
             qkv = []
             for i, which in enumerate(HEAD_INPUTS):
@@ -455,7 +479,7 @@ def _forward(
             if queries_last and not last_only:
                 last_only = True  # nothing after this layer's attention mixes positions
                 base, resid, block_resid = base[:, :, -1:], resid[:, :, -1:], block_resid[:, :, -1:]
-            keep = [j for j, h in enumerate(heads_here) if layer * spl + h in stored_set]
+            keep = [j for j, h in enumerate(heads_here) if graph.layer_start(layer) + h in stored_set]
             if keep:
                 every = len(keep) == len(heads_here)
                 which_heads = hs if every else torch.tensor([heads_here[j] for j in keep], device=base.device)
@@ -474,14 +498,14 @@ def _forward(
             resid = resid + rep.attn_constant[layer][:, pos_sl]
         # the MLP reads this layer's heads too (its row comes after them), except in parallel blocks,
         # where it reads the block's input and the graph has no head -> MLP edge within the layer
-        m_sender = layer * spl + H
+        m_sender = graph.layer_start(layer) + H
         if graph.ablate_mlps and m_sender not in computed_set:
             base = base + rep.mlp_out[layer][:, pos_sl]
             if track_resid:
                 resid = resid + rep.mlp_out[layer][:, pos_sl]
             continue
         m_row = r0 + 3 * H
-        before = layer * spl + (0 if eng.parallel else H)
+        before = graph.layer_start(layer) + (0 if eng.parallel else H)
         kept = kept_form[m_row]
         start = eng.mlp_input(block_base, base) if kept else eng.mlp_input(block_resid, resid)
         if own_rows[m_row]:
@@ -673,6 +697,8 @@ def _gradient_scores(
     projections: list[tuple[torch.Tensor, ...]] = []
     mlp_inputs: list[torch.Tensor] = []
     own: list[torch.Tensor] = []
+    if deltas is None and graph.ablate_embed:
+        own.append((x - _rows(rep.embed, rows)).unsqueeze(0))
     with torch.enable_grad():
         h = x.detach().requires_grad_()  # a leaf: the weights are constants here
         for layer in range(eng.n_layers):
@@ -708,7 +734,7 @@ def _gradient_scores(
     D = torch.cat(own, dim=0) if deltas is None else deltas  # [S, b, p, d]
     D_flat = D.reshape(D.shape[0], -1)
     scores = torch.zeros(len(graph.receivers), len(graph.senders), dtype=torch.float64, device=x.device)
-    per_layer_r, spl = graph.receivers_per_layer, graph.senders_per_layer
+    per_layer_r = graph.receivers_per_layer
     for layer in range(eng.n_layers):
         # the gradient at each head's own q, k, v input: back through that head's norm and projection
         slots = [resid_in[layer].unsqueeze(1).expand(b, H, p, d).clone().requires_grad_() for _ in range(3)]
@@ -722,7 +748,7 @@ def _gradient_scores(
         mlp_grad = mlp_inputs[layer].grad
         assert mlp_grad is not None
         G = torch.cat([heads, mlp_grad.unsqueeze(1)], dim=1).transpose(0, 1)  # [3H + 1, b, p, d]
-        before = min(len(graph.senders), layer * spl + H)
+        before = min(len(graph.senders), graph.layer_start(layer) + H)
         r0 = layer * per_layer_r
         scores[r0 : r0 + per_layer_r, :before] = -(G.reshape(per_layer_r, -1) @ D_flat[:before].T).double()
     g_final = final_in.grad  # [b, d]
@@ -757,8 +783,9 @@ def sender_deltas(evaluator: ForwardInputs, rows: slice = slice(None)) -> torch.
     graph = graph_of(evaluator)
     eng: Engine = evaluator.engine
     rep = evaluator.replacement
-    rec = record_forward(eng, evaluator.dataset.clean_ids[rows])
-    out = []
+    ids = evaluator.dataset.clean_ids[rows]
+    rec = record_forward(eng, ids)
+    out = [(eng.embed(ids) - _rows(rep.embed, rows)).unsqueeze(0)] if graph.ablate_embed else []
     for layer in range(eng.n_layers):
         out.append(eng.head_outputs(layer, rec.z[layer] - _rows(rep.z[layer], rows)).transpose(0, 1))  # [h, n, p, d]
         if graph.ablate_mlps:

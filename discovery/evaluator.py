@@ -70,6 +70,11 @@ class Ablation:
     """Which prompts of the dataset the replacement values come from."""
     ablate_mlps: bool = False
     """Node level: also replace MLPs outside the circuit (otherwise every MLP is kept)."""
+    ablate_embed: bool = False
+    """Edge level only: the embedding's edges are ablatable like any other (ACDC's and EAP-IG's graph,
+    whose input node sends edges that can be pruned): a receiver whose ``embed`` edge is not in the
+    circuit reads the replacement embedding (the source prompts' mean, paired or zero embedding)
+    instead of its clean one. Node-level circuits always keep the embedding."""
 
     def __post_init__(self) -> None:
         if self.kind not in ABLATION_KINDS:
@@ -89,9 +94,13 @@ class EvaluationMethod:
     ablate_mlps: bool
     metric: str
     normaliser: str = NORMALISER
+    ablate_embed: bool = False
+    """Edge level: the embedding's edges were ablatable too (see :attr:`Ablation.ablate_embed`)."""
 
     def describe(self) -> str:
         mlps = "heads and MLPs ablated" if self.ablate_mlps else "heads ablated, MLPs kept"
+        if self.ablate_embed:
+            mlps += ", embedding edges ablatable"
         return (
             f"{self.ablation} ablation over {self.source}; {self.level} level, {mlps}; "
             f"metric {self.metric}; normalised {self.normaliser}"
@@ -133,6 +142,8 @@ class Replacement:
     """Per layer [n or 1, seq, d_model]: the replacement MLP outputs."""
     attn_constant: tuple[torch.Tensor, ...]
     """Per layer [n or 1, seq, d_model]: the attention output when every head is replaced (b_O included)."""
+    embed: torch.Tensor
+    """[n or 1, seq, d_model]: the replacement input embedding (read where an ``embed`` edge is removed)."""
 
 
 class Evaluator:
@@ -200,7 +211,10 @@ class Evaluator:
     # --- what a score means ---------------------------------------------------------------
     def method(self, level: Literal["node", "edge"] = "node") -> EvaluationMethod:
         source = f"{self.source_dataset.description}:{self.ablation.source}"
-        return EvaluationMethod(self.ablation.kind, source, level, self.ablation.ablate_mlps, self.metric_name)
+        embed = self.ablation.ablate_embed and level == "edge"  # node circuits always keep the embedding
+        return EvaluationMethod(
+            self.ablation.kind, source, level, self.ablation.ablate_mlps, self.metric_name, ablate_embed=embed
+        )
 
     # --- replacement values ---------------------------------------------------------------
     @cached_property
@@ -212,16 +226,20 @@ class Evaluator:
     @cached_property
     def replacement(self) -> Replacement:
         rec = self.source_recording
+        src = self.source_dataset
+        embedded = self.engine.embed(src.corrupt_ids if self.ablation.source == "corrupt" else src.clean_ids)
         if self.ablation.kind == "mean":
             zs = [z.mean(0, keepdim=True) for z in rec.z]
             mlps = [m.mean(0, keepdim=True) for m in rec.mlp_out]
+            embed = embedded.mean(0, keepdim=True)
         elif self.ablation.kind == "resample":
-            zs, mlps = list(rec.z), list(rec.mlp_out)
+            zs, mlps, embed = list(rec.z), list(rec.mlp_out), embedded
         else:
             zs = [torch.zeros_like(z[:1]) for z in rec.z]
             mlps = [torch.zeros_like(m[:1]) for m in rec.mlp_out]
+            embed = torch.zeros_like(embedded[:1])
         consts = [self.engine.attention_output(layer, z) for layer, z in enumerate(zs)]
-        return Replacement(tuple(zs), tuple(mlps), tuple(consts))
+        return Replacement(tuple(zs), tuple(mlps), tuple(consts), embed)
 
     # --- the two ends of the normalisation --------------------------------------------------
     @cached_property

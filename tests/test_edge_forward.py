@@ -24,12 +24,13 @@ from tests import reference_impl as ref
 class Literal:
     """One straightforward forward per call, every receiver input summed sender by sender (float64)."""
 
-    def __init__(self, model, dataset, kind: str = "mean", ablate_mlps: bool = False):
+    def __init__(self, model, dataset, kind: str = "mean", ablate_mlps: bool = False, ablate_embed: bool = False):
         self.hf = model.hf_model
         self.cfg = self.hf.config
         self.ds = dataset
         self.kind = kind
         self.ablate_mlps = ablate_mlps
+        self.ablate_embed = ablate_embed
         self.n_layers, self.n_heads, self.dh = self._sizes()
         source = self.run(dataset.corrupt_ids, lambda name: 1.0, {}, rep=None)[1]
         if kind == "mean":
@@ -44,6 +45,12 @@ class Literal:
 
     def ablatable(self, sender: str) -> bool:
         return not sender.startswith("m") or self.ablate_mlps
+
+    def start(self, embed, name: str, mask, rep) -> torch.Tensor:
+        """The embedding a receiver reads: the clean one, or with ``ablate_embed`` its edge's mix."""
+        if rep is None or not self.ablate_embed:
+            return embed
+        return rep["embed"] + mask(f"embed->{name}") * (embed - rep["embed"])
 
     def p(self, t: torch.Tensor) -> torch.Tensor:
         return t.detach().double()
@@ -60,12 +67,12 @@ class Literal:
         tr = self.hf.transformer
         p_len = ids.shape[1]
         embed = self.embedding(ids) if embed is None else embed
-        outputs: dict[str, torch.Tensor] = {}
+        outputs: dict[str, torch.Tensor] = {"embed": embed}
         order: list[str] = []
         biases = torch.zeros_like(embed)
 
         def receive(name: str) -> torch.Tensor:
-            x = embed + biases
+            x = self.start(embed, name, mask, rep) + biases
             for s in order:
                 if rep is not None and self.ablatable(s):
                     x = x + rep[s] + mask(f"{s}->{name}") * (outputs[s] - rep[s])
@@ -118,16 +125,39 @@ def random_edge_circuits(shape, count: int, seed: int) -> list[Circuit]:
 
 
 @pytest.mark.parametrize("kind", ["mean", "resample", "zero"])
-@pytest.mark.parametrize("ablate_mlps", [False, True])
-def test_edge_circuits_match_literal_reference(tiny_model3, tokenizer, kind, ablate_mlps):
+@pytest.mark.parametrize(("ablate_mlps", "ablate_embed"), [(False, False), (True, False), (True, True)])
+def test_edge_circuits_match_literal_reference(tiny_model3, tokenizer, kind, ablate_mlps, ablate_embed):
     ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=2)
-    ev = Evaluator(tiny_model3, ds, Ablation(kind=kind, ablate_mlps=ablate_mlps))
-    lit = Literal(tiny_model3, ds, kind, ablate_mlps)
+    ev = Evaluator(tiny_model3, ds, Ablation(kind=kind, ablate_mlps=ablate_mlps, ablate_embed=ablate_embed))
+    lit = Literal(tiny_model3, ds, kind, ablate_mlps, ablate_embed)
     circuits = random_edge_circuits(tiny_model3.shape, 5, seed=11)
     scores = ev.evaluate(circuits)
     for c, s in zip(circuits, scores):
-        assert s.method.level == "edge"
+        assert s.method.level == "edge" and s.method.ablate_embed == ablate_embed
         assert s.metric == pytest.approx(lit.circuit_metric(c), abs=1e-4)
+    # ACDC's walk: circuits that differ from a remembered one above some layer start from there
+    base = circuits[1]
+    dropped = sorted(base.edges, key=lambda e: e.sort_key)[-6:]
+    walk = [Circuit.from_edges(base.edges - set(dropped[i:])) for i in range(len(dropped))]
+    for c, value in zip(walk, edge_metric_values(ev, [base] + walk)[1:]):
+        assert value == pytest.approx(lit.circuit_metric(c), abs=1e-4)
+
+
+def test_ablatable_embedding_edges(tiny_model3, tokenizer):
+    """With ``ablate_embed`` the embedding sends prunable edges: all edges is still the full model,
+    and removing every embed edge is the model run on the replacement embedding (resample: the
+    corrupted prompts' tokens) with every other edge kept."""
+    ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=3)
+    ev = Evaluator(tiny_model3, ds, Ablation(kind="resample", ablate_mlps=True, ablate_embed=True))
+    graph = graph_of(ev)
+    assert graph.senders[0].name == "embed" and graph.ablatable(all_edges(tiny_model3.shape)[0])
+    full = Circuit.from_edges(graph.edges)
+    no_embed = Circuit.from_edges([e for e in graph.edges if e.sender.name != "embed"])
+    values = edge_metric_values(ev, [full, no_embed])
+    assert values[0] == pytest.approx(ev.full_metric, abs=1e-5)
+    lit = Literal(tiny_model3, ds, "resample", True, True)
+    assert values[1] == pytest.approx(lit.circuit_metric(no_embed), abs=1e-4)
+    assert abs(values[1] - values[0]) > 1e-3  # the embedding matters: its edges are not free
 
 
 @pytest.mark.parametrize("ablate_mlps", [False, True])
@@ -171,15 +201,16 @@ def _sample_edges(ev, count: int, seed: int):
     for i, e in enumerate(graph.edges):
         by_receiver_kind.setdefault((e.receiver.kind, e.receiver_input), []).append(i)
     picked = [rng.choice(v) for v in by_receiver_kind.values()]
-    picked += rng.sample(range(len(graph.edges)), count - len(picked))
+    picked += [i for i, e in enumerate(graph.edges) if e.sender.kind == "embed"][:: max(1, len(graph.edges) // 40)][:3]
+    picked += rng.sample(range(len(graph.edges)), max(0, count - len(picked)))
     return picked
 
 
-@pytest.mark.parametrize("ablate_mlps", [False, True])
-def test_eap_matches_finite_differences(tiny_model3, tokenizer, ablate_mlps):
+@pytest.mark.parametrize(("ablate_mlps", "ablate_embed"), [(False, False), (True, False), (True, True)])
+def test_eap_matches_finite_differences(tiny_model3, tokenizer, ablate_mlps, ablate_embed):
     ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=4)
-    ev = Evaluator(tiny_model3, ds, Ablation(kind="mean", ablate_mlps=ablate_mlps))
-    lit = Literal(tiny_model3, ds, "mean", ablate_mlps)
+    ev = Evaluator(tiny_model3, ds, Ablation(kind="mean", ablate_mlps=ablate_mlps, ablate_embed=ablate_embed))
+    lit = Literal(tiny_model3, ds, "mean", ablate_mlps, ablate_embed)
     edges, scores = edge_attribution(ev, steps=1)
     eps = 1e-4
     for i in _sample_edges(ev, 10, seed=5):
@@ -191,11 +222,12 @@ def test_eap_matches_finite_differences(tiny_model3, tokenizer, ablate_mlps):
     assert (scores != 0).sum() > len(scores) // 2
 
 
-def test_eap_ig_inputs_matches_literal_integrated_gradient(tiny_model3, tokenizer):
+@pytest.mark.parametrize("ablate_embed", [False, True])
+def test_eap_ig_inputs_matches_literal_integrated_gradient(tiny_model3, tokenizer, ablate_embed):
     """EAP-IG as published: gradients of the full model on inputs interpolated corrupt -> clean."""
     ds = build_dataset(get_task("digits"), tokenizer, n=5, seed=6)
-    ev = Evaluator(tiny_model3, ds, Ablation(kind="resample"))
-    lit = Literal(tiny_model3, ds, "resample")
+    ev = Evaluator(tiny_model3, ds, Ablation(kind="resample", ablate_mlps=ablate_embed, ablate_embed=ablate_embed))
+    lit = Literal(tiny_model3, ds, "resample", ablate_embed, ablate_embed)
     steps = 3
     edges, scores = edge_attribution(ev, steps=steps, interpolate="inputs")
     _, clean_out = lit.run(ds.clean_ids, lambda n: 1.0, {}, lit.rep)

@@ -121,11 +121,11 @@ class LlamaLiteral(Literal):
     """The per-edge literal loop for Llama-family HF modules (q/k/v/o projections, RMSNorm, rotary
     through HF's own ``apply_rotary_pos_emb``, grouped K/V, gated MLP), in float64."""
 
-    def __init__(self, model, dataset, kind: str = "mean", ablate_mlps: bool = False):
+    def __init__(self, model, dataset, kind: str = "mean", ablate_mlps: bool = False, ablate_embed: bool = False):
         cfg = model.hf_model.config
         self.n_kv = cfg.num_key_value_heads
         self.eps = cfg.rms_norm_eps
-        super().__init__(model, dataset, kind, ablate_mlps)
+        super().__init__(model, dataset, kind, ablate_mlps, ablate_embed)
 
     def _sizes(self):
         cfg = self.hf.config
@@ -145,11 +145,11 @@ class LlamaLiteral(Literal):
         embed = self.embedding(ids) if embed is None else embed
         cos, sin = inner.rotary_emb(embed.float(), torch.arange(p_len).unsqueeze(0))
         cos, sin = cos.double(), sin.double()
-        outputs: dict[str, torch.Tensor] = {}
+        outputs: dict[str, torch.Tensor] = {"embed": embed}
         order: list[str] = []
 
         def receive(name):
-            x = embed
+            x = self.start(embed, name, mask, rep)
             for s in order:
                 if rep is not None and self.ablatable(s):
                     x = x + rep[s] + mask(f"{s}->{name}") * (outputs[s] - rep[s])
@@ -203,12 +203,12 @@ def rotary_gqa_model(request, tokenizer):
 
 
 @pytest.mark.parametrize("kind", ["mean", "resample"])
-@pytest.mark.parametrize("ablate_mlps", [False, True])
-def test_rotary_gqa_edge_circuits_equal_literal(rotary_gqa_model, tokenizer, kind, ablate_mlps):
+@pytest.mark.parametrize(("ablate_mlps", "ablate_embed"), [(False, False), (True, False), (True, True)])
+def test_rotary_gqa_edge_circuits_equal_literal(rotary_gqa_model, tokenizer, kind, ablate_mlps, ablate_embed):
     model = rotary_gqa_model
     ds = build_dataset(get_task("digits"), tokenizer, n=4, seed=2)
-    ev = Evaluator(model, ds, Ablation(kind=kind, ablate_mlps=ablate_mlps))
-    lit = LlamaLiteral(model, ds, kind, ablate_mlps)
+    ev = Evaluator(model, ds, Ablation(kind=kind, ablate_mlps=ablate_mlps, ablate_embed=ablate_embed))
+    lit = LlamaLiteral(model, ds, kind, ablate_mlps, ablate_embed)
     circuits = random_edge_circuits(model.shape, 4, seed=11)
     for c, s in zip(circuits, ev.evaluate(circuits)):
         assert s.metric == pytest.approx(lit.circuit_metric(c), abs=1e-4)
@@ -217,8 +217,8 @@ def test_rotary_gqa_edge_circuits_equal_literal(rotary_gqa_model, tokenizer, kin
 def test_rotary_gqa_eap_equals_finite_differences(rotary_gqa_model, tokenizer):
     model = rotary_gqa_model
     ds = build_dataset(get_task("digits"), tokenizer, n=4, seed=4)
-    ev = Evaluator(model, ds, Ablation(kind="mean", ablate_mlps=True))
-    lit = LlamaLiteral(model, ds, "mean", True)
+    ev = Evaluator(model, ds, Ablation(kind="mean", ablate_mlps=True, ablate_embed=True))
+    lit = LlamaLiteral(model, ds, "mean", True, True)
     edges, scores = edge_attribution(ev, steps=1)
     eps = 1e-4
     for i in _sample_edges(ev, 8, seed=5):

@@ -64,7 +64,7 @@ def test_alembic_upgrade_head_from_empty(db_url):
     assert done.returncode == 0, done.stderr
     engine = make_engine(db_url)
     assert TABLES <= set(sa.inspect(engine).get_table_names())
-    assert migrate.current_revisions(engine) == migrate.head_revisions() == ("0003",)
+    assert migrate.current_revisions(engine) == migrate.head_revisions() == ("0004",)
     engine.dispose()
 
 
@@ -77,8 +77,8 @@ def test_migrations_match_models_and_downgrade(db_url):
     from discovery.store.models import Base
 
     engine = make_engine(db_url)
-    assert migrate.upgrade(engine) == ("0003",)
-    assert migrate.upgrade(engine) == ("0003",)  # again: nothing to do
+    assert migrate.upgrade(engine) == ("0004",)
+    assert migrate.upgrade(engine) == ("0004",)  # again: nothing to do
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []
@@ -101,8 +101,8 @@ def test_open_store_migrates_an_empty_database(db_url):
 
 def test_outdated_or_unknown_schema_is_refused(db_url, monkeypatch):
     open_store(db_url).close()
-    monkeypatch.setattr(migrate, "head_revisions", lambda: ("0004_future",))
-    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001_initial", "0002", "0003", "0004_future"})
+    monkeypatch.setattr(migrate, "head_revisions", lambda: ("0005_future",))
+    monkeypatch.setattr(migrate, "known_revisions", lambda: {"0001_initial", "0002", "0003", "0004", "0005_future"})
     with pytest.raises(StoreError, match="circuits db upgrade"):
         open_store(db_url)
     monkeypatch.undo()
@@ -665,6 +665,16 @@ class TestStorageContract:
         assert storage.lookup([scores[0].circuit], model.id, ds.id, other) == {}
         assert storage.baseline(model.id, ds.id, METHOD) == (scores[0].full, scores[0].ablated)
         assert storage.baseline(model.id, ds.id, other) is None
+        # one edge circuit scored with the embedding kept and with its edges ablatable: two rows
+        edge_circuit = Circuit.parse("0.0 | embed->0.0.v, 0.0->logits")
+        kept = EvaluationMethod("resample", METHOD.source, "edge", True, "kl")
+        prunable = EvaluationMethod("resample", METHOD.source, "edge", True, "kl", ablate_embed=True)
+        pair = [Score(edge_circuit, 0.1, 0.9, 1.0, 0.0, kept), Score(edge_circuit, 0.3, 0.7, 1.0, 0.0, prunable)]
+        assert storage.save_scores(pair, model.id, ds.id) == 2
+        for score in pair:
+            back = storage.lookup([edge_circuit], model.id, ds.id, score.method)[edge_circuit.key]
+            assert (back.metric, back.method) == (score.metric, score.method)
+        assert "embedding edges ablatable" in prunable.describe() and "embedding" not in kept.describe()
 
     def test_job_lifecycle_and_claims(self, storage):
         from discovery.search.base import SearchResult

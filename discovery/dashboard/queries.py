@@ -286,6 +286,7 @@ def job_evaluations(store: Store, job_id: int, limit: int) -> list[dict[str, Any
             E.c.source,
             E.c.level,
             E.c.ablate_mlps,
+            E.c.ablate_embed,
             E.c.metric,
             E.c.normaliser,
             E.c.created_at,
@@ -301,7 +302,7 @@ def job_evaluations(store: Store, job_id: int, limit: int) -> list[dict[str, Any
     out = []
     with store.engine.connect() as conn:
         for r in conn.execute(stmt):
-            key = (r.ablation, r.source, r.level, bool(r.ablate_mlps), r.metric, r.normaliser)
+            key = (r.ablation, r.source, r.level, bool(r.ablate_mlps), r.metric, r.normaliser, bool(r.ablate_embed))
             if key not in described:
                 described[key] = EvaluationMethod(*key).describe()
             created = _utc_time(r.created_at)

@@ -22,7 +22,8 @@ from discovery.store.repository import json_safe
 
 
 def _method_key(m: EvaluationMethod, level: bool = True) -> tuple:
-    return (m.ablation, m.source, m.level if level else None, bool(m.ablate_mlps), m.metric)
+    edge_setting = (m.level, bool(m.ablate_embed)) if level else None  # the ends are node-level quantities
+    return (m.ablation, m.source, edge_setting, bool(m.ablate_mlps), m.metric)
 
 
 class MemoryStore:

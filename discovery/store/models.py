@@ -216,6 +216,7 @@ class Evaluation(Base):
             "source",
             "level",
             "ablate_mlps",
+            "ablate_embed",
             "metric",
             name="uq_evaluations_key",
         ),
@@ -230,6 +231,8 @@ class Evaluation(Base):
     source: Mapped[str] = mapped_column(sa.String(2000))
     level: Mapped[str] = mapped_column(sa.String(10))
     ablate_mlps: Mapped[bool]
+    ablate_embed: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false(), default=False)
+    """Edge level: the embedding's edges were ablatable (``Ablation.ablate_embed``)."""
     metric: Mapped[str] = mapped_column(sa.String(50))
     normaliser: Mapped[str] = mapped_column(sa.String(200))
     score: Mapped[float] = mapped_column(sa.Float)

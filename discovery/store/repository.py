@@ -180,18 +180,30 @@ def circuit_values(circuit: Circuit) -> dict[str, Any]:
     }
 
 
-def _method_filter(method: EvaluationMethod) -> list[Any]:
-    return [
+def _method_filter(method: EvaluationMethod, level: bool = True) -> list[Any]:
+    """Rows scored under ``method``; without ``level``, at either level (and either embedding setting,
+    which only edge circuits have)."""
+    filters = [
         E.c.ablation == method.ablation,
         E.c.source == method.source,
-        E.c.level == method.level,
         E.c.ablate_mlps == bool(method.ablate_mlps),
         E.c.metric == method.metric,
     ]
+    if level:
+        filters += [E.c.level == method.level, E.c.ablate_embed == bool(method.ablate_embed)]
+    return filters
 
 
 def _method_of(row: Any) -> EvaluationMethod:
-    return EvaluationMethod(row.ablation, row.source, row.level, bool(row.ablate_mlps), row.metric, row.normaliser)
+    return EvaluationMethod(
+        row.ablation,
+        row.source,
+        row.level,
+        bool(row.ablate_mlps),
+        row.metric,
+        row.normaliser,
+        ablate_embed=bool(row.ablate_embed),
+    )
 
 
 class Store:
@@ -384,6 +396,7 @@ class Store:
                         E.c.source,
                         E.c.level,
                         E.c.ablate_mlps,
+                        E.c.ablate_embed,
                         E.c.metric,
                         E.c.normaliser,
                     )
@@ -415,7 +428,8 @@ class Store:
             rows: dict[tuple, dict[str, Any]] = {}
             for s in scores:
                 m = s.method
-                key = (s.circuit.key, m.ablation, m.source, m.level, bool(m.ablate_mlps), m.metric)
+                setting = (m.ablation, m.source, m.level, bool(m.ablate_mlps), bool(m.ablate_embed), m.metric)
+                key = (s.circuit.key, *setting)
                 rows.setdefault(
                     key,
                     {
@@ -426,6 +440,7 @@ class Store:
                         "source": m.source,
                         "level": m.level,
                         "ablate_mlps": bool(m.ablate_mlps),
+                        "ablate_embed": bool(m.ablate_embed),
                         "metric": m.metric,
                         "normaliser": m.normaliser,
                         "score": float(s.metric),
@@ -439,7 +454,17 @@ class Store:
                 conn,
                 E,
                 list(rows.values()),
-                ["circuit_id", "model_id", "dataset_id", "ablation", "source", "level", "ablate_mlps", "metric"],
+                [
+                    "circuit_id",
+                    "model_id",
+                    "dataset_id",
+                    "ablation",
+                    "source",
+                    "level",
+                    "ablate_mlps",
+                    "ablate_embed",
+                    "metric",
+                ],
                 returning=E.c.id,
             )
         return len(inserted)
@@ -449,8 +474,7 @@ class Store:
 
         ``level`` is ignored: both ends are node-level quantities (everything kept / nothing kept).
         """
-        filters = [f for f in _method_filter(method)]
-        del filters[2]  # level
+        filters = _method_filter(method, level=False)
         with self._transaction("reading the baseline") as conn:
             r = conn.execute(
                 sa.select(E.c.full, E.c.ablated)
@@ -474,6 +498,7 @@ class Store:
             E.c.source,
             E.c.level,
             E.c.ablate_mlps,
+            E.c.ablate_embed,
             E.c.metric,
             E.c.normaliser,
             E.c.job_id,
