@@ -159,11 +159,13 @@ def build_evaluator(
     store: Any = None,
     job_id: int | None = None,
     metric: str | Callable[..., torch.Tensor] | None = None,
+    ablate_embed: bool = False,
 ) -> Any:
     """The evaluator for ``model`` on ``data``; with a store, wrapped so every score is kept and reused.
     ``metric``: the task's (default), ``"kl"``, a registered metric's name, or a function
-    ``metric(logits, dataset) -> one value per prompt`` (stored under its name; :mod:`discovery.readout`)."""
-    ablation_ = Ablation(kind=ablation, source=mean_source, ablate_mlps=ablate_mlps)  # type: ignore[arg-type]
+    ``metric(logits, dataset) -> one value per prompt`` (stored under its name; :mod:`discovery.readout`).
+    ``ablate_embed``: edge circuits may drop the embedding's edges (ACDC's graph)."""
+    ablation_ = Ablation(kind=ablation, source=mean_source, ablate_mlps=ablate_mlps, ablate_embed=ablate_embed)  # type: ignore[arg-type]
     ev = Evaluator(model, data, ablation_, metric=metric)
     chosen = _store_of(store)
     if chosen is None:
@@ -189,13 +191,16 @@ def evaluate(
     store: Any = None,
     progress: ProgressCallback | None = None,
     metric: str | Callable[..., torch.Tensor] | None = None,
+    ablate_embed: bool = False,
 ) -> list[Score]:
     """Scores of ``circuits`` (Circuit values or strings like ``"0.2,1.2"``), as ``circuits evaluate`` prints them;
-    ``metric`` as in :func:`build_evaluator`."""
+    ``metric`` and ``ablate_embed`` as in :func:`build_evaluator`."""
     parsed = _circuits(circuits)
     for c in parsed:
         c.validate(model.shape)
-    ev = build_evaluator(model, data, ablation, mean_source, ablate_mlps, store, metric=metric)
+    ev = build_evaluator(
+        model, data, ablation, mean_source, ablate_mlps, store, metric=metric, ablate_embed=ablate_embed
+    )
     return ev.evaluate(parsed, progress=progress)
 
 
@@ -226,18 +231,24 @@ def discover(
     model: LoadedModel,
     data: Dataset,
     method: str = "greedy",
-    ablation: str = "mean",
+    ablation: str | None = None,
     mean_source: str = "corrupt",
-    ablate_mlps: bool = False,
+    ablate_mlps: bool | None = None,
     store: Any = None,
     progress: ProgressCallback | None = None,
+    ablate_embed: bool | None = None,
     **params: Any,
 ) -> SearchResult:
-    """Run search ``method`` with ``params`` (e.g. ``target=0.9``, ``pool=[...]``); every evaluation is stored."""
+    """Run search ``method`` with ``params`` (e.g. ``target=0.9``, ``pool=[...]``); every evaluation is stored.
+    ``ablation``, ``ablate_mlps`` and ``ablate_embed`` left unset take the method's defaults (``acdc``:
+    resample ablation with every edge prunable, as published; ``iterative-pruning``: MLPs ablated; others:
+    mean ablation, MLPs and embedding kept)."""
     from discovery.search import get_method, run_search
 
-    get_method(method).validate(params)  # refuse bad parameters before any work
-    ev = build_evaluator(model, data, ablation, mean_source, ablate_mlps, store)
+    spec = get_method(method)
+    spec.validate(params)  # refuse bad parameters before any work
+    ablation_, mlps, embed = spec.resolve_evaluation(ablation, ablate_mlps, ablate_embed)
+    ev = build_evaluator(model, data, ablation_, mean_source, mlps, store, ablate_embed=embed)
     return run_search(method, ev, params, progress)
 
 

@@ -106,10 +106,12 @@ def test_means_from_a_separate_larger_source_set(model, dataset, tokenizer):
     assert ev.evaluate_one(circuit).metric == pytest.approx(expected, abs=1e-4)
 
 
-def literal_acdc(model, dataset, ev, tau: float) -> set[str]:
-    """The published walk, literally: KL criterion, every ablatable edge, paired (resample) patching."""
-    lit = Literal(model, dataset, "resample")
+def literal_acdc(model, dataset, ev, tau: float, ablate_mlps: bool = True, ablate_embed: bool = True) -> set[str]:
+    """The published walk, literally: KL criterion, every edge (embedding and MLPs too), paired
+    (resample) patching."""
+    lit = Literal(model, dataset, "resample", ablate_mlps, ablate_embed)
     graph = graph_of(ev)
+    senders_ablatable = {s.name for s in graph.senders}
     full_logits = lit.run(dataset.clean_ids, lambda name: 1.0, {}, lit.rep)[0]
 
     def kl(kept: set[str]) -> float:
@@ -126,8 +128,8 @@ def literal_acdc(model, dataset, ev, tau: float) -> set[str]:
         )
         if not incoming:
             continue
-        if receiver.kind == "head" and not any(name.split("->")[0] == receiver.name for name in current):
-            current -= {e.name for e in incoming}  # nothing reads this head any more (MLPs always send)
+        if receiver.name in senders_ablatable and not any(name.split("->")[0] == receiver.name for name in current):
+            current -= {e.name for e in incoming}  # nothing reads this head (or ablatable MLP) any more
             continue
         for e in incoming:
             trial = current - {e.name}
@@ -137,19 +139,25 @@ def literal_acdc(model, dataset, ev, tau: float) -> set[str]:
     return current
 
 
-def test_acdc_equals_the_literal_published_algorithm(model, dataset):
-    ev = Evaluator(model, dataset, Ablation(kind="resample"))
+@pytest.mark.parametrize("every_edge", [True, False])
+def test_acdc_equals_the_literal_published_algorithm(model, dataset, every_edge):
+    """As published (every edge prunable, the default), and with the embedding and MLPs kept."""
+    chosen = Ablation(kind="resample", ablate_mlps=every_edge, ablate_embed=every_edge)
+    ev = Evaluator(model, dataset, chosen)
     full = Circuit.from_edges(graph_of(ev).edges)
     kl_ev = ev.with_metric("kl")
     # a tau inside the spread of single-edge effects, so the walk both keeps and removes edges
     singles = sorted(
         s.metric for s in kl_ev.evaluate([Circuit.from_edges(full.edges - {e}) for e in graph_of(ev).edges[::7]])
     )
-    tau = singles[len(singles) // 2]
+    tau = (singles[len(singles) // 2] + singles[len(singles) // 2 + 1]) / 2  # between two effects: no tie at tau
     result = run_search("acdc", ev, {"tau": tau})
-    expected = literal_acdc(model, dataset, ev, tau)
+    expected = literal_acdc(model, dataset, ev, tau, every_edge, every_edge)
     assert {e.name for e in result.circuit.edges} == expected
     assert 0 < len(expected) < len(graph_of(ev).edges)
+    if every_edge:  # the walk tested (and kept or pruned) the embedding's and the MLPs' edges
+        assert any(e.sender.kind == "embed" for e in graph_of(ev).edges)
+        assert result.score.method.ablate_embed and result.score.method.ablate_mlps
     assert result.extra["criterion"] == "kl" and result.extra["final_kl"] >= 0
     assert result.score.method.metric == dataset.metric  # the reported score is the task's, normalised
 
@@ -187,3 +195,22 @@ def test_interrupted_acdc_resumes_from_stored_scores_with_the_same_result(model,
     totals = {t for _, t, _ in seen if t is not None and t > 1}
     assert len(totals) == 1 and seen[-1][0] == totals.pop() and "edges tested" in seen[-1][2]
     store.close()
+
+
+def test_acdc_runs_as_published_unless_told_otherwise(model, dataset):
+    """Left unset, ACDC's evaluation is the paper's: paired resample patching, every edge prunable;
+    a setting the caller gives wins, and whatever ran is what the score records."""
+    import discovery as cd
+    from discovery.search import get_method
+
+    spec = get_method("acdc")
+    assert spec.resolve_evaluation() == ("resample", True, True)
+    assert spec.resolve_evaluation("mean", False, None) == ("mean", False, True)
+    assert get_method("greedy").resolve_evaluation() == ("mean", False, False)
+    assert get_method("iterative-pruning").resolve_evaluation() == ("mean", True, False)
+    result = cd.discover(model, dataset, method="acdc", store=False, tau=0.05)
+    method = result.score.method
+    assert (method.ablation, method.ablate_mlps, method.ablate_embed, method.level) == ("resample", True, True, "edge")
+    kept = cd.discover(model, dataset, method="acdc", store=False, tau=0.05, ablation="mean", ablate_embed=False)
+    assert (kept.score.method.ablation, kept.score.method.ablate_embed) == ("mean", False)
+    assert not any(e.sender.kind == "embed" for e in kept.circuit.edges)

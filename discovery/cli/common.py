@@ -39,6 +39,21 @@ CorruptionOpt = typer.Option(None, "--corruption", help="corruption (default: th
 AblationOpt = typer.Option("mean", "--ablation", help=f"one of {', '.join(ABLATION_KINDS)}")
 SourceOpt = typer.Option("corrupt", "--mean-source", help="prompts the replacement values come from: corrupt or clean")
 MlpsOpt = typer.Option(False, "--ablate-mlps", help="also ablate MLPs outside the circuit (default: keep every MLP)")
+EmbedOpt = typer.Option(
+    False, "--ablate-embed", help="edge circuits: the embedding's edges are ablatable too (default: always kept)"
+)
+# search commands: unset means the method's own default (`circuits methods` lists them)
+MethodAblationOpt = typer.Option(
+    None, "--ablation", help=f"one of {', '.join(ABLATION_KINDS)} (default: the method's; acdc resample, others mean)"
+)
+MethodMlpsOpt = typer.Option(
+    None, "--ablate-mlps/--keep-mlps", help="ablate MLPs outside the circuit (default: the method's; acdc ablates)"
+)
+MethodEmbedOpt = typer.Option(
+    None,
+    "--ablate-embed/--keep-embed",
+    help="edge methods: the embedding's edges are prunable (default: the method's; acdc prunes them)",
+)
 DeviceOpt = typer.Option("cpu", "--device", help="torch device: cpu, cuda, cuda:1, auto")
 TaskParamOpt = typer.Option(
     None, "--task-param", help="task parameter KEY=VALUE (e.g. length=5, template=done-in); repeatable"
@@ -130,12 +145,19 @@ def open_dataset(
 
 
 def open_evaluator(
-    model: LoadedModel, dataset: Dataset, ablation: str, source: str, ablate_mlps: bool, store: bool | None = None
+    model: LoadedModel,
+    dataset: Dataset,
+    ablation: str,
+    source: str,
+    ablate_mlps: bool,
+    store: bool | None = None,
+    ablate_embed: bool = False,
 ) -> Evaluator:
     """The evaluator, wrapped in a StoredEvaluator on the default store (``CIRCUITS_DATABASE_URL``, else the
     embedded SQLite file): every score is persisted and a stored one costs no forward pass.
     ``store=False``, or ``CIRCUITS_NO_STORE=1`` in the environment, gives the bare evaluator."""
-    evaluator = Evaluator(model, dataset, Ablation(kind=ablation, source=source, ablate_mlps=ablate_mlps))  # type: ignore[arg-type]
+    chosen = Ablation(kind=ablation, source=source, ablate_mlps=ablate_mlps, ablate_embed=ablate_embed)  # type: ignore[arg-type]
+    evaluator = Evaluator(model, dataset, chosen)
     if store is None:
         store = store_enabled()
     if not store:

@@ -23,6 +23,7 @@ def evaluate(
     ablation: str = common.AblationOpt,
     mean_source: str = common.SourceOpt,
     ablate_mlps: bool = common.MlpsOpt,
+    ablate_embed: bool = common.EmbedOpt,
     device: str = common.DeviceOpt,
     task_param: list[str] | None = common.TaskParamOpt,
     fmt: str = output.FormatOpt,
@@ -38,7 +39,7 @@ def evaluate(
     for c in circuits:
         c.validate(loaded.shape)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
-    evaluator = common.open_evaluator(loaded, dataset, ablation, mean_source, ablate_mlps)
+    evaluator = common.open_evaluator(loaded, dataset, ablation, mean_source, ablate_mlps, ablate_embed=ablate_embed)
     with common.progress_bar("evaluating") as progress:
         scores = evaluator.evaluate(circuits, progress=progress)
     first = scores[0]
@@ -61,6 +62,7 @@ def evaluate(
                 "source": s.method.source,
                 "level": s.method.level,
                 "ablate_mlps": s.method.ablate_mlps,
+                "ablate_embed": s.method.ablate_embed,
                 "metric": s.method.metric,
                 "normaliser": s.method.normaliser,
             }

@@ -31,9 +31,10 @@ def discover(
     n: int = common.NOpt,
     seed: int = common.SeedOpt,
     corruption: str | None = common.CorruptionOpt,
-    ablation: str = common.AblationOpt,
+    ablation: str | None = common.MethodAblationOpt,
     mean_source: str = common.SourceOpt,
-    ablate_mlps: bool = common.MlpsOpt,
+    ablate_mlps: bool | None = common.MethodMlpsOpt,
+    ablate_embed: bool | None = common.MethodEmbedOpt,
     device: str = common.DeviceOpt,
     task_param: list[str] | None = common.TaskParamOpt,
 ) -> None:
@@ -51,10 +52,13 @@ def discover(
             )
         params["target"] = target
     spec.validate(params)  # refuse bad parameters before loading anything
+    ablation, ablate_mlps, ablate_embed = spec.resolve_evaluation(ablation, ablate_mlps, ablate_embed)
     common.check_dataset_options(task, n, task_param)  # usage errors before the model loads
     loaded = common.open_model(model, device)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
-    evaluator = common.open_evaluator(loaded, dataset, ablation, mean_source, ablate_mlps, store=False)
+    evaluator = common.open_evaluator(
+        loaded, dataset, ablation, mean_source, ablate_mlps, store=False, ablate_embed=ablate_embed
+    )
     job_id = None
     with common.progress_bar(f"{method}") as progress:
         if common.store_enabled():  # recorded as a run (a job row), exactly as `submit` records one
@@ -62,7 +66,13 @@ def discover(
             from discovery.store import open_store
 
             request = JobRequest(task, method, model, params, n, seed, corruption, common.parse_task_params(task_param))
-            request = replace(request, ablation=ablation, ablation_source=mean_source, ablate_mlps=ablate_mlps)
+            request = replace(
+                request,
+                ablation=ablation,
+                ablation_source=mean_source,
+                ablate_mlps=ablate_mlps,
+                ablate_embed=ablate_embed,
+            )
             job_id, result, _ = run_discovery(replace(request, device=device), evaluator, open_store(), progress)
         else:
             result = run_search(method, evaluator, params, progress)
@@ -240,11 +250,15 @@ def methods() -> None:
     from discovery.search import METHODS, get_method
 
     get_method("greedy")  # importing the package registers every method
-    table = Table("method", "level", "summary", "parameters (default)")
+    table = Table("method", "level", "summary", "evaluation (default)", "parameters (default)")
     for key in sorted(METHODS):
         spec = METHODS[key]
         params = "\n".join(f"{p.name}={p.default!r}: {p.help}" for p in spec.params) or "(none)"
-        table.add_row(key, spec.level, spec.summary, params)
+        d = spec.evaluation
+        evaluation = f"{d.ablation}; MLPs {'ablated' if d.ablate_mlps else 'kept'}"
+        if spec.level == "edge":
+            evaluation += f"; embedding edges {'prunable' if d.ablate_embed else 'kept'}"
+        table.add_row(key, spec.level, spec.summary, evaluation, params)
     console.print(table)
 
 

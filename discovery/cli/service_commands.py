@@ -49,9 +49,10 @@ def submit(
     n: int = common.NOpt,
     seed: int = common.SeedOpt,
     corruption: str | None = common.CorruptionOpt,
-    ablation: str = common.AblationOpt,
+    ablation: str | None = common.MethodAblationOpt,
     mean_source: str = common.SourceOpt,
-    ablate_mlps: bool = common.MlpsOpt,
+    ablate_mlps: bool | None = common.MethodMlpsOpt,
+    ablate_embed: bool | None = common.MethodEmbedOpt,
     device: str = common.DeviceOpt,
     task_param: list[str] | None = common.TaskParamOpt,
     db: str | None = common.DbOpt,
@@ -79,6 +80,7 @@ def submit(
             ablation=ablation,
             ablation_source=mean_source,
             ablate_mlps=ablate_mlps,
+            ablate_embed=ablate_embed,
             device=device,
         )
         for t in task

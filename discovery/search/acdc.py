@@ -12,10 +12,12 @@ when the removal changes the criterion by less than ``tau``:
   with ``absolute``: changes by less than tau either way). An earlier version of this project ran
   this by default; it is not what the paper ran.
 
-The paper patches with the paired corrupted prompt's activations: score with ``--ablation
-resample`` to match it (mean and zero ablation work too, and are recorded with the score). A
-receiver head with no outgoing edge left cannot affect the output, so its incoming edges are
-dropped without evaluation. The returned score is the task metric's, normalised as everywhere.
+By default ACDC runs as published: removed edges take the paired corrupted prompt's activations
+(resample ablation) and every edge is prunable, the embedding's and the MLPs' included (the
+method's evaluation defaults; ``--ablation``, ``--keep-mlps`` and ``--keep-embed`` override
+them, and whatever ran is recorded with every score). A receiver with no outgoing edge left
+cannot affect the output, so its incoming edges are dropped without evaluation. The returned
+score is the task metric's, normalised as everywhere.
 
 GPT-2-small has ~30k ablatable edges (a full pass: about half a forward per edge tested). To
 restrict the walk: ``nodes`` starts from the edges among those components (plus the logits, and
@@ -44,7 +46,7 @@ from discovery.errors import UsageError
 from discovery.evaluator import Score
 from discovery.progress import ProgressCallback
 from discovery.search._helpers import parse_nodes
-from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
+from discovery.search.base import EvaluationDefaults, Param, SearchMethodSpec, SearchResult, register
 from discovery.search.scorer import Scorer
 
 
@@ -176,5 +178,7 @@ register(
         ),
         func=acdc,
         level="edge",
+        # as published: the paired corrupted prompt's activations, every edge prunable
+        evaluation=EvaluationDefaults(ablation="resample", ablate_mlps=True, ablate_embed=True),
     )
 )

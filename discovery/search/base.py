@@ -87,12 +87,34 @@ SearchFunc = Callable[[Scorer, dict[str, Any], ProgressCallback], SearchResult]
 
 
 @dataclass(frozen=True)
+class EvaluationDefaults:
+    """The evaluation a method runs under when its caller leaves a setting unset: a method named
+    after a paper runs what that paper ran (ACDC: paired resample patching, every edge prunable)."""
+
+    ablation: str = "mean"
+    ablate_mlps: bool = False
+    ablate_embed: bool = False
+
+
+@dataclass(frozen=True)
 class SearchMethodSpec:
     key: str
     summary: str
     params: tuple[Param, ...]
     func: SearchFunc
     level: Literal["node", "edge"] = "node"
+    evaluation: EvaluationDefaults = EvaluationDefaults()
+
+    def resolve_evaluation(
+        self, ablation: str | None = None, ablate_mlps: bool | None = None, ablate_embed: bool | None = None
+    ) -> tuple[str, bool, bool]:
+        """(ablation, ablate_mlps, ablate_embed): each given value, or this method's default."""
+        d = self.evaluation
+        return (
+            d.ablation if ablation is None else ablation,
+            d.ablate_mlps if ablate_mlps is None else bool(ablate_mlps),
+            d.ablate_embed if ablate_embed is None else bool(ablate_embed),
+        )
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, values coerced and range-checked; unknown names refused."""

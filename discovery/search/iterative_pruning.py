@@ -11,7 +11,7 @@ of them takes the score to the threshold or below.
 
 The score is theirs: ``metric(circuit) / metric(full)`` (``score=ratio``; they use the logit
 difference and 80 %, with heads and MLPs outside the circuit mean-ablated over the corrupted
-prompts: evaluate with ``--ablate-mlps``), or the normalised score (``score=normalised``).
+prompts: the method's default evaluation), or the normalised score (``score=normalised``).
 
 ``batch`` scores the next few removals against the current circuit in one ``evaluate`` call; the
 first one that keeps the score is taken and the ones after it are scored again against the new
@@ -27,7 +27,7 @@ from discovery.errors import UsageError
 from discovery.evaluator import Score
 from discovery.progress import ProgressCallback
 from discovery.search._helpers import ablates_mlps, parse_nodes
-from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
+from discovery.search.base import EvaluationDefaults, Param, SearchMethodSpec, SearchResult, register
 
 
 def pass_order(n_layers: int, n_heads: int, direction: str, mlps: bool) -> list[Node]:
@@ -52,7 +52,7 @@ def iterative_pruning(evaluator: Any, params: dict[str, Any], progress: Progress
     if prune_mlps and not ablated_mlps:
         raise UsageError(
             "method 'iterative-pruning' prunes MLPs, as Lan & Barez did, but this evaluation keeps every MLP: "
-            "pass --ablate-mlps, or --param mlps=false to prune heads only"
+            "ablate them (--ablate-mlps, the method's default), or pass --param mlps=false to prune heads only"
         )
     full = float(evaluator.full_metric)
     use_ratio = params["score"] == "ratio"
@@ -160,5 +160,6 @@ register(
             Param("batch", int, 8, "removals scored per evaluate call (same decisions as one at a time)", minimum=1),
         ),
         func=iterative_pruning,
+        evaluation=EvaluationDefaults(ablate_mlps=True),  # Lan & Barez mean-ablate MLPs outside the circuit too
     )
 )

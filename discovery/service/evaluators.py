@@ -33,6 +33,7 @@ def build_evaluator(
     """The plain evaluator a job's request describes (model cached per process)."""
     from discovery.tasks import build_dataset, get_task
 
+    request = request.resolved()
     loaded = cached_model(request.model, device or request.device, progress)
     dataset = build_dataset(
         get_task(request.task, **request.task_params),
@@ -48,6 +49,7 @@ def build_evaluator(
         Ablation(
             kind=request.ablation,  # type: ignore[arg-type]
             source=request.ablation_source,  # type: ignore[arg-type]
-            ablate_mlps=request.ablate_mlps,
+            ablate_mlps=bool(request.ablate_mlps),
+            ablate_embed=bool(request.ablate_embed),
         ),
     )

@@ -29,10 +29,21 @@ class JobRequest:
     seed: int = 0
     corruption: str | None = None
     task_params: dict[str, Any] = field(default_factory=dict)
-    ablation: str = "mean"
+    ablation: str | None = None
+    """None: the method's default (``SearchMethodSpec.evaluation``); :meth:`resolved` fills it in."""
     ablation_source: str = "corrupt"
-    ablate_mlps: bool = False
+    ablate_mlps: bool | None = None
+    ablate_embed: bool | None = None
     device: str = "cpu"
+
+    def resolved(self) -> JobRequest:
+        """The request with every unset evaluation setting replaced by the method's default."""
+        from discovery.search import get_method
+
+        ablation, mlps, embed = get_method(self.method).resolve_evaluation(
+            self.ablation, self.ablate_mlps, self.ablate_embed
+        )
+        return replace(self, ablation=ablation, ablate_mlps=mlps, ablate_embed=embed)
 
     def settings(self) -> dict[str, Any]:
         """What the job row keeps besides method, params, task and model."""
@@ -44,6 +55,7 @@ class JobRequest:
             "ablation": self.ablation,
             "ablation_source": self.ablation_source,
             "ablate_mlps": self.ablate_mlps,
+            "ablate_embed": self.ablate_embed,
             "device": self.device,
         }
 
@@ -51,11 +63,10 @@ class JobRequest:
     def from_settings(
         cls, task: str, method: str, model: str, params: dict[str, Any], settings: dict[str, Any]
     ) -> JobRequest:
-        known = {
-            k: settings[k]
-            for k in ("n", "seed", "corruption", "task_params", "ablation", "ablation_source", "ablate_mlps", "device")
-            if k in settings
-        }
+        names = ("n", "seed", "corruption", "task_params", "ablation", "ablation_source", "ablate_mlps", "ablate_embed")
+        known = {k: settings[k] for k in (*names, "device") if k in settings}
+        if "ablation" in settings and "ablate_embed" not in settings:
+            known["ablate_embed"] = False  # a job stored before the setting existed kept the embedding
         return cls(task=task, method=method, model=model, params=dict(params or {}), **known)
 
 
@@ -74,11 +85,12 @@ def validate_request(request: JobRequest, *, local_device: bool = True) -> JobRe
     from discovery.tasks import build_dataset, get_task
 
     spec = get_method(request.method)
+    request = request.resolved()
     params = spec.validate(dict(request.params))
     for name, value in params.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"method {request.method!r}: parameter {name}={value} is not a finite number")
-    Ablation(kind=request.ablation, source=request.ablation_source, ablate_mlps=request.ablate_mlps)  # type: ignore[arg-type]
+    Ablation(kind=request.ablation, source=request.ablation_source)  # type: ignore[arg-type]
     if not 1 <= request.n <= MAX_PROMPTS:
         raise UsageError(f"the number of prompts must be between 1 and {MAX_PROMPTS:,}, got {request.n}")
     check_task_params(request.task, request.task_params)
@@ -88,7 +100,7 @@ def validate_request(request: JobRequest, *, local_device: bool = True) -> JobRe
     tokenizer = check_model_spec(request.model)
     shape, n_ctx = model_shape(request.model)
     if shape is not None:
-        _check_components(spec, params, shape, request.ablate_mlps)
+        _check_components(spec, params, shape, bool(request.ablate_mlps))
     if tokenizer is not None:
         # the prompts before the model-correctness filter (which needs the model, loaded on the worker)
         unfiltered = get_task(request.task, **{k: v for k, v in request.task_params.items() if k != "filter"})
