@@ -654,8 +654,24 @@ def edge_attribution(
     inputs are plain forwards and one backward each: the gradient at a head's q, k or v input is
     taken from the gradient at its q, k or v through that head's own norm and projection. Prompts
     go ``prompt_batch`` at a time (default :func:`attribution_prompt_batch`), which bounds memory.
-    ``progress`` hears of each forward + backward pass done (of prompt batches x steps).
+    ``progress`` hears of each forward + backward pass done (of prompt batches x steps). Prompts of
+    several lengths are attributed one length group at a time; the scores are means over prompts,
+    so the groups' scores are combined weighted by their prompt counts.
     """
+    groups = getattr(evaluator, "groups", ())
+    if groups:
+        total: np.ndarray | None = None
+        for i, group in enumerate(groups):
+
+            def told(done: int, count: int | None, message: str, i: int = i) -> None:
+                if progress:
+                    progress(done, count, f"length group {i + 1}/{len(groups)}: {message}")
+
+            edges, part = edge_attribution(group, steps, interpolate, prompt_batch, told)
+            part = part * (group.dataset.n / evaluator.dataset.n)
+            total = part if total is None else total + part
+        assert total is not None
+        return edges, total
     graph = graph_of(evaluator)
     if interpolate == "edges" and steps > 1:
         return graph.edges, _attribution_through_masks(evaluator, steps)

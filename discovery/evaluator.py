@@ -177,6 +177,10 @@ class Evaluator:
             )
         if source_dataset is not None and ablation.kind == "resample" and source_dataset.n != dataset.n:
             raise UsageError("resample ablation pairs prompt i with source prompt i: the two sets need one size")
+        if source_dataset is not None and (source_dataset.mixed_lengths or dataset.mixed_lengths):
+            raise UsageError(
+                "means from a separate source set are per position, so both sets need prompts of one token length"
+            )
         self.shape = model.shape
         self.max_tokens_per_chunk = max_tokens_per_chunk
         self.circuits_per_pass = circuits_per_pass
@@ -184,9 +188,18 @@ class Evaluator:
         context = int(model.bridge.cfg.n_ctx)
         if self.dataset.seq_len > context:
             raise UsageError(f"prompts of {self.dataset.seq_len} tokens exceed the model's context of {context}")
-        self.hooked = None if model.fast_path else HookedScorer(model, self.dataset, ablation.kind, ablation.source)
+        self.groups: tuple[Evaluator, ...] = tuple(
+            Evaluator(model, g, ablation, max_tokens_per_chunk, circuits_per_pass, metric) for g in self.dataset.groups
+        )
+        """Prompts of several lengths: one evaluator per length group, each with its own per-position
+        means; a metric is their prompt-weighted mean (see :class:`~discovery.tasks.base.Dataset`)."""
+        self.hooked = (
+            None
+            if model.fast_path or self.groups
+            else HookedScorer(model, self.dataset, ablation.kind, ablation.source)
+        )
         """The slow path (TransformerLens hooks) for architectures the engine has no fast path for."""
-        if self.hooked is not None and self.metric_name not in ("logit_diff", "prob_diff"):
+        if not model.fast_path and self.metric_name not in ("logit_diff", "prob_diff"):
             raise UsageError(
                 f"the {self.metric_name} metric needs the engine's fast path; this model runs on the hooked slow path"
             )
@@ -217,8 +230,16 @@ class Evaluator:
         )
 
     # --- replacement values ---------------------------------------------------------------
+    def _one_length(self, what: str) -> None:
+        if self.groups:
+            raise UsageError(
+                f"{what} is per prompt length, and these prompts have {len(self.groups)} lengths: "
+                "use the evaluator of one length group (evaluator.groups)"
+            )
+
     @cached_property
     def source_recording(self) -> Recording:
+        self._one_length("the source recording")
         src = self.source_dataset
         ids = src.corrupt_ids if self.ablation.source == "corrupt" else src.clean_ids
         return record_forward(self.engine, ids)
@@ -254,6 +275,7 @@ class Evaluator:
     @cached_property
     def clean_final(self) -> torch.Tensor:
         """[n, d] the full model's final-normed last-position residual on the clean prompts."""
+        self._one_length("the clean prompts' final residual")
         if self.hooked is not None:
             raise UsageError("the kl metric and the spread check need the engine's fast path")
         rec = record_forward(self.engine, self.dataset.clean_ids)
@@ -269,8 +291,14 @@ class Evaluator:
         """Standard deviation over prompts of the full model's per-prompt metric (0 for kl)."""
         if self.hooked is not None or self.metric_name == "kl":
             return 0.0
-        values = per_prompt_metric(self.engine, self.dataset, self.clean_final, self.metric_name)
+        values = self._full_per_prompt()
         return float(values.double().std()) if values.numel() > 1 else 0.0
+
+    def _full_per_prompt(self) -> torch.Tensor:
+        """[n] the full model's per-prompt metric (length groups one after another)."""
+        if self.groups:
+            return torch.cat([g._full_per_prompt() for g in self.groups])
+        return per_prompt_metric(self.engine, self.dataset, self.clean_final, self.metric_name)
 
     @property
     def span_reliable(self) -> bool:
@@ -334,6 +362,13 @@ class Evaluator:
 
     # --- the forward ---------------------------------------------------------------------------
     def _metric_values(self, circuits: Sequence[Circuit]) -> np.ndarray:
+        if self.groups:  # the mean over every prompt: each length group weighted by its prompt count
+            total = np.zeros(len(circuits), dtype=np.float64)
+            counted = self.groups[0].forward_count
+            for g in self.groups:
+                total += g._metric_values(circuits) * (g.dataset.n / self.dataset.n)
+            self.forward_count += self.groups[0].forward_count - counted  # a circuit, not a circuit per group
+            return total
         node_level = [i for i, c in enumerate(circuits) if not c.edges]
         edge_level = [i for i, c in enumerate(circuits) if c.edges]
         out = np.empty(len(circuits), dtype=np.float64)

@@ -127,13 +127,32 @@ def _attention(
 def path_patching(
     model: LoadedModel, dataset: Dataset, receiver: Receiver | str = "logits", progress: ProgressCallback | None = None
 ) -> PatchingResult:
-    """The effect of every sender head on ``receiver`` (see the module docstring)."""
+    """The effect of every sender head on ``receiver`` (see the module docstring). Prompts of several
+    lengths are patched one length group at a time; every figure is a mean over prompts, so the
+    groups' figures are combined weighted by their prompt counts."""
     progress = progress or no_progress
+    if isinstance(receiver, str):
+        receiver = Receiver.parse(receiver, model.shape)
+    dataset = dataset.to(model.device)
+    if not dataset.mixed_lengths:
+        return _path_patching(model, dataset, receiver, progress)
+    parts = [_path_patching(model, g, receiver, progress) for g in dataset.groups]
+    weights = [g.n / dataset.n for g in dataset.groups]
+    return PatchingResult(
+        receiver.name,
+        np.sum([w * r.effects for w, r in zip(weights, parts)], axis=0),
+        sum(w * r.clean_metric for w, r in zip(weights, parts)),
+        sum(w * r.corrupt_metric for w, r in zip(weights, parts)),
+        dataset.description,
+        dataset.metric,
+    )
+
+
+def _path_patching(
+    model: LoadedModel, dataset: Dataset, receiver: Receiver, progress: ProgressCallback
+) -> PatchingResult:
     eng = model.engine
     shape = model.shape
-    if isinstance(receiver, str):
-        receiver = Receiver.parse(receiver, shape)
-    dataset = dataset.to(model.device)
     clean = record_forward(eng, dataset.clean_ids)
     corrupt = record_forward(eng, dataset.corrupt_ids)
     clean_metric = float(_metric(eng, dataset, clean.resid_final[:, -1]))

@@ -1,4 +1,4 @@
-"""Tasks: deterministic prompts of one token length, and clear errors on bad input."""
+"""Tasks: deterministic prompts, grouped by token length when they differ, and clear errors on bad input."""
 
 from __future__ import annotations
 
@@ -83,8 +83,8 @@ def test_file_task_errors_name_the_prompt(tokenizer, tmp_path):
 
     uneven = good + [{"clean": "10 20 30 40 50", "corrupt": "10 20 30 40 40", "answer": " 60", "wrong": " 50"}]
     path.write_text(json.dumps(uneven))
-    with pytest.raises(TokenizationError, match=r"prompt 2 '10 20 30 40 50' is 5 tokens but prompt 0 '1 2 3 4' is 4"):
-        build_dataset(get_task(f"file:{path}"), tokenizer, n=3)
+    uneven_ds = build_dataset(get_task(f"file:{path}"), tokenizer, n=3)  # grouped by length, not refused
+    assert uneven_ds.mixed_lengths and [g.n for g in uneven_ds.groups] == [2, 1]
 
     two_tokens = [dict(good[0], answer=" 5 6")]
     path.write_text(json.dumps(two_tokens))

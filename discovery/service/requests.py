@@ -150,7 +150,8 @@ def _check_tokens(dataset: Any, tokenizer: Any, n_ctx: int | None) -> None:
     unk = getattr(tokenizer, "unk_token_id", None)
     special = {getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad")}
     if unk is not None and unk not in special:  # GPT-2's "unknown" token is its end-of-text/BOS token
-        for ids, example in zip(dataset.clean_ids.tolist(), dataset.examples):
+        rows = [(ids, ex) for g in dataset.length_groups for ids, ex in zip(g.clean_ids.tolist(), g.examples)]
+        for ids, example in rows:
             if unk in ids:
                 raise UsageError(
                     f"prompt {example.clean!r} has words the model's tokenizer does not know (they become "

@@ -161,14 +161,22 @@ class DatasetSpec:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Tokenised clean and corrupted prompts plus the metric's answer tokens."""
+    """Tokenised clean and corrupted prompts plus the metric's answer tokens.
+
+    Prompts of several token lengths (IOI-style files whose names tokenise differently) are grouped
+    by length: the dataset then holds one equal-length :class:`Dataset` per length in ``groups``
+    (in order of first appearance, sharing ``answer_tokens``), and its own id tensors are empty
+    ``[n, 0]``. Every forward runs group by group, so positions line up within a group and the
+    mean ablation's per-position means are taken over the group's own corrupted prompts; a metric
+    is the mean over all prompts (each group weighted by its prompt count).
+    """
 
     spec: DatasetSpec
     examples: tuple[Example, ...]
     clean_ids: torch.Tensor
-    """[n, seq] token ids of the clean prompts."""
+    """[n, seq] token ids of the clean prompts ([n, 0] when the prompts have several lengths)."""
     corrupt_ids: torch.Tensor
-    """[n, seq] token ids of the corrupted prompts."""
+    """[n, seq] token ids of the corrupted prompts ([n, 0] when the prompts have several lengths)."""
     answer_tokens: torch.Tensor
     """[k] the distinct token ids any prompt's metric reads."""
     answer_weights: torch.Tensor
@@ -179,13 +187,27 @@ class Dataset:
     warnings: tuple[str, ...] = ()
     """Things a user should see that are not errors (the CLI prints them), e.g. an answer without
     the leading space every other answer has."""
+    groups: tuple[Dataset, ...] = ()
+    """One equal-length dataset per prompt length when the prompts have several (else empty)."""
 
     @property
     def n(self) -> int:
         return int(self.clean_ids.shape[0])
 
     @property
+    def mixed_lengths(self) -> bool:
+        return bool(self.groups)
+
+    @property
+    def length_groups(self) -> tuple[Dataset, ...]:
+        """The equal-length datasets every forward runs on: the groups, or this dataset itself."""
+        return self.groups or (self,)
+
+    @property
     def seq_len(self) -> int:
+        """Tokens per prompt; with several lengths, the longest (what must fit the model's context)."""
+        if self.groups:
+            return max(g.seq_len for g in self.groups)
         return int(self.clean_ids.shape[1])
 
     @property
@@ -203,6 +225,7 @@ class Dataset:
             self.metric,
             self.prompt_hash,
             self.warnings,
+            tuple(g.to(device) for g in self.groups),
         )
 
 
@@ -293,15 +316,12 @@ class _Tokenised:
     """Per prompt: (token id, +1 correct / -1 wrong)."""
 
 
-def _tokenise(
-    examples: Sequence[Example], tokenizer: Any, bos: list[int], offset: int = 0, length: int | None = None
-) -> _Tokenised:
-    """Tokenise and check examples (numbered from ``offset`` in messages); ``length`` is the
-    token length every prompt must have (that of prompt 0 when None)."""
+def _tokenise(examples: Sequence[Example], tokenizer: Any, bos: list[int], offset: int = 0) -> _Tokenised:
+    """Tokenise and check examples (numbered from ``offset`` in messages). Prompts may differ in
+    length (the dataset groups them); a corrupted prompt must have its clean prompt's length."""
     clean_rows: list[list[int]] = []
     corrupt_rows: list[list[int]] = []
     answers: list[list[tuple[int, float]]] = []
-    first = examples[0].clean if examples else ""
     for j, ex in enumerate(examples):
         i = offset + j
         where = f"prompt {i} {ex.clean!r}"
@@ -314,18 +334,13 @@ def _tokenise(
         _check_known(tokenizer, ex.corrupt, f"corrupted prompt {i} {ex.corrupt!r}")
         clean = bos + _encode(tokenizer, ex.clean)
         corrupt = bos + _encode(tokenizer, ex.corrupt)
-        if length is None:
-            length = len(clean)
-        if len(clean) != length:
-            raise TokenizationError(
-                f"prompt {i} {ex.clean!r} is {len(clean) - len(bos)} tokens but prompt 0 {first!r} is "
-                f"{length - len(bos)}: all prompts must have one token length "
-                f"(its pieces: {_pieces(tokenizer, clean[len(bos) :])})"
-            )
+        if not clean:
+            raise TokenizationError(f"{where}: the prompt is empty and no BOS token is prepended")
         if len(corrupt) != len(clean):
             raise TokenizationError(
                 f"corrupted prompt {i} {ex.corrupt!r} is {len(corrupt) - len(bos)} tokens but its clean "
-                f"prompt {ex.clean!r} is {len(clean) - len(bos)}: they must line up position by position"
+                f"prompt {ex.clean!r} is {len(clean) - len(bos)}: they must line up position by position "
+                f"(pieces {_pieces(tokenizer, corrupt[len(bos) :])} and {_pieces(tokenizer, clean[len(bos) :])})"
             )
         clean_rows.append(clean)
         corrupt_rows.append(corrupt)

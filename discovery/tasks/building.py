@@ -59,25 +59,51 @@ def build_dataset(
         for k, sign in row:
             weights[i, k] += sign
 
-    clean_ids = torch.tensor(tok.clean, dtype=torch.long)
-    corrupt_ids = torch.tensor(tok.corrupt, dtype=torch.long)
     answer_tokens = torch.tensor(list(token_index), dtype=torch.long)
-    digest = hashlib.sha256()
-    for t in (clean_ids, corrupt_ids, answer_tokens):
-        digest.update(t.numpy().tobytes())
-    digest.update(weights.numpy().tobytes())
-    digest.update(task.metric.encode())
     params = sorted((k, _jsonable(v)) for k, v in task.params.items()) + extra
     spec = DatasetSpec(task.name, corruption, n, seed, tuple(params), bos_on)
     warning = _spacing_warning(examples)
+    warnings = (warning,) if warning else ()
+    lengths = list(dict.fromkeys(len(row) for row in tok.clean))
+    if len(lengths) == 1:
+        clean_ids = torch.tensor(tok.clean, dtype=torch.long)
+        corrupt_ids = torch.tensor(tok.corrupt, dtype=torch.long)
+        digest = _digest([clean_ids, corrupt_ids, answer_tokens], weights, task.metric)
+        return Dataset(
+            spec, tuple(examples), clean_ids, corrupt_ids, answer_tokens, weights, task.metric, digest, warnings
+        )
+    # several lengths: one equal-length group per length (see Dataset), hashed over every row in order
+    groups = []
+    for length in lengths:
+        rows = [i for i, row in enumerate(tok.clean) if len(row) == length]
+        g_clean = torch.tensor([tok.clean[i] for i in rows], dtype=torch.long)
+        g_corrupt = torch.tensor([tok.corrupt[i] for i in rows], dtype=torch.long)
+        g_weights = weights[rows]
+        g_examples = tuple(examples[i] for i in rows)
+        g_digest = _digest([g_clean, g_corrupt, answer_tokens], g_weights, task.metric)
+        groups.append(Dataset(spec, g_examples, g_clean, g_corrupt, answer_tokens, g_weights, task.metric, g_digest))
+    rows_in_order = [torch.tensor(r, dtype=torch.long) for pair in zip(tok.clean, tok.corrupt) for r in pair]
+    digest = _digest([*rows_in_order, answer_tokens], weights, task.metric)
+    empty = torch.zeros(len(examples), 0, dtype=torch.long)
     return Dataset(
         spec,
         tuple(examples),
-        clean_ids,
-        corrupt_ids,
+        empty,
+        empty.clone(),
         answer_tokens,
         weights,
         task.metric,
-        digest.hexdigest(),
-        (warning,) if warning else (),
+        digest,
+        warnings,
+        tuple(groups),
     )
+
+
+def _digest(tensors: list[torch.Tensor], weights: torch.Tensor, metric: str) -> str:
+    """sha256 of the token ids, the answer weights and the metric: datasets with one digest score alike."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.numpy().tobytes())
+    digest.update(weights.numpy().tobytes())
+    digest.update(metric.encode())
+    return digest.hexdigest()

@@ -49,6 +49,19 @@ def full_model_last_logits(model: Any, ids: torch.Tensor, batch_size: int = 256)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
+def _last_logits_by_length(model: Any, rows: list[list[int]]) -> torch.Tensor:
+    """[len(rows), vocab] last-position logits of token rows that may differ in length (one batch per length)."""
+    out: torch.Tensor | None = None
+    for length in dict.fromkeys(len(r) for r in rows):
+        which = [i for i, r in enumerate(rows) if len(r) == length]
+        logits = full_model_last_logits(model, torch.tensor([rows[i] for i in which], dtype=torch.long))
+        if out is None:
+            out = torch.empty(len(rows), logits.shape[-1])
+        out[which] = logits
+    assert out is not None
+    return out
+
+
 def answers_correctly(
     logits: torch.Tensor, answers: list[list[tuple[int, float]]], ratio: float = PROBABILITY_RATIO
 ) -> list[bool]:
@@ -87,16 +100,14 @@ def filter_candidates(
     while True:
         candidates = task.candidates(m, seed, corruption, tokenizer)
         new = candidates[len(passing) :]
-        length = len(tok.clean[0]) if tok and tok.clean else None
-        more = _tokenise(new, tokenizer, bos, offset=len(passing), length=length)
+        more = _tokenise(new, tokenizer, bos, offset=len(passing))
         tok = (
             more
             if tok is None
             else _Tokenised(tok.clean + more.clean, tok.corrupt + more.corrupt, tok.answers + more.answers)
         )
         if new:
-            logits = full_model_last_logits(model, torch.tensor(more.clean, dtype=torch.long))
-            passing += answers_correctly(logits, more.answers)
+            passing += answers_correctly(_last_logits_by_length(model, more.clean), more.answers)
         if progress is not None:
             progress(len(passing), None, f"filter: {sum(passing)} of {len(passing)} candidates answered correctly")
         chosen = task.select(passing, n)

@@ -8,7 +8,10 @@ the task file; the function, ``metric(logits, dataset) -> values per prompt``, b
 metric under its name; see :mod:`discovery.readout`). ``n`` takes the first n examples in file order (after a shuffle
 with ``seed`` when seed is not 0); the file's own corruption is called ``file``. The prompts are
 tokenised after the BOS token unless ``bos=false`` (``circuits prompts --json`` of a task without a
-BOS token, e.g. Lan & Barez's, reads back with ``--task-param bos=false``).
+BOS token, e.g. Lan & Barez's, reads back with ``--task-param bos=false``). Prompts may have
+different token lengths (IOI-style names that split differently): the dataset groups them by
+length, and each corrupted prompt must have its clean prompt's length (see
+:class:`~discovery.tasks.base.Dataset`).
 """
 
 from __future__ import annotations
