@@ -840,7 +840,8 @@ def test_a_first_use_training_reports_its_steps_as_the_jobs_progress(tmp_path, l
     store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
     job = store.create_job("topk", {"k": 2}, "digits", str(long_model_dir), config={"n": N_PROMPTS})
     heard: list[tuple] = []
-    assert run_job(job, store, worker_id="w", progress=lambda d, t, m: heard.append((d, t, m))) == "succeeded"
+    outcome = run_job(job, store, worker_id="w", progress=lambda d, t, m: heard.append((d, t, m)))
+    assert outcome == "succeeded", store.get_job(job).error_message
     assert (5, 10, "training ref:fake: loss 1.000") in heard
     _MODEL_CACHE.clear()
     store.close()
