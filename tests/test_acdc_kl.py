@@ -214,3 +214,10 @@ def test_acdc_runs_as_published_unless_told_otherwise(model, dataset):
     kept = cd.discover(model, dataset, method="acdc", store=False, tau=0.05, ablation="mean", ablate_embed=False)
     assert (kept.score.method.ablation, kept.score.method.ablate_embed) == ("mean", False)
     assert not any(e.sender.kind == "embed" for e in kept.circuit.edges)
+
+
+def test_acdc_that_removes_every_edge_says_so(model, dataset):
+    result = run_search("acdc", Evaluator(model, dataset), {"tau": 1e6})
+    assert not result.circuit.edges and "removed every edge" in result.extra["warning"]
+    kept = run_search("acdc", Evaluator(model, dataset), {"tau": 0.0})
+    assert kept.circuit.edges and kept.extra["warning"] is None

@@ -79,6 +79,8 @@ def discover(
     score = result.score
     if result.target_met is False:  # said first: a missed target must not pass for a found circuit
         console.print(f"target not met: the {method} circuit below misses its target")
+    if result.extra.get("warning"):
+        console.print(f"warning: {result.extra['warning']}")
     console.print(f"model        {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
     console.print(f"method       {method} {json.dumps(result.params, default=str)}")
     console.print(f"evaluation   {score.method.describe()}")

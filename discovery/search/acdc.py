@@ -145,7 +145,14 @@ def acdc(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) 
         )
     circuit = Circuit.from_edges(current_edges)
     final = evaluator.evaluate([circuit])[0]
+    warning = None
+    if not current_edges:  # an empty edge set is the node-level empty circuit (its embedding kept)
+        warning = (
+            f"ACDC removed every edge at tau {tau:g}: the circuit is empty (its score is the node-level empty "
+            "circuit's); a smaller tau keeps more edges"
+        )
     extra = {
+        "warning": warning,
         "criterion": params["criterion"],
         "final_kl": float(current.metric) if kl else None,
         "start_edges": start_count,
