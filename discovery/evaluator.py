@@ -17,9 +17,11 @@ score: published scores differ by 20 points from these choices alone.
 Speed. One :meth:`Evaluator.evaluate` call scores many circuits in one pass over the layers. The
 circuits form a trie over their per-layer masks: layer ``l`` is computed once per distinct mask
 prefix ``0..l``, so circuits that agree on their first layers share that work (a greedy step's
-candidates differ in one head). Within a layer only heads kept by some circuit are computed;
-ablated heads contribute a precomputed constant, and heads that share a key/value head (GQA, MQA)
-compute their keys and values once. After the last layer in which a trie group's circuits keep a
+candidates differ in one head). The groups that split off one trie node at a layer read the same
+state, so they share its norm, its heads' q, k, v and z, and for parallel blocks (GPT-NeoX) the
+MLP, which reads the block's input. Within a layer a head is computed only for the states whose
+groups keep it; ablated heads contribute a precomputed constant, and heads that share a key/value
+head (GQA, MQA) compute their keys and values once. After the last layer in which a trie group's circuits keep a
 head, later layers cannot mix positions, so from that layer's output on only the group's last
 position is computed (that layer still reads keys and values at every position); the unembedding
 reads only the answer tokens (and the log partition, for ``prob_diff``). A call with more circuits
@@ -537,7 +539,7 @@ class Evaluator:
         and z (every group differs from its siblings only in which of them it keeps), and for
         parallel blocks the MLP. Each group's attention output is the ablated constant plus its kept
         heads' change, ``sum_h (z_h - z_rep_h) W_O[h]``: ``z_h W_O[h]`` from one matmul over the kept
-        heads, the replacements' share from their precomputed per-head outputs.
+        heads, the replacements' share from their per-head outputs (once per chunk).
         """
         eng = self.engine
         rep = self.replacement
