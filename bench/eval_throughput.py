@@ -11,9 +11,11 @@ Workloads (50 digits prompts of 12 tokens; mean ablation over the corrupted prom
 - ``greedy_step``: the 144 circuits of one greedy step (a base circuit plus each other head),
   which share their layer prefixes.
 The naive loop is what a notebook does: one TransformerLens ``run_with_hooks`` forward per circuit,
-patching ``hook_z`` of every ablated head with its mean; it is timed on the first ``--naive`` circuits.
+patching ``hook_z`` of every ablated head with its mean; it is timed on the first ``--naive`` circuits
+of each workload, half right before and half right after ours on that workload, so that a change in
+the machine's load during the run weighs on both sides of the ratio (after one untimed warm-up forward).
 
-    python bench/eval_throughput.py [--architecture gpt2|gpt-neox|llama|qwen2|gemma] [--circuits 200] [--naive 20]
+    python bench/eval_throughput.py [--architecture gpt2|gpt-neox|llama|qwen2|gemma] [--circuits 200] [--naive 30]
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--architecture", default="gpt2", choices=RANDOM_ARCHITECTURES)
     parser.add_argument("--circuits", type=int, default=200)
-    parser.add_argument("--naive", type=int, default=20)
+    parser.add_argument("--naive", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -105,13 +107,19 @@ def main() -> None:
 
     evaluator = Evaluator(model, dataset)
     _ = evaluator.full_metric, evaluator.ablated_metric, evaluator.replacement  # setup, not timed below
-    ours_random, t_random = timed(lambda: evaluator.metric_values(random_circuits))
-    ours_greedy, t_greedy = timed(lambda: evaluator.metric_values(greedy_step))
-    ours_small, t_small = timed(lambda: evaluator.metric_values(small_circuits))
-    model.bridge  # noqa: B018 - build the bridge before timing the naive loop
-    naive_random, t_naive = timed(lambda: naive_scores(model, dataset, evaluator, random_circuits[: args.naive]))
-    naive_greedy, t_naive_greedy = timed(lambda: naive_scores(model, dataset, evaluator, greedy_step[: args.naive]))
-    naive_small, t_naive_small = timed(lambda: naive_scores(model, dataset, evaluator, small_circuits[: args.naive]))
+    naive_scores(model, dataset, evaluator, [base])  # builds and warms the bridge, not timed
+
+    def bracketed(circuits):
+        """Ours on every circuit, between the naive loop on two halves of the first ``--naive``: load drift cancels."""
+        first, second = circuits[: args.naive // 2], circuits[args.naive // 2 : args.naive]
+        naive_a, t_a = timed(lambda: naive_scores(model, dataset, evaluator, first))
+        ours, t_ours = timed(lambda: evaluator.metric_values(circuits))
+        naive_b, t_b = timed(lambda: naive_scores(model, dataset, evaluator, second))
+        return ours, t_ours, naive_a + naive_b, t_a + t_b
+
+    ours_random, t_random, naive_random, t_naive = bracketed(random_circuits)
+    ours_greedy, t_greedy, naive_greedy, t_naive_greedy = bracketed(greedy_step)
+    ours_small, t_small, naive_small, t_naive_small = bracketed(small_circuits)
     _, t_forward = timed(lambda: model.hf_model(dataset.clean_ids))
     gflop = forward_gflop(model, dataset.n * dataset.seq_len, dataset.seq_len)
     peak = matmul_gflops()
@@ -142,6 +150,7 @@ def main() -> None:
                 "prompts": dataset.n,
                 "seq_len": dataset.seq_len,
                 "random_circuits": args.circuits,
+                "naive_circuits_timed": args.naive,
                 "ours_circuits_per_s": round(ours_rate, 3),
                 "naive_circuits_per_s": round(naive_rate, 3),
                 "speedup": round(ours_rate / naive_rate, 2),

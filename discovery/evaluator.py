@@ -17,9 +17,11 @@ score: published scores differ by 20 points from these choices alone.
 Speed. One :meth:`Evaluator.evaluate` call scores many circuits in one pass over the layers. The
 circuits form a trie over their per-layer masks: layer ``l`` is computed once per distinct mask
 prefix ``0..l``, so circuits that agree on their first layers share that work (a greedy step's
-candidates differ in one head). Within a layer only heads kept by some circuit are computed;
-ablated heads contribute a precomputed constant, and heads that share a key/value head (GQA, MQA)
-compute their keys and values once. After the last layer in which a trie group's circuits keep a
+candidates differ in one head). The groups that split off one trie node at a layer read the same
+state, so they share its norm, its heads' q, k, v and z, and for parallel blocks (GPT-NeoX) the
+MLP, which reads the block's input. Within a layer a head is computed only for the states whose
+groups keep it; ablated heads contribute a precomputed constant, and heads that share a key/value
+head (GQA, MQA) compute their keys and values once. After the last layer in which a trie group's circuits keep a
 head, later layers cannot mix positions, so from that layer's output on only the group's last
 position is computed (that layer still reads keys and values at every position); the unembedding
 reads only the answer tokens (and the log partition, for ``prob_diff``). A call with more circuits
@@ -57,6 +59,9 @@ AblationKind = Literal["mean", "resample", "zero"]
 ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "resample", "zero")
 NORMALISER = "(circuit - ablated) / (full - ablated)"
 RELIABLE_SPAN = 0.5
+SHARED_HEADS_FRACTION = 0.75
+"""Node level: a head needed by at least this fraction of a chunk's states is computed for all of them
+(gathering the rows of fewer costs about a third of what computing every row costs)."""
 """|full - ablated| below this many standard deviations of the full model's per-prompt metric makes
 the normalised score unreliable: the two ends differ by less than prompts differ from each other."""
 
@@ -502,7 +507,8 @@ class Evaluator:
         """Layer ``layer`` for each new group g: state ``states[sources[g]]``, masks ``head_mask[g]``, ``mlp_mask[g]``.
 
         Returns [groups, n, positions or 1, d]; chunked so that no chunk holds more than
-        ``max_tokens_per_chunk`` input tokens.
+        ``max_tokens_per_chunk`` input tokens. Groups of a chunk that read the same state (the
+        children of one trie node) share what depends on the state alone (see :meth:`_layer_chunk`).
         """
         n, positions = states.shape[1], states.shape[2]
         out_positions = 1 if last_only else positions
@@ -514,36 +520,120 @@ class Evaluator:
         for start in range(0, len(sources), chunk):
             sl = slice(start, start + chunk)
             src = sources[sl]
-            contiguous = bool(src[-1] - src[0] == len(src) - 1 and (np.diff(src) == 1).all())
-            x = states[int(src[0]) : int(src[-1]) + 1] if contiguous else states[torch.from_numpy(src).to(device)]
+            parents, inverse = np.unique(src, return_inverse=True)
+            contiguous = bool(parents[-1] - parents[0] == len(parents) - 1)
+            x = (
+                states[int(parents[0]) : int(parents[-1]) + 1]
+                if contiguous
+                else states[torch.from_numpy(parents).to(device)]
+            )
+            one_each = len(parents) == len(src) and bool((np.diff(src) > 0).all())
+            parent_of = None if one_each else torch.from_numpy(inverse.reshape(-1)).to(device)
             heads = torch.from_numpy(head_mask[sl]).to(device)
             mlps = torch.from_numpy(mlp_mask[sl]).to(device)
-            out[sl] = self._layer_chunk(layer, x, heads, mlps, last_only)
+            out[sl] = self._layer_chunk(layer, x, parent_of, heads, mlps, last_only)
         return out
 
-    def _layer_chunk(
-        self, layer: int, x: torch.Tensor, head_mask: torch.Tensor, mlp_mask: torch.Tensor, last_only: bool
+    @staticmethod
+    def _parents_need(parent_of: torch.Tensor, kept_mask: torch.Tensor, n_parents: int) -> torch.Tensor:
+        """[parents, h]: whether some group reading each state keeps each head."""
+        need = torch.zeros(n_parents, kept_mask.shape[1], dtype=torch.int32, device=kept_mask.device)
+        return need.index_add_(0, parent_of, kept_mask.to(torch.int32)) > 0
+
+    def _kept_z(
+        self, layer: int, normed: torch.Tensor, kept: torch.Tensor, need: torch.Tensor, last_only: bool
     ) -> torch.Tensor:
+        """z [parents, n, q, h, e] of heads ``kept`` where ``need`` [parents, h] says a state's groups keep them.
+
+        Each key/value head's query heads are computed for the states that need one of them: heads
+        most states need (:data:`SHARED_HEADS_FRACTION`) in one batch over every state, the others per
+        set of states that need them (states' rows gathered). Entries no group reads are zero.
+        """
         eng = self.engine
-        W_O = eng.layers[layer].W_O
+        n_parents = len(need)
+        sources = eng.kv_sources(layer)[kept]
+        batches: dict[bytes, list[int]] = {}  # parents needing a key/value head's query heads -> their slots
+        everyone = np.ones(n_parents, dtype=bool)
+        need_np = need.cpu().numpy()
+        for source in torch.unique(sources).tolist():
+            slots = torch.nonzero(sources == source).flatten().tolist()
+            parents = need_np[:, slots].any(1)
+            if parents.sum() >= SHARED_HEADS_FRACTION * n_parents:
+                parents = everyone
+            batches.setdefault(np.packbits(parents).tobytes(), []).extend(slots)
+        if len(batches) == 1 and next(iter(batches)) == np.packbits(everyone).tobytes():
+            return eng.attention_z_shared_kv(layer, normed, kept, last_only)
+        p, d = normed.shape[-2:]
+        q = 1 if last_only else p
+        z = torch.zeros(n_parents, normed.shape[1], q, len(kept), eng.d_head, device=normed.device, dtype=normed.dtype)
+        for key, slot_list in batches.items():
+            readers = np.nonzero(np.unpackbits(np.frombuffer(key, dtype=np.uint8))[:n_parents])[0]
+            at = torch.tensor(sorted(slot_list), device=normed.device)
+            if len(readers) == n_parents:
+                z[:, :, :, at] = eng.attention_z_shared_kv(layer, normed, kept[at], last_only)
+            else:
+                rows = torch.from_numpy(readers).to(normed.device)
+                part = eng.attention_z_shared_kv(layer, normed[rows], kept[at], last_only)
+                z[rows[:, None], :, :, at[None, :]] = part.permute(0, 3, 1, 2, 4)
+        return z
+
+    def _layer_chunk(
+        self,
+        layer: int,
+        x: torch.Tensor,
+        parent_of: torch.Tensor | None,
+        head_mask: torch.Tensor,
+        mlp_mask: torch.Tensor,
+        last_only: bool,
+    ) -> torch.Tensor:
+        """Layer ``layer`` of groups g reading the states ``x[parent_of[g]]`` (``x[g]`` when None): [g, n, q, d].
+
+        What depends on a state alone is computed once per state: its norm, the kept heads' q, k, v
+        and z (every group differs from its siblings only in which of them it keeps), and for
+        parallel blocks the MLP. Each group's attention output is the ablated constant plus its kept
+        heads' change, ``sum_h (z_h - z_rep_h) W_O[h]``: ``z_h W_O[h]`` from one matmul over the kept
+        heads, the replacements' share from their per-head outputs (once per chunk).
+        """
+        eng = self.engine
         rep = self.replacement
         q_pos = slice(-1, None) if last_only else slice(None)
+
+        def per_group(t: torch.Tensor) -> torch.Tensor:
+            return t if parent_of is None else t[parent_of]
+
+        g, d = len(head_mask), x.shape[-1]
+        block_in = x[:, :, q_pos]  # [parents, n, q, d]
         kept = torch.nonzero(head_mask.any(0)).flatten()
-        attn = rep.attn_constant[layer][:, q_pos]  # [n|1, q, d]
+        attn_constant = rep.attn_constant[layer][:, q_pos]  # [n|1, q, d]
         if len(kept):
-            g, n, p, d = x.shape
             n_kept, dh = len(kept), eng.d_head
-            z = eng.attention_z_shared_kv(layer, eng.ln1(layer, x), kept, last_only)  # [g, n, q, h, e]
-            z_rep = rep.z[layer][:, q_pos][:, :, kept]  # [n|1, q, h, e]
-            delta = (z - z_rep) * head_mask[:, kept].to(z.dtype)[:, None, None, :, None]
-            attn = attn + (delta.reshape(g, n, -1, n_kept * dh) @ W_O[kept].reshape(n_kept * dh, d))
-        block_in = x[:, :, q_pos]
-        after = block_in + attn
+            keep = head_mask[:, kept].to(x.dtype)  # [g, h]
+            need = keep.bool() if parent_of is None else self._parents_need(parent_of, keep.bool(), len(x))
+            z = self._kept_z(layer, eng.ln1(layer, x), kept, need, last_only)  # [parents, n, q, h, e]
+            zk = (z[parent_of] if parent_of is not None else z.contiguous()).mul_(keep[:, None, None, :, None])
+            W_O = eng.layers[layer].W_O[kept]  # [h, e, d]
+            rep_out = torch.einsum("nqhe,hed->nqhd", rep.z[layer][:, q_pos][:, :, kept], W_O)  # [n|1, q, h, d]
+            base = per_group(block_in) + (attn_constant - torch.einsum("gh,nqhd->gnqd", keep, rep_out))
+            after = torch.addmm(base.reshape(-1, d), zk.reshape(-1, n_kept * dh), W_O.reshape(n_kept * dh, d))
+            after = after.view(base.shape)
+        else:
+            after = per_group(block_in) + attn_constant
+        if eng.parallel:  # the MLP reads the block's input: once per state
+            live = torch.nonzero(mlp_mask).flatten()
+            if len(live) == g:
+                return after.add_(per_group(eng.mlp(layer, eng.ln2(layer, block_in))))
+            result = after + rep.mlp_out[layer][:, q_pos]
+            if len(live):
+                parents = live if parent_of is None else parent_of[live]
+                needed, which = torch.unique(parents, return_inverse=True)
+                m = eng.mlp(layer, eng.ln2(layer, block_in[needed]))
+                result[live] = after[live] + m[which]
+            return result
         if bool(mlp_mask.all()):
-            return after + eng.mlp(layer, eng.ln2(layer, eng.mlp_input(block_in, after)))
+            return eng.mlp(layer, eng.ln2(layer, after), residual=after)
         result = after + rep.mlp_out[layer][:, q_pos]
         live = torch.nonzero(mlp_mask).flatten()
         if len(live):
-            mlp_in = eng.mlp_input(block_in[live], after[live])
-            result[live] = after[live] + eng.mlp(layer, eng.ln2(layer, mlp_in))
+            kept_after = after[live]
+            result[live] = eng.mlp(layer, eng.ln2(layer, kept_after), residual=kept_after)
         return result

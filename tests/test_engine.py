@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,37 @@ def test_node_scores_equal_hooked_reference(variant, tokenizer, kind):
         for circuit, score in zip(circuits, ev.evaluate(circuits)):
             expected = ref.ablated_metric(model, ds, circuit, kind=kind, ablate_mlps=ablate_mlps)
             assert score.metric == pytest.approx(expected, abs=1e-4), (name, ablate_mlps, circuit.canonical)
+
+
+def test_position_major_projections_equal_project(variant):
+    """q, k, v by one matmul per position (rotary folded into the weights, or the outputs rotated) = project."""
+    name, model = variant
+    engine = model.engine
+    rows = engine.ln1(1, torch.randn(6, 7, engine.d_model, generator=torch.Generator().manual_seed(0)))
+    for which in ("q", "k", "v"):
+        for heads in (torch.arange(engine.n_heads), torch.tensor([2, 0]), torch.tensor([3])):
+            for last_only in (False, True):
+                expected = engine.project(1, which, rows, heads).transpose(0, 1)  # [p, rows, h, e]
+                expected = expected[-1:] if last_only else expected
+                for fold in (True, False):
+                    ours = engine.project_position_major(1, which, rows, heads, last_only, fold=fold)
+                    assert ours.shape == expected.shape
+                    assert torch.allclose(ours, expected, atol=1e-5), (name, which, heads, last_only, fold)
+
+
+def test_node_scores_with_rotary_folded_equal_unfolded(variant, tokenizer):
+    """Batched node scores with q/k rotary folded into the weights (big batches) = rotating the outputs."""
+    name, model = variant
+    ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=2)
+    circuits = random_circuits(model.shape, 40, seed=7, with_mlps=False)
+    values = {}
+    try:
+        for fold in (True, False):
+            model.engine.fold_rotary = fold
+            values[fold] = Evaluator(model, ds, max_tokens_per_chunk=400).metric_values(circuits)
+    finally:
+        model.engine.fold_rotary = None
+    np.testing.assert_allclose(values[True], values[False], atol=1e-5, rtol=0)
 
 
 def test_path_patching_to_logits_equals_literal(variant, tokenizer):

@@ -35,6 +35,12 @@ def llama_gqa(tokenizer):
     return perturbed_model("llama", tokenizer, seed=4, n_layers=4, num_key_value_heads=2)
 
 
+@pytest.fixture(scope="module")
+def neox_parallel(tokenizer):
+    """Pythia-style parallel blocks: the MLP reads the block's input, computed once per trie node."""
+    return perturbed_model("gpt-neox", tokenizer, seed=6, n_layers=4)
+
+
 def mixed_circuits(shape, count: int, seed: int, with_mlps: bool) -> list[Circuit]:
     """Empty, full, single components at every layer, exhaustive subsets of a small pool, random ones, repeats."""
     rng = random.Random(seed)
@@ -142,4 +148,19 @@ def test_batched_equals_alone_gqa(llama_gqa, tokenizer, ablate_mlps):
     )
     for circuit, value in list(zip(circuits, batched))[:: len(circuits) // 10]:
         expected = ref.ablated_metric(llama_gqa, ds, circuit, ablate_mlps=ablate_mlps)
+        assert value == pytest.approx(expected, abs=1e-4), circuit.canonical
+
+
+@pytest.mark.parametrize("ablate_mlps", [False, True])
+def test_batched_equals_alone_parallel_blocks(neox_parallel, tokenizer, ablate_mlps):
+    """Siblings of a trie node share its MLP (parallel blocks) and its heads' z; each still gets its own value."""
+    assert neox_parallel.engine.parallel
+    ds = build_dataset(get_task("digits"), tokenizer, n=5, seed=3)
+    circuits = mixed_circuits(neox_parallel.shape, 200, seed=6, with_mlps=ablate_mlps)
+    ev = Evaluator(neox_parallel, ds, Ablation(ablate_mlps=ablate_mlps), max_tokens_per_chunk=400, circuits_per_pass=80)
+    batched = ev.metric_values(circuits)
+    single = alone(Evaluator(neox_parallel, ds, Ablation(ablate_mlps=ablate_mlps)), circuits)
+    np.testing.assert_allclose(batched, single, atol=1e-5, rtol=0)
+    for circuit, value in list(zip(circuits, batched))[:: len(circuits) // 8]:
+        expected = ref.ablated_metric(neox_parallel, ds, circuit, ablate_mlps=ablate_mlps)
         assert value == pytest.approx(expected, abs=1e-4), circuit.canonical

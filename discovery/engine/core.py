@@ -18,7 +18,7 @@ restricted to the last position sits at ``p - 1``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from discovery.engine.architectures import ArchitectureFlags, flags_for
 
 Projection = Literal["q", "k", "v"]
+
+FOLDED_BYTES = 1 << 27
+"""Largest rotary-folded weight (per projection, all positions) :meth:`Engine.project_position_major` keeps."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,7 +76,21 @@ class Engine:
         self.flags = flags
         self.W_E = W_E
         self.W_pos = W_pos
-        self.layers = layers
+        # gated MLPs: W_gate and W_in as the two halves of one [d, 2 * d_mlp] matrix (one matmul for both)
+        self._gate_in: list[torch.Tensor | None] = []
+        fused = []
+        for w in layers:
+            if w.W_gate is None:
+                self._gate_in.append(None)
+                fused.append(w)
+                continue
+            both = torch.cat((w.W_gate, w.W_in), dim=1)
+            d_mlp = w.W_in.shape[1]
+            self._gate_in.append(both)
+            fused.append(replace(w, W_gate=both[:, :d_mlp], W_in=both[:, d_mlp:]))
+        self.layers = tuple(fused)
+        # the MLP biases that are not all zero (a zero bias is not added: one pass fewer, the same values)
+        self._mlp_biases = [self._mlp_bias(w) for w in self.layers]
         self.lnf_w = lnf_w
         self.lnf_b = lnf_b
         self.W_U = W_U
@@ -84,6 +101,10 @@ class Engine:
         self._rotary_module = rotary_module
         self._rotary: tuple[torch.Tensor, torch.Tensor] | None = None
         self._kv_sources: dict[int, torch.Tensor] = {}
+        self._folded: dict[str, tuple[tuple[int, int], torch.Tensor, torch.Tensor]] = {}
+        """Per projection (q, k): the (layer, positions) of the last rotary-folded weights and biases built."""
+        self.fold_rotary: bool | None = None
+        """:meth:`project_position_major`'s default: fold rotary into the weights when cheaper (None), always, never."""
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -177,8 +198,11 @@ class Engine:
     def norm(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         if self.flags.normalization == "layernorm":
             return F.layer_norm(x, (x.shape[-1],), w, b, self.flags.norm_eps)
-        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.flags.norm_eps)
-        return x * scale * w
+        # RMSNorm: the mean square from one reading of x (vector_norm), then two products
+        d = x.shape[-1]
+        ss = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        out = x * torch.rsqrt(ss * ss / d + self.flags.norm_eps)
+        return out * w if out.requires_grad or w.requires_grad else out.mul_(w)
 
     def ln1(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         w = self.layers[layer]
@@ -291,22 +315,101 @@ class Engine:
     ) -> torch.Tensor:
         """:meth:`attention_z` computing K and V once per key/value head (:meth:`kv_sources`).
 
-        The same z to float precision; for grouped-query models the K/V projections of query heads
-        that share a key/value head are computed once and indexed per query head.
+        The same z to float precision, by a faster route for many rows: q, k and v are computed
+        position-major (``[p, rows, h, e]``, the layout whose batched matmuls need no copies, see
+        :meth:`project_position_major`), the K/V projections of query heads that share a key/value
+        head are computed once and indexed per query head, and the last-position-only query needs no
+        causal mask. Returns [..., q, h, e] (a view: not necessarily contiguous).
         """
         if heads is None:
             heads = torch.arange(self.n_heads, device=normed.device)
         sources = self.kv_sources(layer)[heads]
         unique, per_head = torch.unique(sources, return_inverse=True)
-        if len(unique) == len(heads):
-            return self.attention_z(layer, normed, heads, last_only)
-        p = normed.shape[-2]
-        all_pos = torch.arange(p, device=normed.device)
-        q_pos = all_pos[-1:] if last_only else all_pos
-        q = self.project(layer, "q", normed[..., -1:, :] if last_only else normed, heads, q_pos)
-        k = self.project(layer, "k", normed, unique, all_pos)[..., per_head, :]
-        v = self.project(layer, "v", normed, unique, all_pos)[..., per_head, :]
-        return self.attend(q, k, v, q_pos)
+        shared = len(unique) < len(heads)
+        lead, (p, d) = normed.shape[:-2], normed.shape[-2:]
+        rows = normed.reshape(-1, p, d)
+        q = self.project_position_major(layer, "q", rows, heads, last_only)  # [q, m, h, e]
+        k = self.project_position_major(layer, "k", rows, unique if shared else heads)  # [p, m, h|u, e]
+        v = self.project_position_major(layer, "v", rows, unique if shared else heads)
+        if shared:
+            k, v = k[:, :, per_head], v[:, :, per_head]
+        scores = torch.einsum("qmhe,kmhe->mhqk", q, k).mul_(self.flags.attn_scale)
+        if not last_only:  # the last query sees every key
+            causal = torch.ones(p, p, dtype=torch.bool, device=q.device).tril()
+            scores = scores.masked_fill_(~causal, float("-inf"))
+        pattern = scores.softmax(-1)
+        z = torch.matmul(pattern, v.permute(1, 2, 0, 3))  # [m, h, q, e]
+        return z.transpose(1, 2).reshape(*lead, q.shape[0], len(heads), self.d_head)
+
+    def project_position_major(
+        self,
+        layer: int,
+        which: Projection,
+        rows: torch.Tensor,
+        heads: torch.Tensor,
+        last_only: bool = False,
+        fold: bool | None = None,
+    ) -> torch.Tensor:
+        """q, k or v of ``heads`` from normed residuals ``rows`` [m, p, d] at positions ``0 .. p-1``: [q, m, h, e].
+
+        The same values as :meth:`project` (to float precision), position-major: one batched matmul
+        over positions, whose batches read ``rows`` in place. Rotary models fold the rotation into
+        per-position weights (``W R_p``, ``b R_p``: the rotation is linear), so q and k cost one
+        matmul and no elementwise pass; the folded weights of the last layer seen are kept, and are
+        built only when that is cheaper than rotating this call's outputs (``fold``: force either way).
+        ``last_only``: the last position only (q = 1).
+        """
+        m, p, d = rows.shape
+        by_position = rows.transpose(0, 1)  # [p, m, d], a view
+        if last_only:
+            by_position = by_position[-1:]
+        n_pos = by_position.shape[0]
+        h, e = len(heads), self.d_head
+        if which != "v" and self.flags.positions == "rotary":
+            fold = self.fold_rotary if fold is None else fold
+            # folding costs p * d * heads once per layer; rotating outputs p * m * h per call
+            build = (m * h >= d * self.n_heads) if fold is None else fold
+            folded = self._folded_weights(layer, which, p, build) if fold is not False else None
+            if folded is None:  # rotate the outputs
+                positions = torch.arange(p - n_pos, p, device=rows.device)
+                return self.project(layer, which, rows[:, -1:] if last_only else rows, heads, positions).transpose(0, 1)
+            W, b = folded
+            W, b = (W[-1:], b[-1:]) if last_only else (W, b)
+            if h < self.n_heads or not bool((heads == torch.arange(h, device=heads.device)).all()):
+                W, b = W[:, :, heads], b[:, heads]
+            out = torch.baddbmm(b.reshape(n_pos, 1, h * e), by_position, W.reshape(n_pos, d, h * e))
+        else:
+            W, b = self.layers[layer].projection(which)
+            W = W[heads].permute(1, 0, 2).reshape(d, h * e)
+            b = b[heads].reshape(h * e)
+            if n_pos == 1:
+                out = torch.addmm(b, by_position[0], W).unsqueeze(0)
+            else:
+                out = torch.baddbmm(b, by_position, W.expand(n_pos, d, h * e))
+        return out.view(n_pos, m, h, e)
+
+    def _folded_weights(
+        self, layer: int, which: Projection, p: int, build: bool
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Rotary folded into the weights of every head at positions ``0 .. p-1``: W [p, d, h, e], b [p, h, e].
+
+        Kept for the last (layer, p) of each projection; built when ``build`` and no larger than
+        :data:`FOLDED_BYTES` (long prompts rotate outputs instead).
+        """
+        key = (layer, p)
+        cached = self._folded.get(which)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        W, b = self.layers[layer].projection(which)
+        h, d, e = W.shape
+        if not build or p * d * h * e * W.element_size() > FOLDED_BYTES:
+            return None
+        positions = torch.arange(p, device=W.device)
+        # rotate() treats its input as [..., p, h, e]: the weight rows (d) lead, the biases have none
+        W_p = self.rotate(W.permute(1, 0, 2).unsqueeze(1).expand(d, p, h, e), positions).permute(1, 0, 2, 3)
+        b_p = self.rotate(b.unsqueeze(0).expand(p, h, e), positions)
+        self._folded[which] = (key, W_p.contiguous(), b_p.contiguous())
+        return self._folded[which][1], self._folded[which][2]
 
     def head_outputs(self, layer: int, z: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
         """Each head's write to the residual stream: z [..., p, h, e] -> [..., h, p, d] (no bias)."""
@@ -330,17 +433,41 @@ class Engine:
             return F.silu(x)
         return F.relu(x)
 
-    def mlp(self, layer: int, normed: torch.Tensor) -> torch.Tensor:
-        """The MLP's output (bias included) from its normed input [..., d]."""
+    @staticmethod
+    def _mlp_bias(w: LayerWeights) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(bias of the first matmul, gate and input halves for gated MLPs; output bias), None where all zero."""
+        if w.W_gate is None:
+            first: torch.Tensor | None = w.b_in
+        else:
+            first = torch.cat((w.b_gate if w.b_gate is not None else torch.zeros_like(w.b_in), w.b_in))
+        out: torch.Tensor | None = w.b_out
+        first = None if first is None or not bool(first.any()) else first
+        out = None if out is None or not bool(out.any()) else out
+        return first, out
+
+    def mlp(self, layer: int, normed: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The MLP's output (bias included) from its normed input [..., d]; plus ``residual`` [..., d] if given."""
         w = self.layers[layer]
         flat = normed.reshape(-1, normed.shape[-1])
-        pre = torch.addmm(w.b_in, flat, w.W_in)
-        if w.W_gate is not None:
-            gate = flat @ w.W_gate if w.b_gate is None else torch.addmm(w.b_gate, flat, w.W_gate)
-            hidden = self.act(gate) * pre
+        first_bias, out_bias = self._mlp_biases[layer]
+        gate_in = self._gate_in[layer]
+        W_first = w.W_in if gate_in is None else gate_in
+        pre = flat @ W_first if first_bias is None else torch.addmm(first_bias, flat, W_first)
+        if gate_in is not None:
+            d_mlp = w.W_in.shape[1]
+            act = self.act(pre[:, :d_mlp])
+            hidden = act * pre[:, d_mlp:] if torch.is_grad_enabled() else act.mul_(pre[:, d_mlp:])
         else:
             hidden = self.act(pre)
-        return torch.addmm(w.b_out, hidden, w.W_out).reshape(normed.shape)
+        if residual is not None:
+            out = torch.addmm(residual.reshape(flat.shape[0], -1), hidden, w.W_out)
+            if out_bias is not None:
+                out = out.add_(out_bias) if not out.requires_grad else out + out_bias
+        elif out_bias is not None:
+            out = torch.addmm(out_bias, hidden, w.W_out)
+        else:
+            out = hidden @ w.W_out
+        return out.reshape(normed.shape)
 
     def mlp_input(self, block_input: torch.Tensor, after_attention: torch.Tensor) -> torch.Tensor:
         """The residual the MLP reads: the block's input for parallel blocks, else the stream after attention."""
