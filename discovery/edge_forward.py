@@ -345,7 +345,8 @@ def _forward(
     c = masks.shape[0]
     differentiable = torch.is_grad_enabled() and (masks.requires_grad or probes is not None)
     every_row_own = probes is not None
-    first_sender = graph.layer_start(start_layer)  # the embedding's sender (if any) is in every prefix
+    # the senders below the start layer, whose deltas the prefix holds (the embedding's among them)
+    first_sender = graph.layer_start(start_layer) if start_layer > 0 else 0
 
     # --- plan: each receiver group's form, and which senders must be computed ---------------------
     groups: list[tuple[int, int, int]] = []  # (first row, row count, senders before the group)
@@ -375,9 +376,8 @@ def _forward(
     if record or differentiable:
         computed_mask[:] = True
         stored_mask[:] = True
-    if start_layer > 0:  # below the start: the prefix's
-        computed_mask[:first_sender] = False
-        stored_mask[:first_sender] = False
+    computed_mask[:first_sender] = False  # below the start: the prefix's
+    stored_mask[:first_sender] = False
     computed = torch.nonzero(computed_mask).flatten().tolist()
     computed_set = set(computed)
     stored = torch.nonzero(stored_mask).flatten().tolist()
@@ -398,7 +398,6 @@ def _forward(
         # (its delta, the first sender's) where an embed edge is kept
         base = rep.embed.unsqueeze(0).expand_as(resid) if graph.ablate_embed else resid
         shared = None
-        first_sender = 0
     n, p, d = resid.shape[1:]
     senders = _Senders(shared, first_sender, stored, c, n, p, d, resid, differentiable)
     if graph.ablate_embed and start_layer == 0 and 0 in stored_set:
@@ -799,9 +798,8 @@ def sender_deltas(evaluator: ForwardInputs, rows: slice = slice(None)) -> torch.
     graph = graph_of(evaluator)
     eng: Engine = evaluator.engine
     rep = evaluator.replacement
-    ids = evaluator.dataset.clean_ids[rows]
-    rec = record_forward(eng, ids)
-    out = [(eng.embed(ids) - _rows(rep.embed, rows)).unsqueeze(0)] if graph.ablate_embed else []
+    rec = record_forward(eng, evaluator.dataset.clean_ids[rows])
+    out = [(rec.embed - _rows(rep.embed, rows)).unsqueeze(0)] if graph.ablate_embed else []
     for layer in range(eng.n_layers):
         out.append(eng.head_outputs(layer, rec.z[layer] - _rows(rep.z[layer], rows)).transpose(0, 1))  # [h, n, p, d]
         if graph.ablate_mlps:

@@ -21,9 +21,9 @@ candidates differ in one head). The groups that split off one trie node at a lay
 state, so they share its norm, its heads' q, k, v and z, and for parallel blocks (GPT-NeoX) the
 MLP, which reads the block's input. Within a layer a head is computed only for the states whose
 groups keep it; ablated heads contribute a precomputed constant, and heads that share a key/value
-head (GQA, MQA) compute their keys and values once. After the last layer in which a trie group's circuits keep a
-head, later layers cannot mix positions, so from that layer's output on only the group's last
-position is computed (that layer still reads keys and values at every position); the unembedding
+head (GQA, MQA) compute their keys and values once. After the last layer in which a trie group's
+circuits keep a head, later layers cannot mix positions, so from that layer's output on only the
+group's last position is computed (that layer still reads keys and values at every position); the unembedding
 reads only the answer tokens (and the log partition, for ``prob_diff``). A call with more circuits
 than one pass holds sorts them by their masks first, so that each pass gets circuits that share
 prefixes; values come back in the caller's order.
@@ -59,11 +59,11 @@ AblationKind = Literal["mean", "resample", "zero"]
 ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "resample", "zero")
 NORMALISER = "(circuit - ablated) / (full - ablated)"
 RELIABLE_SPAN = 0.5
+"""|full - ablated| below this many standard deviations of the full model's per-prompt metric makes
+the normalised score unreliable: the two ends differ by less than prompts differ from each other."""
 SHARED_HEADS_FRACTION = 0.75
 """Node level: a head needed by at least this fraction of a chunk's states is computed for all of them
 (gathering the rows of fewer costs about a third of what computing every row costs)."""
-"""|full - ablated| below this many standard deviations of the full model's per-prompt metric makes
-the normalised score unreliable: the two ends differ by less than prompts differ from each other."""
 
 
 @dataclass(frozen=True)
@@ -252,8 +252,7 @@ class Evaluator:
     @cached_property
     def replacement(self) -> Replacement:
         rec = self.source_recording
-        src = self.source_dataset
-        embedded = self.engine.embed(src.corrupt_ids if self.ablation.source == "corrupt" else src.clean_ids)
+        embedded = rec.embed
         if self.ablation.kind == "mean":
             zs = [z.mean(0, keepdim=True) for z in rec.z]
             mlps = [m.mean(0, keepdim=True) for m in rec.mlp_out]

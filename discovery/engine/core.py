@@ -501,12 +501,13 @@ class Recording:
     z: tuple[torch.Tensor, ...]  # per layer [n, seq, heads, d_head]
     mlp_out: tuple[torch.Tensor, ...]  # per layer [n, seq, d]
     resid_final: torch.Tensor  # [n, seq, d]
+    embed: torch.Tensor  # [n, seq, d] the input embedding
 
 
 @torch.no_grad()
 def record_forward(engine: Engine, ids: torch.Tensor) -> Recording:
     """A plain forward over ``ids`` recording each head's z and each MLP's output."""
-    x = engine.embed(ids)
+    x = embedded = engine.embed(ids)
     zs, mlps = [], []
     for layer in range(engine.n_layers):
         z = engine.attention_z(layer, engine.ln1(layer, x))
@@ -515,4 +516,4 @@ def record_forward(engine: Engine, ids: torch.Tensor) -> Recording:
         x = after + m
         zs.append(z)
         mlps.append(m)
-    return Recording(tuple(zs), tuple(mlps), x)
+    return Recording(tuple(zs), tuple(mlps), x, embedded)

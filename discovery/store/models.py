@@ -203,23 +203,26 @@ class CircuitRow(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
 
 
+EVALUATION_KEY = (
+    "circuit_id",
+    "model_id",
+    "dataset_id",
+    "ablation",
+    "source",
+    "level",
+    "ablate_mlps",
+    "ablate_embed",
+    "metric",
+)
+"""What makes an evaluation row unique: circuit x model x dataset x evaluation method."""
+
+
 class Evaluation(Base):
     """One score: circuit x model x dataset x evaluation method. Unique on all of those."""
 
     __tablename__ = "evaluations"
     __table_args__ = (
-        sa.UniqueConstraint(
-            "circuit_id",
-            "model_id",
-            "dataset_id",
-            "ablation",
-            "source",
-            "level",
-            "ablate_mlps",
-            "ablate_embed",
-            "metric",
-            name="uq_evaluations_key",
-        ),
+        sa.UniqueConstraint(*EVALUATION_KEY, name="uq_evaluations_key"),
         sa.Index("ix_evaluations_model_dataset", "model_id", "dataset_id"),
     )
 

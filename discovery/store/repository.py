@@ -66,6 +66,7 @@ from discovery.model import ModelIdentity
 from discovery.store import migrate
 from discovery.store.engine import ENV_VAR, SQLITE_BEGIN, database_url, describe_url, make_engine
 from discovery.store.models import (
+    EVALUATION_KEY,
     CircuitRow,
     DatasetRow,
     Evaluation,
@@ -454,17 +455,7 @@ class Store:
                 conn,
                 E,
                 list(rows.values()),
-                [
-                    "circuit_id",
-                    "model_id",
-                    "dataset_id",
-                    "ablation",
-                    "source",
-                    "level",
-                    "ablate_mlps",
-                    "ablate_embed",
-                    "metric",
-                ],
+                list(EVALUATION_KEY),
                 returning=E.c.id,
             )
         return len(inserted)
