@@ -62,8 +62,25 @@ class ReferenceSpec:
     the mechanism the main phase found without the risk of a high learning rate switching it."""
     polish_lr: float = 0.0
     sinusoidal_init: bool = False
-    """Initialise the (trained) position embeddings with sinusoids instead of noise: positions start
+    """Initialise the position embeddings with sinusoids instead of noise: positions start
     out related to their neighbours, which a previous-token head needs (it shortens the plateau)."""
+    position_scale: float = 1.0
+    """Factor on the sinusoidal table (with :attr:`sinusoidal_init`): at ``init_std``'s scale, the
+    positions and the tokens weigh alike in the first LayerNorm."""
+    freeze_positions: bool = False
+    """Keep the position embeddings at their initial (sinusoidal) values: relative offsets are then
+    linear maps of the same table at every position, so a previous-token head learnt at one offset
+    holds at all of them (``induction-trained``: trained positions gave heads that keyed on absolute
+    positions and failed outside the trained offsets)."""
+    init_std: float | None = None
+    """Standard deviation of the attention weights and of the token (and, without
+    :attr:`sinusoidal_init`, position) embeddings at initialisation instead of GPT-2's 0.02. At width
+    64, 0.02 makes the attention scores so small that the gradients of W_Q and W_K vanish together:
+    ``induction-trained`` stayed at the uniform loss (4.85) for 4000 steps; at 0.125 (about
+    ``1/sqrt(d_model)``) it leaves it within 500."""
+    constant_lr: bool = False
+    """Hold the learning rate after the warm-up instead of decaying it linearly to zero: the
+    induction phase change comes after a plateau whose length is not known in advance."""
     attention_only: bool = False
     """Zero and freeze every MLP (a GPT-2 directory still, whose MLPs output exactly zero): the
     two-layer attention-only models in which induction heads are textbook (Olsson et al. 2022)."""
@@ -155,6 +172,12 @@ def build_model(spec: ReferenceSpec, tokenizer: Any, seed: int) -> Any:
             table[:, 0::2] = torch.sin(pos * freq)
             table[:, 1::2] = torch.cos(pos * freq)
             model.transformer.wpe.weight.copy_(table)
+    if spec.init_std is not None:
+        _reinitialise(model, spec, torch.Generator().manual_seed(seed + 1000))
+    with torch.no_grad():
+        model.transformer.wpe.weight.mul_(spec.position_scale)
+    if spec.freeze_positions:
+        model.transformer.wpe.weight.requires_grad_(False)
     if spec.attention_only:
         with torch.no_grad():
             for block in model.transformer.h:
@@ -163,6 +186,18 @@ def build_model(spec: ReferenceSpec, tokenizer: Any, seed: int) -> Any:
                     p.zero_()
                     p.requires_grad_(False)
     return model
+
+
+@torch.no_grad()
+def _reinitialise(model: Any, spec: ReferenceSpec, generator: torch.Generator) -> None:
+    """Attention weights and embeddings drawn again with ``spec.init_std`` (see the field)."""
+    std = float(spec.init_std or 0.0)
+    for block in model.transformer.h:
+        for weight in (block.attn.c_attn.weight, block.attn.c_proj.weight):
+            weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+    embeddings = [model.transformer.wte.weight] + ([] if spec.sinusoidal_init else [model.transformer.wpe.weight])
+    for weight in embeddings:
+        weight.copy_(torch.randn(weight.shape, generator=generator) * std)
 
 
 def train_model(
@@ -199,8 +234,9 @@ def _train_loop(
         warmup = min(spec.warmup, max(1, main_steps // 10))
 
         def schedule(step: int) -> float:
-            if step < main_steps:  # linear warm-up, then linear decay to zero
-                return min(1.0, (step + 1) / warmup) * max(0.0, 1.0 - step / main_steps)
+            if step < main_steps:  # linear warm-up, then constant or linear decay to zero
+                decay = 1.0 if spec.constant_lr else max(0.0, 1.0 - step / main_steps)
+                return min(1.0, (step + 1) / warmup) * decay
             if polish == 0:  # LambdaLR evaluates one step past the end
                 return 0.0
             return spec.polish_lr / spec.lr * max(0.0, 1.0 - (step - main_steps) / polish)
