@@ -70,8 +70,8 @@ class ReferenceSpec:
     freeze_positions: bool = False
     """Keep the position embeddings at their initial (sinusoidal) values: relative offsets are then
     linear maps of the same table at every position, so a previous-token head learnt at one offset
-    holds at all of them (``induction-trained``: trained positions gave heads that keyed on absolute
-    positions and failed outside the trained offsets)."""
+    holds at all of them (``induction-trained``, seed 0, with trained positions: layer-0 heads 3-4
+    tokens back, layer-1 induction scores 0.01, top-1 0.57 in the grid's worst cell)."""
     init_std: float | None = None
     """Standard deviation of the attention weights and of the token (and, without
     :attr:`sinusoidal_init`, position) embeddings at initialisation instead of GPT-2's 0.02. At width
@@ -171,11 +171,9 @@ def build_model(spec: ReferenceSpec, tokenizer: Any, seed: int) -> Any:
             table = torch.zeros(spec.n_positions, spec.d_model)
             table[:, 0::2] = torch.sin(pos * freq)
             table[:, 1::2] = torch.cos(pos * freq)
-            model.transformer.wpe.weight.copy_(table)
+            model.transformer.wpe.weight.copy_(table * spec.position_scale)
     if spec.init_std is not None:
-        _reinitialise(model, spec, torch.Generator().manual_seed(seed + 1000))
-    with torch.no_grad():
-        model.transformer.wpe.weight.mul_(spec.position_scale)
+        _reinitialise(model, spec.init_std, not spec.sinusoidal_init, torch.Generator().manual_seed(seed + 1000))
     if spec.freeze_positions:
         model.transformer.wpe.weight.requires_grad_(False)
     if spec.attention_only:
@@ -189,13 +187,13 @@ def build_model(spec: ReferenceSpec, tokenizer: Any, seed: int) -> Any:
 
 
 @torch.no_grad()
-def _reinitialise(model: Any, spec: ReferenceSpec, generator: torch.Generator) -> None:
-    """Attention weights and embeddings drawn again with ``spec.init_std`` (see the field)."""
-    std = float(spec.init_std or 0.0)
+def _reinitialise(model: Any, std: float, positions: bool, generator: torch.Generator) -> None:
+    """Attention weights and token (and, if ``positions``, position) embeddings drawn again with
+    ``std`` (see :attr:`ReferenceSpec.init_std`)."""
     for block in model.transformer.h:
         for weight in (block.attn.c_attn.weight, block.attn.c_proj.weight):
             weight.copy_(torch.randn(weight.shape, generator=generator) * std)
-    embeddings = [model.transformer.wte.weight] + ([] if spec.sinusoidal_init else [model.transformer.wpe.weight])
+    embeddings = [model.transformer.wte.weight] + ([model.transformer.wpe.weight] if positions else [])
     for weight in embeddings:
         weight.copy_(torch.randn(weight.shape, generator=generator) * std)
 
