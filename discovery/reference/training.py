@@ -81,6 +81,10 @@ class ReferenceSpec:
     constant_lr: bool = False
     """Hold the learning rate after the warm-up instead of decaying it linearly to zero: the
     induction phase change comes after a plateau whose length is not known in advance."""
+    polish_entropy_penalty: float = 0.0
+    """Weight, in the polish phase, of a loss term on the attention patterns' mean entropy (nats,
+    over every layer, head and query position): it sharpens the heads towards wherever each already
+    attends most, and names no target."""
     attention_only: bool = False
     """Zero and freeze every MLP (a GPT-2 directory still, whose MLPs output exactly zero): the
     two-layer attention-only models in which induction heads are textbook (Olsson et al. 2022)."""
@@ -246,8 +250,16 @@ def _train_loop(
             batch = spec.make_batch(data_rng, state, spec.batch_size)
             ids = torch.from_numpy(batch.ids)
             mask = torch.from_numpy(batch.loss_mask)
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            sharpen = spec.polish_entropy_penalty > 0 and step >= main_steps
+            if sharpen and step == main_steps:  # SDPA returns no attention weights (and is faster before)
+                model.set_attn_implementation("eager")
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=sharpen)
+            logits = out.logits
             loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, :-1]], ids[:, 1:][mask[:, :-1]])
+            if sharpen:
+                patterns = torch.stack(out.attentions)  # [layers, batch, heads, query, key]
+                entropy = -(patterns * patterns.clamp_min(1e-12).log()).sum(-1)
+                loss = loss + spec.polish_entropy_penalty * entropy.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
