@@ -61,10 +61,11 @@ def test_targets_are_the_grid_minima_and_are_reported(tmp_path: Path) -> None:
 
 
 def _mean_attention_entropy(model, ids: torch.Tensor) -> float:
+    from discovery.reference.training import mean_attention_entropy
+
     with torch.no_grad():
         model.set_attn_implementation("eager")
-        patterns = torch.stack(model(input_ids=ids, output_attentions=True).attentions)
-    return float(-(patterns * patterns.clamp_min(1e-12).log()).sum(-1).mean())
+        return float(mean_attention_entropy(model(input_ids=ids, output_attentions=True).attentions))
 
 
 def test_the_entropy_polish_sharpens_the_heads_and_only_in_the_polish() -> None:

@@ -202,6 +202,13 @@ def _reinitialise(model: Any, std: float, positions: bool, generator: torch.Gene
         weight.copy_(torch.randn(weight.shape, generator=generator) * std)
 
 
+def mean_attention_entropy(attentions: Any) -> torch.Tensor:
+    """The mean entropy (nats) of attention patterns, a ``[batch, heads, query, key]`` tensor per
+    layer as transformers returns them, over every layer, head and query: the polish's loss term."""
+    patterns = torch.stack(tuple(attentions))
+    return -(patterns * patterns.clamp_min(1e-12).log()).sum(-1).mean()
+
+
 def train_model(
     spec: ReferenceSpec, tokenizer: Any, seed: int, steps: int | None = None, progress: ProgressCallback | None = None
 ) -> tuple[Any, float, float]:
@@ -257,9 +264,7 @@ def _train_loop(
             logits = out.logits
             loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, :-1]], ids[:, 1:][mask[:, :-1]])
             if sharpen:
-                patterns = torch.stack(out.attentions)  # [layers, batch, heads, query, key]
-                entropy = -(patterns * patterns.clamp_min(1e-12).log()).sum(-1)
-                loss = loss + spec.polish_entropy_penalty * entropy.mean()
+                loss = loss + spec.polish_entropy_penalty * mean_attention_entropy(out.attentions)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
