@@ -163,7 +163,7 @@ class Evaluator:
         model: LoadedModel,
         dataset: Dataset,
         ablation: Ablation = Ablation(),
-        max_tokens_per_chunk: int = 32768,
+        max_tokens_per_chunk: int | None = None,
         circuits_per_pass: int = 256,
         metric: str | Callable[..., torch.Tensor] | None = None,
         source_dataset: Dataset | None = None,
@@ -188,6 +188,8 @@ class Evaluator:
             )
         self.shape = model.shape
         self.max_tokens_per_chunk = max_tokens_per_chunk
+        """Input tokens one chunk of a layer holds (None: :meth:`~discovery.engine.Engine.tokens_per_chunk`,
+        sized to the device's allocator)."""
         self.circuits_per_pass = circuits_per_pass
         self.forward_count = 0
         context = int(model.bridge.cfg.n_ctx)
@@ -505,9 +507,10 @@ class Evaluator:
     ) -> torch.Tensor:
         """Layer ``layer`` for each new group g: state ``states[sources[g]]``, masks ``head_mask[g]``, ``mlp_mask[g]``.
 
-        Returns [groups, n, positions or 1, d]; chunked so that no chunk holds more than
-        ``max_tokens_per_chunk`` input tokens. Groups of a chunk that read the same state (the
-        children of one trie node) share what depends on the state alone (see :meth:`_layer_chunk`).
+        Returns [groups, n, positions or 1, d]; chunked so that a chunk holds at most
+        ``max_tokens_per_chunk`` input tokens (or one group, where a group holds more). Groups of a
+        chunk that read the same state (the children of one trie node) share what depends on the
+        state alone (see :meth:`_layer_chunk`).
         """
         n, positions = states.shape[1], states.shape[2]
         out_positions = 1 if last_only else positions
@@ -515,7 +518,8 @@ class Evaluator:
         if not len(sources):
             return out
         device = states.device
-        chunk = max(1, self.max_tokens_per_chunk // (n * positions))
+        tokens = self.max_tokens_per_chunk or self.engine.tokens_per_chunk(positions)
+        chunk = max(1, tokens // (n * positions))
         for start in range(0, len(sources), chunk):
             sl = slice(start, start + chunk)
             src = sources[sl]

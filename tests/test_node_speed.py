@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from discovery.circuit import Circuit, head, mlp
+from discovery.engine import core
 from discovery.evaluator import Ablation, Evaluator
 from discovery.model import random_gpt2
 from discovery.tasks import build_dataset, get_task
@@ -164,3 +165,30 @@ def test_batched_equals_alone_parallel_blocks(neox_parallel, tokenizer, ablate_m
     for circuit, value in list(zip(circuits, batched))[:: len(circuits) // 8]:
         expected = ref.ablated_metric(neox_parallel, ds, circuit, ablate_mlps=ablate_mlps)
         assert value == pytest.approx(expected, abs=1e-4), circuit.canonical
+
+
+@pytest.mark.parametrize("fixture", ["gpt2_4layer", "llama_gqa"])
+def test_default_chunks_keep_the_widest_activation_under_the_cpu_budget(fixture, tokenizer, monkeypatch, request):
+    """Left unset, a chunk holds what keeps a layer's widest activation (the MLP's hidden layer, both
+    halves when gated) under ``CPU_CHUNK_BYTES``; the scores are those of one chunk a layer."""
+    model = request.getfixturevalue(fixture)
+    ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=4)
+    circuits = mixed_circuits(model.shape, 60, seed=7, with_mlps=False)
+    one_chunk = Evaluator(model, ds, max_tokens_per_chunk=10**9).metric_values(circuits)
+    engine = model.engine
+    hidden = engine.layers[0].W_in.shape[1] * (2 if engine.flags.gated_mlp else 1)
+    tokens_per_group = ds.n * ds.seq_len
+    budget = 3 * tokens_per_group * hidden * 4  # three full-position groups a chunk
+    monkeypatch.setattr(core, "CPU_CHUNK_BYTES", budget)
+    ev = Evaluator(model, ds)
+    chunks: list[int] = []  # the input tokens of each full-position chunk
+    layer_chunk = ev._layer_chunk
+
+    def spy(layer, x, parent_of, head_mask, mlp_mask, last_only):
+        if x.shape[2] == ds.seq_len:
+            chunks.append(len(head_mask) * tokens_per_group)
+        return layer_chunk(layer, x, parent_of, head_mask, mlp_mask, last_only)
+
+    monkeypatch.setattr(ev, "_layer_chunk", spy)
+    np.testing.assert_allclose(ev.metric_values(circuits), one_chunk, atol=1e-5, rtol=0)
+    assert max(chunks) == 3 * tokens_per_group and max(chunks) * hidden * 4 <= budget

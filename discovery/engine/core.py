@@ -31,6 +31,16 @@ Projection = Literal["q", "k", "v"]
 FOLDED_BYTES = 1 << 27
 """Largest rotary-folded weight (per projection, all positions) :meth:`Engine.project_position_major` keeps."""
 
+CPU_CHUNK_BYTES = 24 << 20
+"""On the CPU, the widest activation of one chunk of rows is kept under this size. glibc serves
+blocks above its mmap threshold (at most 32 MiB) with fresh pages, returned to the system on free
+and page-faulted in again at the next allocation; smaller blocks are reused from the heap. Measured
+on 2 cores: filling a fresh 368 MB tensor took 160 ms, SiLU into a fresh 184 MB one 95 ms against
+22 ms in place; the node-level evaluator on a GPT-2-small-sized Llama scored a greedy step 1.4x
+faster in chunks of 2,048 tokens than of 32,768 (`python bench/eval_throughput.py`)."""
+ACCELERATOR_CHUNK_TOKENS = 32768
+"""Tokens a chunk holds on other devices (their caching allocators reuse memory: larger is faster)."""
+
 
 @dataclass(frozen=True, eq=False)
 class LayerWeights:
@@ -184,6 +194,19 @@ class Engine:
     @property
     def parallel(self) -> bool:
         return self.flags.parallel_attn_mlp
+
+    def tokens_per_chunk(self, positions: int) -> int:
+        """How many tokens (prompts x positions) a scorer should put through one layer at once.
+
+        On the CPU, as many as keep the widest activation of a layer (the MLP's hidden layer, both
+        halves for gated MLPs, or the attention scores of ``positions``-token prompts) under
+        :data:`CPU_CHUNK_BYTES`; on other devices :data:`ACCELERATOR_CHUNK_TOKENS`.
+        """
+        if self.device.type != "cpu":
+            return ACCELERATOR_CHUNK_TOKENS
+        hidden = int(self.layers[0].W_in.shape[1]) * (1 if self._gate_in[0] is None else 2)
+        widest = max(hidden, self.n_heads * positions, self.d_model)
+        return max(1, CPU_CHUNK_BYTES // (widest * self.dtype.itemsize))
 
     # --- embedding and norms --------------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
