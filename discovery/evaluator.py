@@ -623,6 +623,8 @@ class Evaluator:
             after = per_group(block_in) + attn_constant
         if eng.parallel:  # the MLP reads the block's input: once per state
             live = torch.nonzero(mlp_mask).flatten()
+            if len(live) == g and parent_of is None:  # one group a state: the add rides on the MLP's last matmul
+                return eng.mlp(layer, eng.ln2(layer, block_in), residual=after)
             if len(live) == g:
                 return after.add_(per_group(eng.mlp(layer, eng.ln2(layer, block_in))))
             result = after + rep.mlp_out[layer][:, q_pos]
