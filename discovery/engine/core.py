@@ -36,8 +36,9 @@ CPU_CHUNK_BYTES = 24 << 20
 blocks above its mmap threshold (at most 32 MiB) with fresh pages, returned to the system on free
 and page-faulted in again at the next allocation; smaller blocks are reused from the heap. Measured
 on 2 cores: filling a fresh 368 MB tensor took 160 ms, SiLU into a fresh 184 MB one 95 ms against
-22 ms in place; the node-level evaluator on a GPT-2-small-sized Llama scored a greedy step 1.4x
-faster in chunks of 2,048 tokens than of 32,768 (`python bench/eval_throughput.py`)."""
+22 ms in place. With this budget instead of chunks of 32,768 tokens, the node-level evaluator
+scored circuits 1.3-1.6x faster on a GPT-2-small-sized Llama and 1.1-1.4x on GPT-2 small's shape
+(``python bench/eval_throughput.py``, before and after on one machine)."""
 ACCELERATOR_CHUNK_TOKENS = 32768
 """Tokens a chunk holds on other devices (their caching allocators reuse memory: larger is faster)."""
 
