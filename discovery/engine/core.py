@@ -37,10 +37,11 @@ blocks above its mmap threshold (at most 32 MiB) with fresh pages, returned to t
 and page-faulted in again at the next allocation; smaller blocks are reused from the heap. Measured
 on 2 cores: filling a fresh 368 MB tensor took 160 ms, SiLU into a fresh 184 MB one 95 ms against
 22 ms in place. With this budget instead of chunks of 32,768 tokens, the node-level evaluator
-scored circuits 1.3-1.6x faster on a GPT-2-small-sized Llama and 1.1-1.4x on GPT-2 small's shape
+scored circuits 1.2-1.6x faster on a GPT-2-small-sized Llama and 1.1-1.5x on GPT-2 small's shape
 (``python bench/eval_throughput.py``, before and after on one machine)."""
 ACCELERATOR_CHUNK_TOKENS = 32768
-"""Tokens a chunk holds on other devices (their caching allocators reuse memory: larger is faster)."""
+"""Tokens a chunk holds on other devices: the earlier default for every device, kept where a caching
+allocator reuses memory (not measured on a GPU here)."""
 
 
 @dataclass(frozen=True, eq=False)
