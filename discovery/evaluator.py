@@ -623,10 +623,11 @@ class Evaluator:
             after = per_group(block_in) + attn_constant
         if eng.parallel:  # the MLP reads the block's input: once per state
             live = torch.nonzero(mlp_mask).flatten()
-            if len(live) == g and parent_of is None:  # one group a state: the add rides on the MLP's last matmul
-                return eng.mlp(layer, eng.ln2(layer, block_in), residual=after)
             if len(live) == g:
-                return after.add_(per_group(eng.mlp(layer, eng.ln2(layer, block_in))))
+                normed = eng.ln2(layer, block_in)
+                if parent_of is None:  # one group a state: the add rides on the MLP's last matmul
+                    return eng.mlp(layer, normed, residual=after)
+                return after.add_(eng.mlp(layer, normed)[parent_of])
             result = after + rep.mlp_out[layer][:, q_pos]
             if len(live):
                 parents = live if parent_of is None else parent_of[live]

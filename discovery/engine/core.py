@@ -206,7 +206,7 @@ class Engine:
         """
         if self.device.type != "cpu":
             return ACCELERATOR_CHUNK_TOKENS
-        hidden = int(self.layers[0].W_in.shape[1]) * (1 if self._gate_in[0] is None else 2)
+        hidden = int(self.layers[0].W_in.shape[1]) * (2 if self.flags.gated_mlp else 1)
         widest = max(hidden, self.n_heads * positions, self.d_model)
         return max(1, CPU_CHUNK_BYTES // (widest * self.dtype.itemsize))
 
