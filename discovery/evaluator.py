@@ -151,6 +151,23 @@ class Replacement:
     """[n or 1, seq, d_model]: the replacement input embedding (read where an ``embed`` edge is removed)."""
 
 
+@dataclass(frozen=True, eq=False)
+class _StateParts:
+    """What the groups reading one chunk of states share at a layer (:meth:`Evaluator._state_parts`)."""
+
+    last_only: bool
+    block_in: torch.Tensor
+    """[parents, n, q, d]: the states at the query positions (the last one when ``last_only``)."""
+    kept: torch.Tensor
+    """The heads some group keeps, ascending: ``z``'s head columns."""
+    z: torch.Tensor | None
+    """[parents, n, q, len(kept), d_head], or None when no group keeps a head (entries no group reads are zero)."""
+    mlp_out: torch.Tensor | None
+    """Parallel blocks with several groups a state: the MLP's output [states with a live group, n, q, d]."""
+    mlp_row: torch.Tensor | None
+    """[parents]: each state's row of ``mlp_out`` (-1 where none of its groups keeps the MLP)."""
+
+
 class Evaluator:
     """Scores circuits of one model on one dataset under one ablation.
 
@@ -507,10 +524,12 @@ class Evaluator:
     ) -> torch.Tensor:
         """Layer ``layer`` for each new group g: state ``states[sources[g]]``, masks ``head_mask[g]``, ``mlp_mask[g]``.
 
-        Returns [groups, n, positions or 1, d]; chunked so that a chunk holds at most
-        ``max_tokens_per_chunk`` input tokens (or one group, where a group holds more). Groups of a
-        chunk that read the same state (the children of one trie node) share what depends on the
-        state alone (see :meth:`_layer_chunk`).
+        Returns [groups, n, positions or 1, d]. The states are taken a chunk at a time, each chunk
+        holding at most ``max_tokens_per_chunk`` input tokens (or one state, where a state holds
+        more), and with them every group that reads them: what depends on a state alone is computed
+        once for all of its groups (:meth:`_state_parts`), however many there are (every circuit
+        reads the embedding at layer 0; a greedy step's candidates split off one state). The groups
+        are then computed in chunks of the same size (:meth:`_group_outputs`).
         """
         n, positions = states.shape[1], states.shape[2]
         out_positions = 1 if last_only else positions
@@ -520,21 +539,39 @@ class Evaluator:
         device = states.device
         tokens = self.max_tokens_per_chunk or self.engine.tokens_per_chunk(positions)
         chunk = max(1, tokens // (n * positions))
-        for start in range(0, len(sources), chunk):
-            sl = slice(start, start + chunk)
-            src = sources[sl]
-            parents, inverse = np.unique(src, return_inverse=True)
-            contiguous = bool(parents[-1] - parents[0] == len(parents) - 1)
+        order = np.argsort(sources, kind="stable")  # the groups of one state side by side
+        ordered = sources[order]
+        parents, first_group = np.unique(ordered, return_index=True)
+        bounds = np.append(first_group, len(sources))
+        for start in range(0, len(parents), chunk):
+            chunk_parents = parents[start : start + chunk]
+            lo, hi = int(bounds[start]), int(bounds[min(start + chunk, len(parents))])
+            contiguous = bool(chunk_parents[-1] - chunk_parents[0] == len(chunk_parents) - 1)
             x = (
-                states[int(parents[0]) : int(parents[-1]) + 1]
+                states[int(chunk_parents[0]) : int(chunk_parents[-1]) + 1]
                 if contiguous
-                else states[torch.from_numpy(parents).to(device)]
+                else states[torch.from_numpy(chunk_parents).to(device)]
             )
-            one_each = len(parents) == len(src) and bool((np.diff(src) > 0).all())
-            parent_of = None if one_each else torch.from_numpy(inverse.reshape(-1)).to(device)
-            heads = torch.from_numpy(head_mask[sl]).to(device)
-            mlps = torch.from_numpy(mlp_mask[sl]).to(device)
-            out[sl] = self._layer_chunk(layer, x, parent_of, heads, mlps, last_only)
+            groups = order[lo:hi]
+            # one group a state (in the states' order, as sorted): x[g] is group g's state
+            parent_of = (
+                None
+                if hi - lo == len(chunk_parents)
+                else torch.from_numpy(np.searchsorted(chunk_parents, ordered[lo:hi])).to(device)
+            )
+            heads = torch.from_numpy(head_mask[groups]).to(device)
+            mlps = torch.from_numpy(mlp_mask[groups]).to(device)
+            parts = self._state_parts(layer, x, parent_of, heads, mlps, last_only)
+            for first in range(0, len(groups), chunk):
+                sub = slice(first, first + chunk)
+                these = groups[sub]
+                result = self._group_outputs(
+                    layer, parts, None if parent_of is None else parent_of[sub], heads[sub], mlps[sub]
+                )
+                if bool((np.diff(these) == 1).all()):
+                    out[int(these[0]) : int(these[-1]) + 1] = result
+                else:
+                    out[torch.from_numpy(these).to(device)] = result
         return out
 
     @staticmethod
@@ -580,7 +617,7 @@ class Evaluator:
                 z[rows[:, None], :, :, at[None, :]] = part.permute(0, 3, 1, 2, 4)
         return z
 
-    def _layer_chunk(
+    def _state_parts(
         self,
         layer: int,
         x: torch.Tensor,
@@ -588,31 +625,67 @@ class Evaluator:
         head_mask: torch.Tensor,
         mlp_mask: torch.Tensor,
         last_only: bool,
-    ) -> torch.Tensor:
-        """Layer ``layer`` of groups g reading the states ``x[parent_of[g]]`` (``x[g]`` when None): [g, n, q, d].
+    ) -> _StateParts:
+        """What groups g reading the states ``x[parent_of[g]]`` (``x[g]`` when None) share, once per state.
 
-        What depends on a state alone is computed once per state: its norm, the kept heads' q, k, v
-        and z (every group differs from its siblings only in which of them it keeps), and for
-        parallel blocks the MLP. Each group's attention output is the ablated constant plus its kept
-        heads' change, ``sum_h (z_h - z_rep_h) W_O[h]``: ``z_h W_O[h]`` from one matmul over the kept
-        heads, the replacements' share from their per-head outputs (once per chunk).
+        The norm, the z of the heads some group keeps (every group differs from its siblings only in
+        which of them it keeps), and for parallel blocks the MLP, which reads the block's input (only
+        where a state has several groups: with one group a state, :meth:`_group_outputs` computes it
+        and adds the residual in its last matmul).
+        """
+        eng = self.engine
+        q_pos = slice(-1, None) if last_only else slice(None)
+        block_in = x[:, :, q_pos]  # [parents, n, q, d]
+        kept = torch.nonzero(head_mask.any(0)).flatten()
+        z = None
+        if len(kept):
+            kept_mask = head_mask[:, kept]
+            need = kept_mask if parent_of is None else self._parents_need(parent_of, kept_mask, len(x))
+            z = self._kept_z(layer, eng.ln1(layer, x), kept, need, last_only)  # [parents, n, q, h, e]
+        mlp_out = mlp_row = None
+        if eng.parallel and parent_of is not None:
+            live = torch.nonzero(mlp_mask).flatten()
+            if len(live):
+                needed, which = torch.unique(parent_of[live], return_inverse=True)
+                every = len(needed) == len(x)
+                mlp_out = eng.mlp(layer, eng.ln2(layer, block_in if every else block_in[needed]))
+                mlp_row = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+                mlp_row[needed] = torch.arange(len(needed), device=x.device)
+        return _StateParts(last_only, block_in, kept, z, mlp_out, mlp_row)
+
+    def _group_outputs(
+        self,
+        layer: int,
+        parts: _StateParts,
+        parent_of: torch.Tensor | None,
+        head_mask: torch.Tensor,
+        mlp_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Layer ``layer``'s output [g, n, q, d] for groups g reading state ``parent_of[g]`` of ``parts`` (g when None).
+
+        Each group's attention output is the ablated constant plus its kept heads' change,
+        ``sum_h (z_h - z_rep_h) W_O[h]``: ``z_h W_O[h]`` from one matmul over the heads these
+        groups keep, the replacements' share from their per-head outputs.
         """
         eng = self.engine
         rep = self.replacement
-        q_pos = slice(-1, None) if last_only else slice(None)
+        q_pos = slice(-1, None) if parts.last_only else slice(None)
 
         def per_group(t: torch.Tensor) -> torch.Tensor:
             return t if parent_of is None else t[parent_of]
 
-        g, d = len(head_mask), x.shape[-1]
-        block_in = x[:, :, q_pos]  # [parents, n, q, d]
+        g, d = len(head_mask), parts.block_in.shape[-1]
+        block_in = parts.block_in
         kept = torch.nonzero(head_mask.any(0)).flatten()
         attn_constant = rep.attn_constant[layer][:, q_pos]  # [n|1, q, d]
         if len(kept):
+            assert parts.z is not None  # these groups keep a head, so the state's groups do
             n_kept, dh = len(kept), eng.d_head
-            keep = head_mask[:, kept].to(x.dtype)  # [g, h]
-            need = keep.bool() if parent_of is None else self._parents_need(parent_of, keep.bool(), len(x))
-            z = self._kept_z(layer, eng.ln1(layer, x), kept, need, last_only)  # [parents, n, q, h, e]
+            keep = head_mask[:, kept].to(block_in.dtype)  # [g, h]
+            z = parts.z
+            if n_kept < len(parts.kept):  # the columns of these groups' heads among the state's
+                z = z.index_select(3, torch.searchsorted(parts.kept, kept))
+            # a gather copies; with one group a state (one call per state chunk) z is not read again
             zk = (z[parent_of] if parent_of is not None else z.contiguous()).mul_(keep[:, None, None, :, None])
             W_O = eng.layers[layer].W_O[kept]  # [h, e, d]
             rep_out = torch.einsum("nqhe,hed->nqhd", rep.z[layer][:, q_pos][:, :, kept], W_O)  # [n|1, q, h, d]
@@ -621,19 +694,23 @@ class Evaluator:
             after = after.view(base.shape)
         else:
             after = per_group(block_in) + attn_constant
-        if eng.parallel:  # the MLP reads the block's input: once per state
+        if eng.parallel:  # the MLP reads the block's input
             live = torch.nonzero(mlp_mask).flatten()
-            if len(live) == g:
-                normed = eng.ln2(layer, block_in)
-                if parent_of is None:  # one group a state: the add rides on the MLP's last matmul
-                    return eng.mlp(layer, normed, residual=after)
-                return after.add_(eng.mlp(layer, normed)[parent_of])
+            if parent_of is not None:  # computed once per state (_state_parts)
+                if not len(live):
+                    return after.add_(rep.mlp_out[layer][:, q_pos])
+                assert parts.mlp_out is not None and parts.mlp_row is not None
+                shared = parts.mlp_out[parts.mlp_row[parent_of[live]]]
+                if len(live) == g:
+                    return after.add_(shared)
+                result = after + rep.mlp_out[layer][:, q_pos]
+                result[live] = after[live] + shared
+                return result
+            if len(live) == g:  # one group a state: the add rides on the MLP's last matmul
+                return eng.mlp(layer, eng.ln2(layer, block_in), residual=after)
             result = after + rep.mlp_out[layer][:, q_pos]
             if len(live):
-                parents = live if parent_of is None else parent_of[live]
-                needed, which = torch.unique(parents, return_inverse=True)
-                m = eng.mlp(layer, eng.ln2(layer, block_in[needed]))
-                result[live] = after[live] + m[which]
+                result[live] = after[live] + eng.mlp(layer, eng.ln2(layer, block_in[live]))
             return result
         if bool(mlp_mask.all()):
             return eng.mlp(layer, eng.ln2(layer, after), residual=after)

@@ -181,14 +181,57 @@ def test_default_chunks_keep_the_widest_activation_under_the_cpu_budget(fixture,
     budget = 3 * tokens_per_group * hidden * 4  # three full-position groups a chunk
     monkeypatch.setattr(core, "CPU_CHUNK_BYTES", budget)
     ev = Evaluator(model, ds)
-    chunks: list[int] = []  # the input tokens of each full-position chunk
-    layer_chunk = ev._layer_chunk
+    states: list[int] = []  # the input tokens of each full-position chunk of states
+    groups: list[int] = []  # the groups of each full-position chunk of groups
+    state_parts, group_outputs = ev._state_parts, ev._group_outputs
 
-    def spy(layer, x, parent_of, head_mask, mlp_mask, last_only):
+    def spy_states(layer, x, parent_of, head_mask, mlp_mask, last_only):
         if x.shape[2] == ds.seq_len:
-            chunks.append(len(head_mask) * tokens_per_group)
-        return layer_chunk(layer, x, parent_of, head_mask, mlp_mask, last_only)
+            states.append(len(x) * tokens_per_group)
+        return state_parts(layer, x, parent_of, head_mask, mlp_mask, last_only)
 
-    monkeypatch.setattr(ev, "_layer_chunk", spy)
+    def spy_groups(layer, parts, parent_of, head_mask, mlp_mask):
+        if parts.block_in.shape[2] == ds.seq_len:
+            groups.append(len(head_mask))
+        return group_outputs(layer, parts, parent_of, head_mask, mlp_mask)
+
+    monkeypatch.setattr(ev, "_state_parts", spy_states)
+    monkeypatch.setattr(ev, "_group_outputs", spy_groups)
     np.testing.assert_allclose(ev.metric_values(circuits), one_chunk, atol=1e-5, rtol=0)
-    assert max(chunks) == 3 * tokens_per_group and max(chunks) * hidden * 4 <= budget
+    assert max(states) == 3 * tokens_per_group and max(states) * hidden * 4 <= budget
+    assert max(groups) == 3
+
+
+@pytest.mark.parametrize("fixture", ["gpt2_4layer", "neox_parallel"])
+def test_a_state_read_by_many_chunks_of_groups_is_computed_once(fixture, tokenizer, monkeypatch, request):
+    """Every circuit reads the embedding at layer 0. With chunks of two groups, its 16 groups (one per
+    mask of layer 0's four heads) take eight chunks, yet its norm, its heads' z and (parallel blocks)
+    its MLP are computed once; each circuit still gets the value it gets alone."""
+    model = request.getfixturevalue(fixture)
+    ds = build_dataset(get_task("digits"), tokenizer, n=4, seed=5)
+    last = model.shape.n_layers - 1
+    layer0 = [h for h in model.shape.all_heads() if h.layer == 0]
+    circuits = [  # each keeps a last-layer head, so every group keeps every position at layer 0
+        Circuit.of([*subset, head(last, 1)]) for size in range(5) for subset in itertools.combinations(layer0, size)
+    ]
+    ev = Evaluator(model, ds, max_tokens_per_chunk=2 * ds.n * ds.seq_len)
+    _ = ev.replacement
+    engine = model.engine
+    calls = {"ln1": 0, "mlp": 0}
+    ln1, mlp_fn = engine.ln1, engine.mlp
+
+    def count(name, fn):
+        def counted(layer, *args, **kwargs):
+            calls[name] += layer == 0
+            return fn(layer, *args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(engine, "ln1", count("ln1", ln1))
+    monkeypatch.setattr(engine, "mlp", count("mlp", mlp_fn))
+    batched = ev.metric_values(circuits)
+    monkeypatch.undo()
+    assert calls["ln1"] == 1  # one norm (and z) for the 15 groups that keep a layer-0 head
+    # parallel blocks: one MLP for all 16 groups; sequential blocks: one per chunk of groups (it reads their heads)
+    assert calls["mlp"] == (1 if engine.parallel else 8)
+    np.testing.assert_allclose(batched, alone(Evaluator(model, ds), circuits), atol=1e-5, rtol=0)
