@@ -646,7 +646,7 @@ class Evaluator:
         if eng.parallel and parent_of is not None:
             live = torch.nonzero(mlp_mask).flatten()
             if len(live):
-                needed, which = torch.unique(parent_of[live], return_inverse=True)
+                needed = torch.unique(parent_of[live])
                 every = len(needed) == len(x)
                 mlp_out = eng.mlp(layer, eng.ln2(layer, block_in if every else block_in[needed]))
                 mlp_row = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
