@@ -34,8 +34,8 @@ case "$cmd" in
     lint) setup; .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy ;;
     # the public modules by name: the package's __all__ lists the API functions, which hides its submodules from pdoc
     docs) setup; exec .venv/bin/pdoc --docformat restructuredtext -o "${1:-docs/api}" discovery discovery.api \
-        discovery.circuit discovery.evaluator discovery.search discovery.curves discovery.compare discovery.exports \
-        discovery.plots discovery.patching discovery.model discovery.tasks discovery.store discovery.progress discovery.errors ;;
+        discovery.types discovery.model discovery.engine discovery.scoring discovery.tasks discovery.search \
+        discovery.analysis discovery.pictures discovery.formats discovery.store discovery.service ;;
     bench) setup; for b in bench/*.py; do echo "# $b" >&2; .venv/bin/python "$b"; done ;;
     *) echo "usage: bash dev.sh demo|test|lint|bench|docs|setup [args]" >&2; exit 2 ;;
 esac

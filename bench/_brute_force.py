@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from discovery.evaluator import Ablation, Evaluator
 from discovery.model import LoadedModel
+from discovery.scoring.evaluator import Evaluator
 from discovery.search.base import run_search
 from discovery.tasks.base import Dataset
+from discovery.types.evaluation import Ablation
 
 POOL = ("0.1", "0.10", "1.5", "3.0", "4.4", "6.6", "6.10", "7.11", "8.6", "8.8", "9.1", "10.7")
 """The 12-head pool of the brute force (names valid on a 12 x 12 model)."""

@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from discovery.circuit import Circuit, head  # noqa: E402
 from discovery.dashboard import create_app, open_dashboard_store  # noqa: E402
-from discovery.evaluator import EvaluationMethod, Score  # noqa: E402
-from discovery.model import ModelIdentity  # noqa: E402
 from discovery.search.base import SearchResult  # noqa: E402
 from discovery.store import open_store  # noqa: E402
 from discovery.tasks.base import DatasetSpec  # noqa: E402
+from discovery.types.circuit import Circuit, head  # noqa: E402
+from discovery.types.evaluation import EvaluationMethod, Score  # noqa: E402
+from discovery.types.identity import ModelIdentity  # noqa: E402
 
 
 def random_circuits(n: int, rng: np.random.Generator) -> list[Circuit]:

@@ -48,12 +48,12 @@ sys.path.insert(0, os.path.dirname(_here))  # bench._brute_force
 import torch  # noqa: E402
 
 from bench._brute_force import POOL, brute_force  # noqa: E402
-from discovery import edge_forward as ef  # noqa: E402
-from discovery.circuit import LOGITS, Circuit  # noqa: E402
-from discovery.evaluator import Evaluator  # noqa: E402
 from discovery.model import random_model  # noqa: E402
+from discovery.scoring import edge_forward as ef  # noqa: E402
+from discovery.scoring.evaluator import Evaluator  # noqa: E402
 from discovery.search import run_search  # noqa: E402
 from discovery.tasks import build_dataset, get_task  # noqa: E402
+from discovery.types.circuit import LOGITS, Circuit  # noqa: E402
 
 
 def _sync(device: str) -> None:

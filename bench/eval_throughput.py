@@ -32,10 +32,10 @@ sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(
 
 import torch  # noqa: E402
 
-from discovery.circuit import Circuit  # noqa: E402
-from discovery.evaluator import Evaluator  # noqa: E402
 from discovery.model import RANDOM_ARCHITECTURES, random_model  # noqa: E402
+from discovery.scoring.evaluator import Evaluator  # noqa: E402
 from discovery.tasks import build_dataset, get_task  # noqa: E402
+from discovery.types.circuit import Circuit  # noqa: E402
 
 
 def naive_scores(model, dataset, evaluator, circuits):

@@ -48,10 +48,10 @@ def induction_truth(path: Path):
 
 
 def setting(name: str, tmp: Path, n: int):
-    from discovery.evaluator import Evaluator
     from discovery.model import load_model
     from discovery.reference import PLANTED, ensure_reference_model, planted_truth, train_reference
     from discovery.reference.recovery import Truth
+    from discovery.scoring.evaluator import Evaluator
     from discovery.tasks import build_dataset, get_task
 
     if name in PLANTED and PLANTED[name].builder == "chains":

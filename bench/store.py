@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from discovery.circuit import Circuit, head  # noqa: E402
-from discovery.compare import overlap_matrix  # noqa: E402
-from discovery.evaluator import EvaluationMethod, Score  # noqa: E402
-from discovery.model import ModelIdentity  # noqa: E402
+from discovery.analysis.compare import overlap_matrix  # noqa: E402
 from discovery.store import open_store  # noqa: E402
 from discovery.tasks.base import DatasetSpec  # noqa: E402
+from discovery.types.circuit import Circuit, head  # noqa: E402
+from discovery.types.evaluation import EvaluationMethod, Score  # noqa: E402
+from discovery.types.identity import ModelIdentity  # noqa: E402
 
 TASKS = ("digits", "months", "greater-than", "number-words")
 

@@ -10,10 +10,13 @@ The Python API (see :mod:`discovery.api`)::
     cd.discover(model, ds, method="greedy", target=0.9)
     cd.evaluations(cd.open_store())                 # stored scores as a pandas DataFrame
 
-Submodules: :mod:`discovery.circuit` (the circuit value), :mod:`discovery.evaluator` (scoring),
-:mod:`discovery.search` (the methods' registry), :mod:`discovery.patching`, :mod:`discovery.curves`
-(faithfulness curves), :mod:`discovery.compare`, :mod:`discovery.exports` (EAP-IG / MIB graph JSON),
-:mod:`discovery.plots`, :mod:`discovery.store`, :mod:`discovery.tasks`.
+Rooms: :mod:`discovery.types` (the nouns: circuit, ablation, score, identity; no torch),
+:mod:`discovery.model` (loading), :mod:`discovery.engine` (the one forward), :mod:`discovery.scoring`
+(evaluators, edge forward, path patching, metrics), :mod:`discovery.tasks`, :mod:`discovery.search`
+(the methods' registry), :mod:`discovery.analysis` (curves, comparisons, the papers' pipelines),
+:mod:`discovery.pictures`, :mod:`discovery.formats` (peers' file formats), :mod:`discovery.reference`
+(the reference models), :mod:`discovery.store`, :mod:`discovery.service`; faces: this module and
+:mod:`discovery.api`, :mod:`discovery.cli`, :mod:`discovery.dashboard`.
 """
 
 __version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
@@ -30,16 +33,16 @@ _API = {
     "open_store": "discovery.api",
     "patch": "discovery.api",
     "runs": "discovery.api",
-    "register_metric": "discovery.readout",
-    "Circuit": "discovery.circuit",
-    "Ablation": "discovery.evaluator",
-    "EvaluationMethod": "discovery.evaluator",
-    "Score": "discovery.evaluator",
+    "register_metric": "discovery.scoring.metrics",
+    "Circuit": "discovery.types.circuit",
+    "Ablation": "discovery.types.evaluation",
+    "EvaluationMethod": "discovery.types.evaluation",
+    "Score": "discovery.types.evaluation",
 }
 
 
 def __getattr__(name: str) -> object:
-    # lazy: ``import discovery.circuit`` (or the CLI's --help) does not pay for torch and transformers
+    # lazy: ``import discovery.types.circuit`` (or the CLI's --help) does not pay for torch and transformers
     if name in _API:
         import importlib
 

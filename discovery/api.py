@@ -27,19 +27,21 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from discovery.circuit import Circuit
-from discovery.errors import UsageError
-from discovery.evaluator import Ablation, Evaluator, Score
-from discovery.model import LoadedModel, ModelIdentity
-from discovery.progress import ProgressCallback
+from discovery.model import LoadedModel
+from discovery.scoring.evaluator import Evaluator
 from discovery.tasks import Dataset, build_dataset, get_task
+from discovery.types.circuit import Circuit
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Ablation, Score
+from discovery.types.identity import ModelIdentity
+from discovery.types.progress import ProgressCallback
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from discovery.curves import FaithfulnessCurve
-    from discovery.patching import PatchingResult
+    from discovery.analysis.curves import FaithfulnessCurve
+    from discovery.scoring.patching import PatchingResult
     from discovery.search.base import SearchResult
     from discovery.store import Store
 
@@ -78,8 +80,8 @@ def load_model(
     In-memory models are named ``name`` (default: ``in-memory:<class>``) and identified, like every
     model, by the sha256 of their weights: the same weights score and store as the same model.
     """
-    from discovery.model import load_model as load_spec
     from discovery.model import wrap_model
+    from discovery.reference import load_model as load_spec
 
     if isinstance(model, LoadedModel):
         return model
@@ -163,7 +165,7 @@ def build_evaluator(
 ) -> Any:
     """The evaluator for ``model`` on ``data``; with a store, wrapped so every score is kept and reused.
     ``metric``: the task's (default), ``"kl"``, a registered metric's name, or a function
-    ``metric(logits, dataset) -> one value per prompt`` (stored under its name; :mod:`discovery.readout`).
+    ``metric(logits, dataset) -> one value per prompt`` (stored under its name; :mod:`discovery.scoring.metrics`).
     ``ablate_embed``: edge circuits may drop the embedding's edges (ACDC's graph)."""
     ablation_ = Ablation(kind=ablation, source=mean_source, ablate_mlps=ablate_mlps, ablate_embed=ablate_embed)  # type: ignore[arg-type]
     ev = Evaluator(model, data, ablation_, metric=metric)
@@ -260,7 +262,7 @@ def patch(
     progress: ProgressCallback | None = None,
 ) -> PatchingResult:
     """Path patching from every sender head to ``receiver`` (``logits`` or heads' inputs like ``1.2.q``); stored."""
-    from discovery.patching import path_patching
+    from discovery.scoring.patching import path_patching
 
     result = path_patching(model, data, receiver, progress=progress)
     chosen = _store_of(store)
@@ -286,7 +288,7 @@ def curve(
     With a store the curve is a run: a job row ``curve`` whose result holds the whole curve
     (``result_score["extra"]["curve"]``) and whose evaluations are every point's score.
     """
-    from discovery.curves import curve_of_result, ranking_of
+    from discovery.analysis.curves import curve_of_result, ranking_of
     from discovery.search import get_method, run_search
     from discovery.search.base import SearchResult
 
@@ -373,7 +375,7 @@ def evaluations(
 
 def runs(store: Any = None, status: str | None = None, task: str | None = None, limit: int = 1000) -> pd.DataFrame:
     """Jobs (searches, comparisons, curves), newest first, one row each (the columns of ``circuits runs``)."""
-    from discovery.exports import JOB_COLUMNS, job_row
+    from discovery.formats.eap_ig import JOB_COLUMNS, job_row
 
     rows = [job_row(j) for j in _store_of(store).list_jobs(status=status, task=task, limit=limit)]
     for row in rows:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from discovery.circuit import Circuit
 from discovery.model import LoadedModel
 from discovery.tasks.base import Dataset
+from discovery.types.circuit import Circuit
 
 
 def z_hook(layer: int) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from discovery.circuit import Circuit
-from discovery.edge_forward import graph_of
-from discovery.evaluator import Ablation, Evaluator
+from discovery.scoring.edge_forward import graph_of
+from discovery.scoring.evaluator import Evaluator
 from discovery.search.base import run_search
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit
+from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
 from tests.test_edge_forward import Literal
 from tests.test_engine import perturbed_model

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discovery.circuit import Circuit
-from discovery.compare import compare, component_names, jaccard, overlap_matrix, union_graph
-from discovery.evaluator import EvaluationMethod, Score
+from discovery.analysis.compare import compare, component_names, jaccard, overlap_matrix, union_graph
 from discovery.search.base import SearchResult
+from discovery.types.circuit import Circuit
+from discovery.types.evaluation import EvaluationMethod, Score
 from tests.store_fixtures import BACKENDS, db_url, pg_database, store  # noqa: F401  (fixtures)
 
 A = Circuit.parse("0.1,1.2,m0")
@@ -65,7 +65,7 @@ def test_union_graph_membership():
 
 
 def test_draw_comparison_writes_a_png(tmp_path):
-    from discovery.compare_plots import draw_comparison, draw_overlap_matrix
+    from discovery.pictures.compare_plots import draw_comparison, draw_overlap_matrix
 
     path = draw_comparison(A, E2, tmp_path / "cmp.png", title="A vs E2")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

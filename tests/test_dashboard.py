@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from discovery.circuit import Circuit
 from discovery.dashboard import create_app, open_dashboard_store
 from discovery.dashboard.queries import row_counts
-from discovery.errors import StoreError
-from discovery.evaluator import EvaluationMethod, Score
 from discovery.search.base import SearchResult
+from discovery.types.circuit import Circuit
+from discovery.types.errors import StoreError
+from discovery.types.evaluation import EvaluationMethod, Score
 from tests.store_fixtures import *  # noqa: F403
 
 MODEL = "tiny-model"

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from discovery.circuit import Circuit
-from discovery.compare import compare
+from discovery.analysis.compare import compare
+from discovery.types.circuit import Circuit
 
 pytestmark = pytest.mark.integration
 

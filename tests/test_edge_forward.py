@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discovery.circuit import Circuit, all_edges
-from discovery.edge_forward import edge_attribution, edge_metric_values, graph_of
-from discovery.evaluator import Ablation, Evaluator
+from discovery.scoring.edge_forward import edge_attribution, edge_metric_values, graph_of
+from discovery.scoring.evaluator import Evaluator
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit, all_edges
+from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
 
 

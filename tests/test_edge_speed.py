@@ -14,10 +14,11 @@ import random
 import pytest
 import torch
 
-from discovery import edge_forward as ef
-from discovery.circuit import LOGITS, Circuit
-from discovery.evaluator import Ablation, Evaluator
+from discovery.scoring import edge_forward as ef
+from discovery.scoring.evaluator import Evaluator
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import LOGITS, Circuit
+from discovery.types.evaluation import Ablation
 from tests.test_engine import VARIANTS, perturbed_model
 
 FAMILIES = ["gpt2", "gpt-neox", "llama3"]

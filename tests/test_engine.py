@@ -17,15 +17,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from discovery.circuit import Circuit, parse_edge
-from discovery.edge_forward import edge_attribution, graph_of
 from discovery.engine import FAST_PATH, record_forward
-from discovery.errors import UsageError
-from discovery.evaluator import Ablation, Evaluator
 from discovery.model import RANDOM_ARCHITECTURES, _random_config, load_model, wrap_model
-from discovery.patching import path_patching
+from discovery.scoring.edge_forward import edge_attribution, graph_of
+from discovery.scoring.evaluator import Evaluator
+from discovery.scoring.patching import path_patching
 from discovery.search.base import run_search
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit, parse_edge
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
 from tests.test_edge_forward import Literal, _sample_edges, random_edge_circuits
 from tests.test_evaluator import random_circuits

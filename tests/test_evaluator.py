@@ -7,10 +7,11 @@ import random
 import pytest
 import torch
 
-from discovery.circuit import Circuit, head, mlp
-from discovery.errors import UsageError
-from discovery.evaluator import Ablation, Evaluator, record_forward
+from discovery.scoring.evaluator import Evaluator, record_forward
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit, head, mlp
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
 
 

@@ -12,12 +12,12 @@ import math
 import pytest
 import torch
 
-from discovery.circuit import ModelShape
-from discovery.evaluator import Evaluator
 from discovery.model import load_model
 from discovery.reference import planted_truth, train_reference
 from discovery.reference.recovery import Truth, auc, edge_universe, ranking_auc, recover, roc_point
+from discovery.scoring.evaluator import Evaluator
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import ModelShape
 
 torch.set_num_threads(2)
 

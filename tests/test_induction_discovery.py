@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from discovery.circuit import Circuit
-from discovery.evaluator import Evaluator
 from discovery.model import load_model
 from discovery.reference import head_scores_grid
+from discovery.scoring.evaluator import Evaluator
 from discovery.search import run_search
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def _earlier_occurrence_corrupted(tmp_path, n: int = 50) -> str:
 
     import numpy as np
 
-    from discovery.words import INDUCTION_WORDS
+    from discovery.tasks.words import INDUCTION_WORDS
 
     task = get_task("induction")
     rng = np.random.default_rng(5)

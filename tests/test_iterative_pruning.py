@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from discovery.circuit import Circuit, head, mlp
-from discovery.errors import UsageError
-from discovery.evaluator import Ablation, Evaluator
+from discovery.scoring.evaluator import Evaluator
 from discovery.search import get_method, run_search
 from discovery.search.iterative_pruning import pass_order
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit, head, mlp
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Ablation
 from tests.test_search import TARGET, heads_of, necessary, planted  # noqa: F401 - fixtures
 
 

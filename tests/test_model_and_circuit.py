@@ -6,9 +6,9 @@ import networkx as nx
 import pytest
 import torch
 
-from discovery.circuit import Circuit, ModelShape, all_edges, parse_edge
-from discovery.errors import UsageError
 from discovery.model import load_model
+from discovery.types.circuit import Circuit, ModelShape, all_edges, parse_edge
+from discovery.types.errors import UsageError
 
 
 def test_local_directory_loads_the_same_model(tiny_model, tmp_path):

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from discovery.circuit import Circuit, head, mlp
 from discovery.engine import core
-from discovery.evaluator import Ablation, Evaluator
 from discovery.model import random_gpt2
+from discovery.scoring.evaluator import Evaluator
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit, head, mlp
+from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
 from tests.test_engine import perturbed_model
 

@@ -14,10 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from discovery.errors import UsageError
 from discovery.tasks import build_dataset, get_task
 from discovery.tasks.greater_than import NOUNS, valid_years
 from discovery.tasks.lan_barez import NAMES, OBJECTS
+from discovery.types.errors import UsageError
 
 LAN_BAREZ = {
     "lan-barez-digits": [str(i) for i in range(1, 13)],

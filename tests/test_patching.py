@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from discovery.errors import UsageError
-from discovery.patching import Receiver, path_patching
-from discovery.plots import save_heatmap
+from discovery.pictures.plots import save_heatmap
+from discovery.scoring.patching import Receiver, path_patching
 from discovery.tasks import build_dataset, get_task
+from discovery.types.errors import UsageError
 from tests import reference_impl as ref
 
 

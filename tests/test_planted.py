@@ -14,11 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from discovery.circuit import Circuit
-from discovery.evaluator import Ablation, Evaluator
 from discovery.model import load_model
 from discovery.reference import PLANTED, planted_truth, train_reference
+from discovery.scoring.evaluator import Evaluator
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit
+from discovery.types.evaluation import Ablation
 
 torch.set_num_threads(2)
 

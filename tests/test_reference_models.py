@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 import discovery.reference as reference
-from discovery.errors import UsageError
 from discovery.reference import REFERENCE_MODELS, build_tokenizer, ensure_reference_model, train_reference
 from discovery.reference.training import ReferenceSpec, TrainingReport, save, train_model
+from discovery.types.errors import UsageError
 from tests.reference_fixtures import TrainedReference
 
 torch.set_num_threads(2)

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from discovery.circuit import LOGITS, Circuit, all_edges, parse_node
-from discovery.errors import UsageError
-from discovery.evaluator import Ablation, Evaluator
 from discovery.model import random_gpt2
+from discovery.scoring.evaluator import Evaluator
 from discovery.search import METHODS, get_method, run_search
 from discovery.search.base import CountingEvaluator
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import LOGITS, Circuit, all_edges, parse_node
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Ablation
 
 S = ("0.1", "1.2", "2.3")
 TARGET = 0.9
@@ -253,7 +254,7 @@ def test_cli_discover_prints_the_result_and_draws_it(tiny_model, tmp_path, monke
 
 
 def test_draw_circuit_edge_level_with_highlight(tmp_path):
-    from discovery.plots import draw_circuit
+    from discovery.pictures.plots import draw_circuit
 
     c = Circuit.parse("| 0.1->1.2.q,0.1->1.2.k,1.2->logits,0.1->m1")
     path = draw_circuit(c, tmp_path / "e.png", highlight={"1.2": "red"})

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from discovery.errors import UsageError
 from discovery.service import JobRequest, submit, validate_request
+from discovery.types.errors import UsageError
 from tests.service_fixtures import (
     REDIS_BASE,
     TcpProxy,
@@ -824,7 +824,7 @@ def test_exit_codes_of_in_process_jobs_failed_and_interrupted(tmp_path, long_mod
 
 def test_a_first_use_training_reports_its_steps_as_the_jobs_progress(tmp_path, long_model_dir, monkeypatch):
     """A reference model trained on first use (minutes) shows as the job's progress, not as silence."""
-    from discovery import model as model_module
+    from discovery import reference as model_module
     from discovery.service import run_job
     from discovery.service.evaluators import _MODEL_CACHE
     from discovery.store import open_store

@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from discovery.circuit import Circuit
-from discovery.errors import StoreError, UsageError
-from discovery.evaluator import Ablation, EvaluationMethod, Evaluator, Score
+from discovery.scoring.evaluator import Evaluator
 from discovery.search import run_search
 from discovery.store import JobStatus, PatchingCell, ReadOnlyViolation, StoredEvaluator, migrate, open_store
 from discovery.store.engine import make_engine
 from discovery.store.readonly import check_read_only, run_read_only
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit
+from discovery.types.errors import StoreError, UsageError
+from discovery.types.evaluation import Ablation, EvaluationMethod, Score
 from tests.store_fixtures import BACKENDS, db_url, pg_database, store  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]

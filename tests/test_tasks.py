@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from discovery.errors import TokenizationError, UsageError
 from discovery.tasks import build_dataset, get_task
+from discovery.types.errors import TokenizationError, UsageError
 
 
 def test_gpt2_tokenizer_is_the_real_one(tokenizer):

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import discovery as cd
-from discovery.circuit import Circuit
-from discovery.edge_forward import graph_of
-from discovery.errors import UsageError
-from discovery.evaluator import Ablation, Evaluator
-from discovery.patching import path_patching
+from discovery.scoring.edge_forward import graph_of
+from discovery.scoring.evaluator import Evaluator
+from discovery.scoring.patching import path_patching
 from discovery.store import StoredEvaluator, open_store
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Ablation
 
 
 def answer_margin(logits: torch.Tensor, dataset) -> torch.Tensor:

@@ -13,12 +13,13 @@ import random
 import numpy as np
 import pytest
 
-from discovery.circuit import Circuit, all_edges
-from discovery.edge_forward import edge_attribution
-from discovery.evaluator import Ablation, Evaluator
-from discovery.patching import path_patching
+from discovery.scoring.edge_forward import edge_attribution
+from discovery.scoring.evaluator import Evaluator
+from discovery.scoring.patching import path_patching
 from discovery.search import run_search
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit, all_edges
+from discovery.types.evaluation import Ablation
 
 # clean / corrupt pairs of one length each; three lengths, interleaved in the file
 ROWS = [
@@ -133,7 +134,7 @@ def test_searches_and_the_store_run_on_mixed_lengths(datasets, tiny_model3, tmp_
 
 
 def test_a_corrupted_prompt_must_match_its_clean_prompts_length(tmp_path, tokenizer):
-    from discovery.errors import UsageError
+    from discovery.types.errors import UsageError
 
     task = get_task(write_task(tmp_path / "bad.json", [("1 2 3", "1 2 3 4", " 4", " 5")]))
     with pytest.raises(UsageError, match="line up position by position"):

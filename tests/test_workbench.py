@@ -9,14 +9,15 @@ import pytest
 import torch
 
 import discovery as cd
-from discovery.circuit import Circuit, ModelShape, all_edges
+from discovery.analysis.curves import default_grid, faithfulness_curve
 from discovery.cli import main
-from discovery.curves import default_grid, faithfulness_curve
-from discovery.evaluator import Ablation, Evaluator
-from discovery.exports import from_eap_graph, read_eap_graph, to_eap_graph, write_eap_graph
+from discovery.formats.eap_ig import from_eap_graph, read_eap_graph, to_eap_graph, write_eap_graph
 from discovery.model import random_gpt2
+from discovery.scoring.evaluator import Evaluator
 from discovery.search import run_search
 from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit, ModelShape, all_edges
+from discovery.types.evaluation import Ablation
 
 S = ("0.1", "1.2", "2.3")
 
@@ -237,7 +238,7 @@ def test_tables_are_not_cut_at_80_columns_off_a_terminal(capsys):
 # --- progress ---------------------------------------------------------------------------------------------
 def test_progress_log_lines_with_eta_when_not_a_terminal():
     from discovery.cli.progress import LogLineProgress
-    from discovery.progress import ProgressClock, format_seconds
+    from discovery.types.progress import ProgressClock, format_seconds
 
     now = [100.0]
     clock = ProgressClock(lambda: now[0])

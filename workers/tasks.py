@@ -54,7 +54,7 @@ def _store_retries() -> int:
 def _run(task, runner, job_id):
     """Run ``runner(job_id, store, ...)``; busy -> retry later; the database failing -> retry later
     (the job resumes from the evaluations stored before), up to ``CIRCUITS_STORE_RETRIES`` times."""
-    from discovery.errors import StoreError
+    from discovery.types.errors import StoreError
 
     try:
         outcome = runner(job_id, store(), worker_id=_worker_id(task), device=os.environ.get("CIRCUITS_DEVICE") or None)

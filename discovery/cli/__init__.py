@@ -1,8 +1,8 @@
 """The ``circuits`` command line: thin shells over library calls, one module per area.
 
 Exit codes: 0 done; 1 the work failed (a failed job, the database or broker failing:
-:class:`~discovery.errors.CircuitsError`); 2 bad usage (a missing or mistyped option or command,
-a bad value: click's usage errors, :class:`~discovery.errors.UsageError`, any ``ValueError``);
+:class:`~discovery.types.errors.CircuitsError`); 2 bad usage (a missing or mistyped option or command,
+a bad value: click's usage errors, :class:`~discovery.types.errors.UsageError`, any ``ValueError``);
 130 interrupted (Ctrl-C). Every error is one line on stderr; ``--debug`` shows the traceback.
 """
 
@@ -25,7 +25,7 @@ from discovery.cli import (
     task_commands,
 )
 from discovery.cli.common import err_console
-from discovery.errors import CircuitsError
+from discovery.types.errors import CircuitsError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -80,7 +80,7 @@ def _click_exceptions() -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from discovery.errors import UsageError
+    from discovery.types.errors import UsageError
 
     click = SimpleNamespace(exceptions=_click_exceptions())
 

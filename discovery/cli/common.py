@@ -12,10 +12,11 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from discovery.errors import UsageError
-from discovery.evaluator import ABLATION_KINDS, Ablation, Evaluator
-from discovery.model import LoadedModel, load_model
+from discovery.model import LoadedModel
+from discovery.scoring.evaluator import Evaluator
 from discovery.tasks import Dataset, build_dataset, get_task
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import ABLATION_KINDS, Ablation
 
 
 def _width(stream: Any) -> int | None:
@@ -107,6 +108,8 @@ def progress_bar(description: str, transient: bool = True) -> Iterator[Any]:
 
 
 def open_model(spec: str, device: str = "cpu") -> LoadedModel:
+    from discovery.reference import load_model
+
     with progress_bar(f"loading {spec}") as progress:
         return load_model(spec, device=device, progress=progress)
 

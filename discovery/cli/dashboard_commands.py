@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from discovery.cli.common import err_console
-from discovery.errors import UsageError
+from discovery.types.errors import UsageError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from discovery.circuit import Circuit
 from discovery.cli import common, output
 from discovery.cli.common import console
 from discovery.tasks import TASKS, task_names
+from discovery.types.circuit import Circuit
 
 
 def evaluate(

@@ -15,8 +15,8 @@ from typing import Any
 
 import typer
 
-from discovery.errors import UsageError
-from discovery.exports import JOB_COLUMNS, job_row
+from discovery.formats.eap_ig import JOB_COLUMNS, job_row
+from discovery.types.errors import UsageError
 
 __all__ = ["FORMATS", "JOB_COLUMNS", "FormatOpt", "check_format", "emit", "job_row", "render"]
 

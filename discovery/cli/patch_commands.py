@@ -9,8 +9,8 @@ from rich.table import Table
 
 from discovery.cli import common, output
 from discovery.cli.common import console
-from discovery.patching import Receiver, path_patching
-from discovery.plots import save_heatmap
+from discovery.pictures.plots import save_heatmap
+from discovery.scoring.patching import Receiver, path_patching
 
 
 def patch(

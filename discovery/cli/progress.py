@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
-from discovery.progress import ProgressCallback, ProgressClock, format_seconds
+from discovery.types.progress import ProgressCallback, ProgressClock, format_seconds
 
 
 class LogLineProgress:

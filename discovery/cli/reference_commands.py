@@ -11,7 +11,7 @@ from rich.table import Table
 
 from discovery.cli import common
 from discovery.cli.common import console
-from discovery.errors import UsageError
+from discovery.types.errors import UsageError
 
 
 def train_reference(

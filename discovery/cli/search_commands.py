@@ -11,10 +11,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from discovery.circuit import Circuit
 from discovery.cli import common, output
 from discovery.cli.common import console
-from discovery.errors import UsageError
+from discovery.types.circuit import Circuit
+from discovery.types.errors import UsageError
 
 parse_params = common.parse_params  # one parser for discover and submit
 
@@ -39,7 +39,7 @@ def discover(
     task_param: list[str] | None = common.TaskParamOpt,
 ) -> None:
     """Find a circuit with a search method; print it, its score and cost, and draw it."""
-    from discovery.plots import draw_circuit
+    from discovery.pictures.plots import draw_circuit
     from discovery.search import get_method, run_search
 
     spec = get_method(method)
@@ -152,7 +152,7 @@ def curve(
     kept (higher is better); CMD: area under |1 - normalised| (lower is better).
     """
     from discovery import api
-    from discovery.plots import draw_curve
+    from discovery.pictures.plots import draw_curve
     from discovery.search import get_method
 
     output.check_format(fmt)
@@ -209,7 +209,7 @@ def export(
     db: str | None = typer.Option(None, "--db", help="database URL (default: CIRCUITS_DATABASE_URL)"),
 ) -> None:
     """Write a circuit (with its edge scores, for an EAP/EAP-IG job) as EAP-IG Graph JSON: MIB's submission format."""
-    from discovery.exports import to_eap_graph, write_eap_graph
+    from discovery.formats.eap_ig import to_eap_graph, write_eap_graph
     from discovery.store import open_store
 
     edge_scores = node_scores = None

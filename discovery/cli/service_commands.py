@@ -16,7 +16,7 @@ from rich.table import Table
 
 from discovery.cli import common, output
 from discovery.cli.common import console, err_console
-from discovery.errors import UsageError
+from discovery.types.errors import UsageError
 
 
 def _store(db: str | None, must_exist: bool = True) -> Any:
@@ -320,7 +320,7 @@ def _print_job(job: Any, store: Any = None) -> None:
         f"(full {result['full']:.4f}, ablated {result['ablated']:.4f})"
     )
     if result.get("evaluation_method"):
-        from discovery.evaluator import EvaluationMethod
+        from discovery.types.evaluation import EvaluationMethod
 
         console.print(f"scored by {EvaluationMethod(**result['evaluation_method']).describe()}")
     service = (result.get("extra") or {}).get("service", {})

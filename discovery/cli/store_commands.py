@@ -15,10 +15,10 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from discovery.circuit import Circuit
 from discovery.cli import common, output
 from discovery.cli.common import console, err_console
-from discovery.errors import UsageError
+from discovery.types.circuit import Circuit
+from discovery.types.errors import UsageError
 
 DbOpt = common.DbOpt
 
@@ -371,7 +371,7 @@ def compare(
     A job id prints the search method, dataset and evaluation method that found it. Edges are compared
     only when both circuits are edge-level.
     """
-    from discovery.compare import compare as compare_circuits
+    from discovery.analysis.compare import compare as compare_circuits
 
     store = _store(db, must_exist=True) if _is_job_id(a) or _is_job_id(b) else None
     ca, label_a = _circuit_of(store, a) if store else (Circuit.parse(a), "given on the command line")
@@ -402,7 +402,7 @@ def compare(
             "the other edge-level"
         )
     if png:
-        from discovery.compare_plots import draw_comparison
+        from discovery.pictures.compare_plots import draw_comparison
 
         console.print(f"diagram  {draw_comparison(ca, cb, png, title=f'A: {a}  vs  B: {b}')}")
 
@@ -420,7 +420,8 @@ def _evaluation_methods(
     level: str,
 ) -> dict[str, Any]:
     """Each task's evaluation method (which names its dataset) under the given options, by task."""
-    from discovery.evaluator import Ablation, Evaluator
+    from discovery.scoring.evaluator import Evaluator
+    from discovery.types.evaluation import Ablation
 
     if level not in ("node", "edge"):
         raise UsageError(f"--level {level!r}: choose node or edge")
@@ -457,7 +458,7 @@ def overlap(
     Each task's best circuit is looked up for exactly the dataset and evaluation method the options
     name (as `evaluate` takes them) and the model's weights (whatever path loaded them).
     """
-    from discovery.compare import best_stored, compare, overlap_matrix
+    from discovery.analysis.compare import best_stored, compare, overlap_matrix
 
     if len(task) < 2:
         raise UsageError("overlap needs at least two --task options")
@@ -495,7 +496,7 @@ def overlap(
         table.add_row(label, *(f"{matrix[i, j]:.3f}" for j in range(len(labels))))
     console.print(table)
     if png:
-        from discovery.compare_plots import draw_overlap_matrix
+        from discovery.pictures.compare_plots import draw_overlap_matrix
 
         title = f"Jaccard ({on}), {loaded.identity.name}, {ablation} ablation"
         console.print(f"heatmap  {draw_overlap_matrix(labels, matrix, png, title=title)}")
@@ -533,9 +534,10 @@ def cross_score(
     source task's lookup and to every target. Prints where the circuit came from, and for each target
     its dataset, the score as a share of the target's full-model score (score / full) and normalised.
     """
-    from discovery.compare import best_stored
-    from discovery.evaluator import Ablation, Evaluator
+    from discovery.analysis.compare import best_stored
+    from discovery.scoring.evaluator import Evaluator
     from discovery.store import StoredEvaluator
+    from discovery.types.evaluation import Ablation
 
     store = _store(db)
     loaded = common.open_model(model, device)

@@ -8,7 +8,7 @@ import typer
 
 from discovery.cli import common
 from discovery.cli.common import console, err_console
-from discovery.errors import UsageError
+from discovery.types.errors import UsageError
 
 PAPERS = ("lan-barez", "greater-than")
 
@@ -68,7 +68,7 @@ def reproduce(
     device: str = common.DeviceOpt,
 ) -> None:
     """Run a paper's pipeline end to end and print each number beside the paper's published one (GPT-2 small)."""
-    from discovery import reproduce as papers
+    from discovery.analysis import reproduce as papers
 
     if paper not in PAPERS:
         raise UsageError(f"unknown paper {paper!r}; choose one of: {', '.join(PAPERS)}")

@@ -25,10 +25,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from discovery.circuit import Circuit
 from discovery.dashboard import queries, svg
-from discovery.errors import CircuitsError, StoreError, UsageError
 from discovery.store import Store
+from discovery.types.circuit import Circuit
+from discovery.types.errors import CircuitsError, StoreError, UsageError
 
 log = logging.getLogger("discovery.dashboard")
 TEMPLATES = Path(__file__).parent / "templates"

@@ -22,13 +22,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from discovery.circuit import Circuit
-from discovery.errors import StoreError, UsageError
 from discovery.store import JobRecord, Store
 from discovery.store.engine import database_url, describe_url, make_engine
 from discovery.store.migrate import check_schema
 from discovery.store.models import CircuitRow, DatasetRow, Evaluation, Job, Model, PatchingResult, db_now
 from discovery.store.repository import json_safe
+from discovery.types.circuit import Circuit
+from discovery.types.errors import StoreError, UsageError
 
 C, E, M, D, J, P = (
     CircuitRow.__table__,
@@ -188,7 +188,7 @@ def job_summary(job: JobRecord, now: datetime) -> dict[str, Any]:
 def _describe_method(method: dict[str, Any] | None) -> str | None:
     if not method:
         return None
-    from discovery.evaluator import EvaluationMethod
+    from discovery.types.evaluation import EvaluationMethod
 
     try:
         return EvaluationMethod(**method).describe()
@@ -272,7 +272,7 @@ def job_evaluations(store: Store, job_id: int, limit: int) -> list[dict[str, Any
     """The evaluations a job stored, oldest first, read straight from the tables: the circuits' stored
     canonical spelling, key and size are used as they are (parsing thousands of circuits back into
     values would cost seconds for nothing), and each method is described once."""
-    from discovery.evaluator import EvaluationMethod
+    from discovery.types.evaluation import EvaluationMethod
 
     stmt = (
         sa.select(
@@ -417,7 +417,7 @@ def resolve_circuit(store: Store, text: str) -> tuple[Circuit, str]:
 
 
 def compare_circuits(store: Store, a: str, b: str) -> dict[str, Any]:
-    from discovery.compare import compare
+    from discovery.analysis.compare import compare
 
     ca, label_a = resolve_circuit(store, a)
     cb, label_b = resolve_circuit(store, b)
@@ -438,7 +438,7 @@ def overlap(store: Store, model: str, tasks: list[str], threshold: float = 0.8) 
     cross-score matrices: circuit i's stored normalised score on task j's data, one matrix per
     evaluation setting (ablation, level, MLPs, metric) and dataset of each task. Nothing is computed:
     a cross-score that was never evaluated is None (``circuits cross-score`` or a sweep stores them)."""
-    from discovery.compare import compare, overlap_matrix
+    from discovery.analysis.compare import compare, overlap_matrix
 
     best: dict[str, Any] = {}
     missing: list[str] = []

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from discovery.circuit import Circuit, Node
+from discovery.types.circuit import Circuit, Node
 
 MEMBERSHIP_COLOURS = {"both": "#7c3aed", "a": "#2563eb", "b": "#ea580c", "in": "#2563eb"}
 KIND_FILL = {"head": "#2563eb", "mlp": "#d97706", "embed": "#6b7280", "logits": "#6b7280"}

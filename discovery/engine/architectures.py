@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from discovery.errors import UsageError
+from discovery.types.errors import UsageError
 
 FAST_PATH: dict[str, str] = {
     "GPT2LMHeadModel": "gpt2",

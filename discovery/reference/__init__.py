@@ -32,8 +32,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from discovery.errors import UsageError
 from discovery.reference.ground_truth import GridScores, HeadScores, head_scores, head_scores_grid
 from discovery.reference.planted import PLANTED, PlantedSpec, planted_truth, save_planted
 from discovery.reference.specs import INDUCTION_TRAINED, SEQUENCES
@@ -46,6 +46,12 @@ from discovery.reference.training import (
     save,
     train_model,
 )
+from discovery.types.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from discovery.model import LoadedModel
 
 REFERENCE_MODELS: dict[str, ReferenceSpec | PlantedSpec] = {
     **{spec.name: spec for spec in (INDUCTION_TRAINED, SEQUENCES)},
@@ -185,6 +191,23 @@ def ensure_reference_model(name: str, progress: ProgressCallback | None = None, 
     return target
 
 
+def load_model(
+    spec: str, device: str | torch.device | None = "cpu", progress: ProgressCallback | None = None
+) -> LoadedModel:
+    """A model by its spec, as ``--model`` takes it: ``ref:NAME`` (a reference model, trained or built into
+    the cache on first use, stored under the name ``ref:NAME``) or anything
+    :func:`discovery.model.load_model` takes (a local Hugging Face directory, a hub name).
+
+    Here rather than in :mod:`discovery.model`: the reference models are built with the loader, so the
+    loader cannot know them."""
+    from discovery.model import load_model as load_directory
+
+    if not spec.startswith("ref:"):
+        return load_directory(spec, device=device, progress=progress)
+    source = ensure_reference_model(spec[len("ref:") :], progress=progress)
+    return load_directory(str(source), device=device, progress=progress, name=spec)
+
+
 __all__ = [
     "PLANTED",
     "REFERENCE_MODELS",
@@ -199,6 +222,7 @@ __all__ = [
     "get_spec",
     "head_scores",
     "head_scores_grid",
+    "load_model",
     "planted_truth",
     "reference_dir",
     "reference_tokenizer",

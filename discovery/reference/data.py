@@ -37,7 +37,7 @@ import numpy as np
 
 from discovery.reference.tokenizer import SPECIAL_TOKENS
 from discovery.tasks.sequence import SequenceTask
-from discovery.words import INDUCTION_WORDS as INDUCTION_WORDS  # re-exported: the induction model's vocabulary
+from discovery.tasks.words import INDUCTION_WORDS as INDUCTION_WORDS  # re-exported: the induction model's vocabulary
 
 BOS_ID = SPECIAL_TOKENS.index("<|endoftext|>")
 

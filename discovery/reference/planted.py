@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from discovery.words import INDUCTION_WORDS
+from discovery.tasks.words import INDUCTION_WORDS
 
 BIG = 1000.0
 """Norm of the constant residual component that makes layer norm (nearly) linear."""
@@ -125,7 +125,7 @@ class PlantedModel:
 
     @property
     def circuit(self) -> Any:
-        from discovery.circuit import Circuit
+        from discovery.types.circuit import Circuit
 
         return Circuit.of(self.nodes)
 

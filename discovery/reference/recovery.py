@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from discovery.circuit import HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape
+from discovery.types.circuit import HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 from discovery.reference.data import Batch
 
 ProgressCallback = Callable[[int, "int | None", str], None]
-"""``(done, total, message)``, the project's progress convention (:mod:`discovery.progress`)."""
+"""``(done, total, message)``, the project's progress convention (:mod:`discovery.types.progress`)."""
 
 
 @dataclass(frozen=True)

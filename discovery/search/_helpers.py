@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from discovery.circuit import Circuit, Node, parse_node
-from discovery.errors import UsageError
-from discovery.evaluator import Score
 from discovery.search.scorer import Scorer
+from discovery.types.circuit import Circuit, Node, parse_node
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Score
 
 
 def ablates_mlps(evaluator: Scorer) -> bool:

@@ -29,7 +29,7 @@ assuming each is accepted; the first rejection discards the rest. The decisions 
 sequential ones; only the evaluation count grows a little.
 
 Speed: the circuits a receiver's test scores agree with the start circuit below that receiver's
-layer, so the edge forward recomputes them from that layer only (:mod:`discovery.edge_forward`'s
+layer, so the edge forward recomputes them from that layer only (:mod:`discovery.scoring.edge_forward`'s
 remembered prefix). Progress is reported in work units (an edge into layer L weighs the layers it
 recomputes), so the ETA holds from the first receivers on. Every scored circuit goes through the
 scorer, so a job's store keeps each one: a resumed job replays the walk from stored scores up to
@@ -40,14 +40,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from discovery.circuit import LOGITS, Circuit, Edge
-from discovery.edge_forward import graph_of
-from discovery.errors import UsageError
-from discovery.evaluator import Score
-from discovery.progress import ProgressCallback
+from discovery.scoring.edge_forward import graph_of
 from discovery.search._helpers import parse_nodes
 from discovery.search.base import EvaluationDefaults, Param, SearchMethodSpec, SearchResult, register
 from discovery.search.scorer import Scorer
+from discovery.types.circuit import LOGITS, Circuit, Edge
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Score
+from discovery.types.progress import ProgressCallback
 
 
 def _start_edges(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> list[Edge]:

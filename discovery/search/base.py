@@ -5,7 +5,7 @@ frozen :class:`SearchMethodSpec` with its parameters declared, so the CLI, the j
 the store all read one schema. Adding a method is adding one module that calls :func:`register`.
 
 Methods know nothing of SQL or Celery: they ask ``evaluator.evaluate(circuits)`` for scores. The
-evaluator they get may be a :class:`~discovery.evaluator.Evaluator` or the store's
+evaluator they get may be a :class:`~discovery.scoring.evaluator.Evaluator` or the store's
 ``StoredEvaluator`` (same interface, serving stored scores and persisting new ones), which is how
 every evaluated circuit is kept and a resumed job skips what it already did.
 """
@@ -17,13 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from discovery.circuit import Circuit, ModelShape
-from discovery.errors import UsageError
-from discovery.evaluator import Ablation, EvaluationMethod, Evaluator, Score
 from discovery.model import LoadedModel
-from discovery.progress import ProgressCallback, no_progress
+from discovery.scoring.evaluator import Evaluator
 from discovery.search.scorer import Scorer
 from discovery.tasks.base import Dataset
+from discovery.types.circuit import Circuit, ModelShape
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Ablation, EvaluationMethod, Score
+from discovery.types.progress import ProgressCallback, no_progress
 
 ScoringEvaluator = Scorer  # the older name
 

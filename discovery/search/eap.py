@@ -1,6 +1,6 @@
 """``eap`` and ``eap-ig``: edge attribution patching, plain and with integrated gradients.
 
-Every ablatable edge ``s -> r`` (see :mod:`discovery.edge_forward`) gets
+Every ablatable edge ``s -> r`` (see :mod:`discovery.scoring.edge_forward`) gets
 
     score = (rep_s - out_s) . dMetric/d input(r)
 
@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from discovery.circuit import Circuit, Edge
-from discovery.edge_forward import edge_attribution
-from discovery.progress import ProgressCallback
+from discovery.scoring.edge_forward import edge_attribution
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
 from discovery.search.scorer import Scorer
+from discovery.types.circuit import Circuit, Edge
+from discovery.types.progress import ProgressCallback
 
 
 def ranked_edges(

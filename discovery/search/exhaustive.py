@@ -11,12 +11,12 @@ import itertools
 import math
 from typing import Any
 
-from discovery.circuit import Circuit
-from discovery.errors import UsageError
-from discovery.progress import ProgressCallback
 from discovery.search._helpers import best, candidate_pool
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
 from discovery.search.scorer import Scorer
+from discovery.types.circuit import Circuit
+from discovery.types.errors import UsageError
+from discovery.types.progress import ProgressCallback
 
 BATCH = 2048
 

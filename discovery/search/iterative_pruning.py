@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from discovery.circuit import Circuit, Node, head, mlp
-from discovery.errors import UsageError
-from discovery.evaluator import Score
-from discovery.progress import ProgressCallback
 from discovery.search._helpers import ablates_mlps, parse_nodes
 from discovery.search.base import EvaluationDefaults, Param, SearchMethodSpec, SearchResult, register
+from discovery.types.circuit import Circuit, Node, head, mlp
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Score
+from discovery.types.progress import ProgressCallback
 
 
 def pass_order(n_layers: int, n_heads: int, direction: str, mlps: bool) -> list[Node]:

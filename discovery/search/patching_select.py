@@ -1,6 +1,6 @@
 """``topk`` and ``threshold``: heads chosen by their path-patching effect, then scored by the evaluator.
 
-Path patching (:func:`discovery.patching.path_patching`) gives every head's effect on a receiver
+Path patching (:func:`discovery.scoring.patching.path_patching`) gives every head's effect on a receiver
 (the logits by default) when its path is patched with its corrupted output. ``topk`` keeps the
 ``k`` heads with the largest |effect|; ``threshold`` keeps every head with |effect| >= ``threshold``
 (absolute, in metric units) or >= ``threshold`` x the strongest head's |effect| (``relative``).
@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from discovery.circuit import Circuit
-from discovery.progress import ProgressCallback
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
 from discovery.search.scorer import Scorer
+from discovery.types.circuit import Circuit
+from discovery.types.progress import ProgressCallback
 
 
 def _ranking(evaluator: Scorer, receiver: str, progress: ProgressCallback) -> list[tuple[str, float]]:
-    from discovery.patching import path_patching
+    from discovery.scoring.patching import path_patching
 
     result = path_patching(evaluator.model, evaluator.dataset, receiver, progress=progress)
     effects = np.asarray(result.effects)

@@ -1,7 +1,7 @@
 """``Scorer``: everything a search method may ask of the thing that scores circuits.
 
 A method receives a :class:`Scorer`, never a concrete class: the plain
-:class:`~discovery.evaluator.Evaluator`, the store's ``StoredEvaluator`` (serves stored scores,
+:class:`~discovery.scoring.evaluator.Evaluator`, the store's ``StoredEvaluator`` (serves stored scores,
 persists new ones) and the registry's counting wrapper all implement it, so storage, resumption and
 counting hold for every method without the method knowing. Scores come only from ``evaluate``;
 the attributes say what is being scored (model, dataset, ablation, shape) and the two ends scores
@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from discovery.circuit import Circuit, ModelShape
-from discovery.progress import ProgressCallback
+from discovery.types.circuit import Circuit, ModelShape
+from discovery.types.progress import ProgressCallback
 
 if TYPE_CHECKING:
-    from discovery.evaluator import Ablation, EvaluationMethod, Evaluator, Score
     from discovery.model import LoadedModel
+    from discovery.scoring.evaluator import Evaluator
     from discovery.tasks.base import Dataset
+    from discovery.types.evaluation import Ablation, EvaluationMethod, Score
 
 
 @runtime_checkable

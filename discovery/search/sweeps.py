@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from discovery.circuit import Circuit, head
-from discovery.progress import ProgressCallback
 from discovery.search._helpers import best, parse_nodes
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
 from discovery.search.scorer import Scorer
+from discovery.types.circuit import Circuit, head
+from discovery.types.progress import ProgressCallback
 
 
 def _layer_heads(evaluator: Scorer, layer: int) -> list:

@@ -6,7 +6,7 @@ A job is a row in the store (:mod:`discovery.store`), not a Celery object. Its l
    (:mod:`.requests`: unknown task, method or task parameter, bad parameters checked against the
    model's shape, a model directory that is not a model, prompts the tokenizer cannot express or
    longer than the context, a device this machine lacks: all refused with a
-   :class:`~discovery.errors.UsageError`), checks that the broker answers, creates the job row
+   :class:`~discovery.types.errors.UsageError`), checks that the broker answers, creates the job row
    (``queued``), then publishes a message carrying only the job id (:mod:`.broker`) or runs the job
    right away in this process (no broker: the embedded default). An identical job already queued or
    running is joined instead of computed twice.

@@ -29,9 +29,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from discovery.errors import UsageError
 from discovery.service.jobs import COMPARE_TASK, RUN_TASK, EnqueueError, task_id
 from discovery.service.settings import settings
+from discovery.types.errors import UsageError
 
 DEFAULT_QUEUE = "circuits"
 DEFAULT_VISIBILITY_TIMEOUT = 6 * 3600

@@ -6,10 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from discovery.circuit import Circuit
-from discovery.evaluator import Score
-from discovery.progress import ProgressCallback
 from discovery.service.jobs import COMPARE_METHOD, job_request, status_of
+from discovery.types.circuit import Circuit
+from discovery.types.evaluation import Score
+from discovery.types.progress import ProgressCallback
 
 
 def compare_jobs(
@@ -22,12 +22,12 @@ def compare_jobs(
     """Overlap matrix and cross-task scores of finished jobs' circuits.
 
     ``overlap[i][j]``: Jaccard similarity of circuit i's and circuit j's heads and MLPs
-    (:func:`discovery.compare.overlap_matrix`; ``edge_overlap`` likewise for edge-level circuits);
+    (:func:`discovery.analysis.compare.overlap_matrix`; ``edge_overlap`` likewise for edge-level circuits);
     ``cross_scores[i][j]``: circuit i's normalised score on task j's dataset (the diagonal is each
     job's own score), every score through the store (persisted, served if already there). Jobs that
     did not succeed are listed in ``missing`` and left out.
     """
-    from discovery.compare import compare, overlap_matrix
+    from discovery.analysis.compare import compare, overlap_matrix
     from discovery.service.evaluators import build_evaluator
     from discovery.store.evaluator import StoredEvaluator
 
@@ -64,8 +64,8 @@ def comparison_result(comparison: dict[str, Any]) -> Any:
     """The comparison as the search result the store's ``finish_job`` keeps: the circuit is what
     every task's circuit shares; there is no single score (NaN, stored as null); the matrices are
     in ``extra['comparison']``."""
-    from discovery.evaluator import EvaluationMethod
     from discovery.search.base import SearchResult
+    from discovery.types.evaluation import EvaluationMethod
 
     nan = float("nan")
     common = Circuit.parse(comparison["common"])

@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from discovery.errors import UsageError
-from discovery.progress import ProgressCallback
 from discovery.service.jobs import COMPARE_METHOD, is_finished, open_default_store, status_of, task_id
 from discovery.service.settings import settings
+from discovery.types.errors import UsageError
+from discovery.types.progress import ProgressCallback
 
 
 def requeue(store: Any, job_ids: Sequence[int] | None = None) -> list[int]:

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from discovery.evaluator import Ablation, Evaluator
-from discovery.progress import ProgressCallback
+from discovery.scoring.evaluator import Evaluator
 from discovery.service.requests import JobRequest
+from discovery.types.evaluation import Ablation
+from discovery.types.progress import ProgressCallback
 
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}
 
 
 def cached_model(spec: str, device: str, progress: ProgressCallback | None = None) -> Any:
     """Load a model once per worker process (the last two kept): jobs on one model share it."""
-    from discovery.model import load_model
+    from discovery.reference import load_model
 
     key = (spec, device)
     if key not in _MODEL_CACHE:

@@ -7,13 +7,12 @@ import socket
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from discovery.errors import CircuitsError
 from discovery.service.requests import JobRequest
+from discovery.types.errors import CircuitsError
+from discovery.types.jobs import FINISHED_STATES as FINISHED_STATES
 
 COMPARE_METHOD = "compare"
 """The method name of a sweep's final job."""
-
-FINISHED_STATES = ("succeeded", "failed", "cancelled")
 
 Outcome = Literal["succeeded", "failed", "cancelled", "busy", "skipped"]
 
@@ -21,11 +20,14 @@ RUN_TASK = "circuits.run_job"
 COMPARE_TASK = "circuits.compare"
 
 
-class JobCancelled(CircuitsError):
-    """Raised inside a running search when its job was cancelled (by ``circuits cancel``)."""
+class JobCancelled(Exception):
+    """Raised inside a running search when its job was cancelled (by ``circuits cancel``).
+
+    Control flow of a worker, not bad input: deliberately outside :class:`~discovery.types.errors.CircuitsError`,
+    so no face prints it as a usage error."""
 
 
-class JobLost(CircuitsError):
+class JobLost(Exception):
     """This worker no longer holds the job (it was re-claimed after a missed heartbeat)."""
 
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from discovery.errors import UsageError
-from discovery.evaluator import Ablation
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Ablation
 
 MAX_PROMPTS = 100_000
 """The most prompts a job may ask for (``--n 100000000`` used to hang building the dataset)."""
@@ -164,7 +164,7 @@ def _check_tokens(dataset: Any, tokenizer: Any, n_ctx: int | None) -> None:
 def model_shape(spec: str) -> tuple[Any, int | None]:
     """(ModelShape, context length) read from a local model's config.json or a reference model's spec,
     without loading weights; (None, None) for a hub name."""
-    from discovery.circuit import ModelShape
+    from discovery.types.circuit import ModelShape
 
     if spec.startswith("ref:"):
         try:

@@ -22,10 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from discovery.circuit import Circuit
-from discovery.errors import StoreError
-from discovery.evaluator import Score
-from discovery.progress import ProgressCallback
 from discovery.service.evaluators import build_evaluator
 from discovery.service.jobs import (
     COMPARE_METHOD,
@@ -39,6 +35,10 @@ from discovery.service.jobs import (
 )
 from discovery.service.requests import JobRequest
 from discovery.service.settings import settings
+from discovery.types.circuit import Circuit
+from discovery.types.errors import CircuitsError, StoreError
+from discovery.types.evaluation import Score
+from discovery.types.progress import ProgressCallback
 
 
 def stale_after() -> float:
@@ -322,7 +322,7 @@ def run_job(
     heartbeat goes stale after ``CIRCUITS_STALE_AFTER`` seconds and the job can be claimed again).
     ``device`` overrides the job's device (a GPU worker: ``circuits worker --device cuda``).
     ``in_process``: run from a terminal (not a worker), so Ctrl-C cancels the job between passes.
-    Raises :class:`~discovery.errors.StoreError` when the database fails: the job is then neither
+    Raises :class:`~discovery.types.errors.StoreError` when the database fails: the job is then neither
     failed nor finished (its row cannot be written) and should be retried.
     """
     worker_id = worker_id or default_worker_id()
@@ -433,6 +433,6 @@ def run_discovery(
         return out["result"]
 
     outcome = _run_claimed(store, job, worker_id, progress, search, reraise=True, in_process=True)
-    if outcome != "succeeded":
-        raise JobCancelled(f"job {job_id} ended {outcome}")
+    if outcome != "succeeded":  # cancelled from another shell, or taken over: the caller's error, one line
+        raise CircuitsError(f"job {job_id} ended {outcome}")
     return job_id, out["result"], out["stored"]

@@ -2,7 +2,7 @@
 
 Every interval the service uses is here, checked where it is read: a value that is not a number, is
 not above zero, or contradicts another (a heartbeat slower than the stale time) is refused with a
-:class:`~discovery.errors.UsageError` naming the variable, instead of running with a setting that
+:class:`~discovery.types.errors.UsageError` naming the variable, instead of running with a setting that
 silently breaks recovery (``CIRCUITS_STALE_AFTER=0`` would let every delivery steal every job).
 
 ``CIRCUITS_STALE_AFTER`` (120)
@@ -34,7 +34,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 
-from discovery.errors import UsageError
+from discovery.types.errors import UsageError
 
 
 @dataclass(frozen=True)

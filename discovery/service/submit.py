@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from discovery.errors import UsageError
-from discovery.progress import ProgressCallback
 from discovery.service.jobs import (
     COMPARE_METHOD,
     EnqueueError,
@@ -19,6 +17,8 @@ from discovery.service.jobs import (
     open_default_store,
 )
 from discovery.service.requests import JobRequest, validate_request
+from discovery.types.errors import UsageError
+from discovery.types.progress import ProgressCallback
 
 
 @dataclass

@@ -10,12 +10,12 @@ beside its search). The job methods are also safe across processes on the SQL st
 one conditional update, so of concurrent claimers exactly one wins.
 
 Records. Methods return frozen records (:mod:`discovery.store.records`) and
-:class:`~discovery.evaluator.Score` values, never ORM rows or live objects: they stay valid after the
+:class:`~discovery.scoring.evaluator.Score` values, never ORM rows or live objects: they stay valid after the
 call and may be shared between threads.
 
-Errors. An unknown id raises :class:`~discovery.errors.UsageError` ("no job with id 7"); a bad argument
-(``stale_after <= 0``) raises :class:`~discovery.errors.UsageError`; the backend failing (the database
-unreachable, a driver error) raises :class:`~discovery.errors.StoreError`. Nothing else is raised on
+Errors. An unknown id raises :class:`~discovery.types.errors.UsageError` ("no job with id 7"); a bad argument
+(``stale_after <= 0``) raises :class:`~discovery.types.errors.UsageError`; the backend failing (the database
+unreachable, a driver error) raises :class:`~discovery.types.errors.StoreError`. Nothing else is raised on
 purpose. State changes never move a finished job: they return False instead.
 """
 
@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from discovery.circuit import Circuit
-from discovery.evaluator import EvaluationMethod, Score
-from discovery.model import ModelIdentity
 from discovery.store.records import DatasetRecord, JobRecord, ModelRecord
+from discovery.types.circuit import Circuit
+from discovery.types.evaluation import EvaluationMethod, Score
+from discovery.types.identity import ModelIdentity
 
 
 @runtime_checkable

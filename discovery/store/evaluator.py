@@ -1,6 +1,6 @@
 """Storage as a decorator on the evaluator: every score is persisted, a stored one costs no forward pass.
 
-:class:`StoredEvaluator` has the :class:`~discovery.evaluator.Evaluator` interface a search uses
+:class:`StoredEvaluator` has the :class:`~discovery.scoring.evaluator.Evaluator` interface a search uses
 (``evaluate(circuits, progress) -> list[Score]``, ``shape``, ``model``, ``dataset``, ``ablation``,
 ``method()``, ``full_metric``, ``ablated_metric``), each delegated explicitly to the wrapped evaluator,
 which it never modifies. For each call it
@@ -28,11 +28,11 @@ from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
 
-from discovery.circuit import Circuit
-from discovery.errors import UsageError
-from discovery.evaluator import Score
-from discovery.progress import ProgressCallback
 from discovery.store.base import Storage
+from discovery.types.circuit import Circuit
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import Score
+from discovery.types.progress import ProgressCallback
 
 
 class StoredEvaluator:
@@ -119,7 +119,7 @@ class StoredEvaluator:
     @cached_property
     def _reliable(self) -> bool:
         """The unreliable-span flag of scores served from the store (it is not a stored column)."""
-        from discovery.evaluator import RELIABLE_SPAN
+        from discovery.types.evaluation import RELIABLE_SPAN
 
         span = abs(self.full_metric - self.ablated_metric)
         spread = float(getattr(self.base_evaluator, "prompt_spread", 0.0))

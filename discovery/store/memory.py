@@ -12,13 +12,13 @@ from dataclasses import asdict, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from discovery.circuit import Circuit
-from discovery.errors import UsageError
-from discovery.evaluator import EvaluationMethod, Score
-from discovery.model import ModelIdentity
 from discovery.store.models import JobStatus
 from discovery.store.records import DatasetRecord, JobRecord, ModelRecord
 from discovery.store.repository import json_safe
+from discovery.types.circuit import Circuit
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import EvaluationMethod, Score
+from discovery.types.identity import ModelIdentity
 
 
 def _method_key(m: EvaluationMethod, level: bool = True) -> tuple:

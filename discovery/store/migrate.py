@@ -21,9 +21,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from discovery.errors import StoreError
 from discovery.store.engine import SQLITE_BEGIN, describe_url
 from discovery.store.models import Base
+from discovery.types.errors import StoreError
 
 _ADVISORY_LOCK_KEY = 0x63697263  # "circ"
 UPGRADE_COMMAND = "circuits db upgrade"

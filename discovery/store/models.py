@@ -10,7 +10,6 @@ heartbeats from many machines compare fairly.
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Any
 
@@ -19,21 +18,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import FunctionElement
 
-
-class JobStatus(str, enum.Enum):
-    """A job's life: queued -> running -> succeeded | failed | cancelled (a stale running job may be re-claimed)."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    def is_finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-FINISHED_STATES = tuple(s for s in JobStatus if s.is_finished())
+from discovery.types.jobs import JobStatus
 
 
 class db_now(FunctionElement):

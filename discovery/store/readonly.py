@@ -42,7 +42,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from discovery.errors import StoreError, UsageError
+from discovery.types.errors import StoreError, UsageError
 
 ALLOWED_FIRST = {"select", "with", "values", "explain", "show", "table"}
 WRITING_WORDS = {

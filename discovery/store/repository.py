@@ -2,11 +2,11 @@
 
 Opening. :func:`open_store(url) <open_store>` connects to ``url``, else ``CIRCUITS_DATABASE_URL``,
 else the embedded SQLite file, and checks the schema: an empty database is migrated to the newest
-revision; one at an older revision is refused with a :class:`~discovery.errors.StoreError` naming
+revision; one at an older revision is refused with a :class:`~discovery.types.errors.StoreError` naming
 ``circuits db upgrade``.
 
 Records. Methods return frozen dataclasses (:mod:`discovery.store.records`) and
-:class:`~discovery.evaluator.Score` values, never ORM rows: they stay valid after the call and may
+:class:`~discovery.scoring.evaluator.Score` values, never ORM rows: they stay valid after the call and may
 be shared between threads.
 
 Transactions. One helper, :meth:`Store._transaction`, owns every transaction: each public method is
@@ -15,9 +15,9 @@ back on any exception. A unique-key conflict from a racing writer (the same eval
 model or dataset written by two processes at once) is not an error: it is an insert-or-ignore
 (``ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL), and the row already there is the answer.
 
-Errors. Any database or driver failure is raised as :class:`~discovery.errors.StoreError` (the
+Errors. Any database or driver failure is raised as :class:`~discovery.types.errors.StoreError` (the
 driver's exception chained as ``__cause__``); bad arguments (an unknown job id, a statement that
-could write given to :meth:`Store.read_only_sql`) raise :class:`~discovery.errors.UsageError`
+could write given to :meth:`Store.read_only_sql`) raise :class:`~discovery.types.errors.UsageError`
 subclasses. Nothing else is raised on purpose.
 
 Thread and process safety. A :class:`Store` holds one SQLAlchemy engine (a connection pool) and no
@@ -59,10 +59,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from discovery.circuit import Circuit
-from discovery.errors import StoreError, UsageError
-from discovery.evaluator import EvaluationMethod, Score
-from discovery.model import ModelIdentity
 from discovery.store import migrate
 from discovery.store.engine import ENV_VAR, SQLITE_BEGIN, database_url, describe_url, make_engine
 from discovery.store.models import (
@@ -79,6 +75,10 @@ from discovery.store.models import (
 )
 from discovery.store.readonly import check_read_only, run_read_only
 from discovery.store.records import BestCircuit, DatasetRecord, EvaluationRecord, JobRecord, ModelRecord, PatchingCell
+from discovery.types.circuit import Circuit
+from discovery.types.errors import StoreError, UsageError
+from discovery.types.evaluation import EvaluationMethod, Score
+from discovery.types.identity import ModelIdentity
 
 _CHUNK = 500  # keys per IN (...) list
 DEFAULT_STALE_SECONDS = 120.0
@@ -969,7 +969,7 @@ class Store:
         """Store a patching heatmap, one row per cell; returns the number of new cells (NaN cells are skipped).
 
         Name the model and dataset by id, or pass ``model=`` (a ModelIdentity) and ``dataset=`` (a Dataset).
-        ``result``: a :class:`discovery.patching.PatchingResult` (``receiver`` and ``effects`` [layers, heads]),
+        ``result``: a :class:`discovery.scoring.patching.PatchingResult` (``receiver`` and ``effects`` [layers, heads]),
         any object with ``receiver`` and ``effects`` (an extra last column, when ``n_heads`` says so, is the
         layer's MLP, stored with head -1), or an iterable of :class:`PatchingCell` /
         ``(receiver, layer, head, effect)``.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from discovery.errors import UsageError
 from discovery.tasks.base import Dataset, DatasetSpec, Example, Task, metric_from_logits
 from discovery.tasks.building import build_dataset
 from discovery.tasks.digits import DigitsTask
@@ -13,6 +12,7 @@ from discovery.tasks.lan_barez import LanBarezDigitsTask, LanBarezMonthsTask, La
 from discovery.tasks.months import MonthsTask
 from discovery.tasks.number_words import NumberWordsTask
 from discovery.tasks.user_file import FileTask
+from discovery.types.errors import UsageError
 
 TASKS: dict[str, type[Task]] = {
     t.name: t

@@ -10,7 +10,7 @@ A task turns ``(n, seed, corruption, tokenizer)`` into text :class:`Example` s;
 - no prompt or answer contains the tokenizer's unknown token (a word outside a word-level
   vocabulary would otherwise be scored as ``<unk>``).
 
-A violation raises :class:`~discovery.errors.TokenizationError` naming the prompt or answer. Oddities
+A violation raises :class:`~discovery.types.errors.TokenizationError` naming the prompt or answer. Oddities
 that are not errors (answers without the leading space the other answers have) are returned in
 :attr:`Dataset.warnings` for the caller to show; the library prints nothing.
 
@@ -34,13 +34,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from discovery.errors import TokenizationError, UsageError
+from discovery.types.errors import TokenizationError, UsageError
 
 MetricName = str
 """``logit_diff``, ``prob_diff`` (read off the answer tokens' logits), or a user metric's name."""
 UserMetric = Callable[[torch.Tensor, "Dataset"], torch.Tensor]
 USER_METRICS: dict[str, UserMetric] = {}
-"""User metrics by name (see :mod:`discovery.readout`): functions of the last position's logits."""
+"""User metrics by name (see :mod:`discovery.scoring.metrics`): functions of the last position's logits."""
 BUILTIN_METRICS = ("logit_diff", "prob_diff", "kl")
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from discovery.errors import UsageError
 from discovery.tasks.base import Dataset, DatasetSpec, Task, _jsonable, _spacing_warning, _tokenise
 from discovery.tasks.filtering import filter_candidates
+from discovery.types.errors import UsageError
 
 
 def build_dataset(

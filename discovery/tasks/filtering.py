@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from discovery.errors import UsageError
 from discovery.tasks.base import Example, Task, _tokenise, _Tokenised
+from discovery.types.errors import UsageError
 
 PROBABILITY_RATIO = 2.0
 """p(correct) must exceed this multiple of p(wrong) (Lan & Barez's "2 *")."""

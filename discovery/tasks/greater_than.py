@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from discovery.errors import TokenizationError, UsageError
 from discovery.tasks.base import Example, Task
+from discovery.types.errors import TokenizationError, UsageError
 
 # cache/potential_nouns.txt of hannamw/gpt2-greater-than, in its order
 NOUNS: tuple[str, ...] = tuple(

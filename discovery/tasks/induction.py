@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from discovery.errors import UsageError
 from discovery.tasks.base import Example, Task
+from discovery.types.errors import UsageError
 
 
 class InductionTask(Task):
@@ -39,7 +39,7 @@ class InductionTask(Task):
 
     def word_pool(self, tokenizer: Any) -> tuple[str, ...]:
         """The words that are one known token both at the prompt's start and after a space."""
-        from discovery.words import INDUCTION_WORDS
+        from discovery.tasks.words import INDUCTION_WORDS
 
         unk = getattr(tokenizer, "unk_token_id", None)
 

@@ -36,8 +36,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from discovery.errors import UsageError
 from discovery.tasks.base import Example, Task, _unknown_words
+from discovery.types.errors import UsageError
 
 # The 73 objects of their done/lost prompts, in order of first use in data/numerals/numerals_prompts_done.pkl
 # (their common_words.json, capitalised and filtered to one GPT-2 token).

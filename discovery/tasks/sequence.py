@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from discovery.errors import UsageError
 from discovery.tasks.base import Example, Task
+from discovery.types.errors import UsageError
 
 TEMPLATES = ("plain", "done-in")
 # One-token objects in GPT-2's vocabulary (with a leading space), as in Lan & Barez's prompts.

@@ -5,9 +5,9 @@ JSON: a list of objects, or ``{"examples": [...]}``; CSV: a header row. Each exa
 token strings for several). The optional top-level JSON key ``metric`` picks ``logit_diff``
 (default), ``prob_diff``, a registered user metric, or ``FILE.py:FUNCTION`` (a Python file beside
 the task file; the function, ``metric(logits, dataset) -> values per prompt``, becomes the task's
-metric under its name; see :mod:`discovery.readout`). ``n`` takes the first n examples in file order (after a shuffle
-with ``seed`` when seed is not 0); the file's own corruption is called ``file``. The prompts are
-tokenised after the BOS token unless ``bos=false`` (``circuits prompts --json`` of a task without a
+metric under its name; see :mod:`discovery.scoring.metrics`). ``n`` takes the first n examples in
+file order (after a shuffle with ``seed`` when seed is not 0); the file's own corruption is called ``file``.
+The prompts are tokenised after the BOS token unless ``bos=false`` (``circuits prompts --json`` of a task without a
 BOS token, e.g. Lan & Barez's, reads back with ``--task-param bos=false``). Prompts may have
 different token lengths (IOI-style names that split differently): the dataset groups them by
 length, and each corrupted prompt must have its clean prompt's length (see
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from discovery.errors import UsageError
 from discovery.tasks.base import USER_METRICS, Example, Task, register_metric
+from discovery.types.errors import UsageError
 
 REQUIRED = ("clean", "corrupt", "answer", "wrong")
 

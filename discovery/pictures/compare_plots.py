@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from discovery.circuit import Circuit
-from discovery.compare import compare, union_graph
-from discovery.plots import grid_position, pyplot, save_figure, wrap
+from discovery.analysis.compare import compare, union_graph
+from discovery.pictures.plots import grid_position, pyplot, save_figure, wrap
+from discovery.types.circuit import Circuit
 
 COLOURS = {"both": "#7b3fa0", "a": "#1f77b4", "b": "#ff7f0e"}
 
@@ -80,7 +80,7 @@ def draw_comparison(
 
 
 def draw_overlap_matrix(labels: list[str], matrix: Any, path: str | Path, title: str | None = None) -> Path:
-    """A heatmap of a Jaccard matrix (from :func:`discovery.compare.overlap_matrix`)."""
+    """A heatmap of a Jaccard matrix (from :func:`discovery.analysis.compare.overlap_matrix`)."""
     plt = pyplot()
 
     n = len(labels)

@@ -28,9 +28,9 @@ reads only the answer tokens (and the log partition, for ``prob_diff``). A call 
 than one pass holds sorts them by their masks first, so that each pass gets circuits that share
 prefixes; values come back in the caller's order.
 
-Edge-level circuits (with edges) are delegated to :mod:`discovery.edge_forward`. Both run on the
+Edge-level circuits (with edges) are delegated to :mod:`discovery.scoring.edge_forward`. Both run on the
 one forward of :mod:`discovery.engine`; models without the engine's fast path are scored through
-TransformerLens hooks (:mod:`discovery.engine.hooked`, node level only).
+TransformerLens hooks (:mod:`discovery.scoring.hooked`, node level only).
 """
 
 from __future__ import annotations
@@ -43,98 +43,22 @@ from typing import Literal
 import numpy as np
 import torch
 
-from discovery.circuit import Circuit
-from discovery.edge_forward import edge_metric_values
 from discovery.engine import Engine, Recording, record_forward
-from discovery.engine.hooked import HookedScorer
-from discovery.errors import UsageError
 from discovery.model import LoadedModel
-from discovery.progress import ProgressCallback
-from discovery.readout import check_metric, per_prompt_metric
+from discovery.scoring.edge_forward import edge_metric_values
+from discovery.scoring.hooked import HookedScorer
+from discovery.scoring.metrics import check_metric, per_prompt_metric
 from discovery.tasks.base import Dataset
+from discovery.types.circuit import Circuit
+from discovery.types.errors import UsageError
+from discovery.types.evaluation import RELIABLE_SPAN, Ablation, EvaluationMethod, Score, normalise
+from discovery.types.progress import ProgressCallback
 
-__all__ = ["Ablation", "EvaluationMethod", "Evaluator", "Recording", "Replacement", "Score", "record_forward"]
+__all__ = ["Evaluator", "Recording", "Replacement", "record_forward"]
 
-AblationKind = Literal["mean", "resample", "zero"]
-ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "resample", "zero")
-NORMALISER = "(circuit - ablated) / (full - ablated)"
-RELIABLE_SPAN = 0.5
-"""|full - ablated| below this many standard deviations of the full model's per-prompt metric makes
-the normalised score unreliable: the two ends differ by less than prompts differ from each other."""
 SHARED_HEADS_FRACTION = 0.75
 """Node level: a head needed by at least this fraction of a chunk's states is computed for all of them
 (gathering the rows of fewer costs about a third of what computing every row costs)."""
-
-
-@dataclass(frozen=True)
-class Ablation:
-    """How components outside a circuit are removed."""
-
-    kind: AblationKind = "mean"
-    source: Literal["corrupt", "clean"] = "corrupt"
-    """Which prompts of the dataset the replacement values come from."""
-    ablate_mlps: bool = False
-    """Node level: also replace MLPs outside the circuit (otherwise every MLP is kept)."""
-    ablate_embed: bool = False
-    """Edge level only: the embedding's edges are ablatable like any other (ACDC's and EAP-IG's graph,
-    whose input node sends edges that can be pruned): a receiver whose ``embed`` edge is not in the
-    circuit reads the replacement embedding (the source prompts' mean, paired or zero embedding)
-    instead of its clean one. Node-level circuits always keep the embedding."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in ABLATION_KINDS:
-            raise UsageError(f"unknown ablation {self.kind!r}; choose one of: {', '.join(ABLATION_KINDS)}")
-        if self.source not in ("corrupt", "clean"):
-            raise UsageError(f"unknown ablation source {self.source!r}; choose corrupt or clean")
-
-
-@dataclass(frozen=True)
-class EvaluationMethod:
-    """Everything a score's meaning depends on besides the circuit and the model."""
-
-    ablation: AblationKind
-    source: str
-    """The dataset the replacement values come from, e.g. ``digits[corruption=repeat-last,n=50,seed=0]:corrupt``."""
-    level: Literal["node", "edge"]
-    ablate_mlps: bool
-    metric: str
-    normaliser: str = NORMALISER
-    ablate_embed: bool = False
-    """Edge level: the embedding's edges were ablatable too (see :attr:`Ablation.ablate_embed`)."""
-
-    def describe(self) -> str:
-        mlps = "heads and MLPs ablated" if self.ablate_mlps else "heads ablated, MLPs kept"
-        if self.ablate_embed:
-            mlps += ", embedding edges ablatable"
-        return (
-            f"{self.ablation} ablation over {self.source}; {self.level} level, {mlps}; "
-            f"metric {self.metric}; normalised {self.normaliser}"
-        )
-
-
-@dataclass(frozen=True)
-class Score:
-    """A circuit's metric under one evaluation method, with the two ends it is normalised by."""
-
-    circuit: Circuit
-    metric: float
-    normalised: float
-    full: float
-    ablated: float
-    method: EvaluationMethod
-    reliable: bool = True
-    """False when full and ablated nearly coincide (see :attr:`Evaluator.span_note`): the normalised
-    score then means nothing and is flagged wherever it is shown."""
-
-    @property
-    def ratio(self) -> float:
-        """``metric(circuit) / metric(full)``: Lan & Barez's score (no ablated baseline)."""
-        return float("nan") if self.full == 0 else self.metric / self.full
-
-
-def normalise(value: float, full: float, ablated: float) -> float:
-    span = full - ablated
-    return float("nan") if span == 0 else (value - ablated) / span
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,6 +1,6 @@
 """Comparing circuits: shared and distinct components and edges, Jaccard similarity, overlap matrices.
 
-Pure functions over :class:`~discovery.circuit.Circuit` values (and their networkx graphs); nothing
+Pure functions over :class:`~discovery.types.circuit.Circuit` values (and their networkx graphs); nothing
 here reads the store or runs a model.
 
 Components are heads and MLPs (``9.1``, ``m8``). ``embed`` and ``logits`` are left out of the node
@@ -30,8 +30,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from discovery.circuit import Circuit, parse_edge, parse_node
-from discovery.errors import UsageError
+from discovery.types.circuit import Circuit, parse_edge, parse_node
+from discovery.types.errors import UsageError
 
 
 def component_names(circuit: Circuit) -> frozenset[str]:
@@ -193,7 +193,7 @@ def best_stored(
     threshold: float = 0.8,
 ) -> Origin:
     """The task's best stored circuit for exactly this dataset and evaluation method (``evaluation_method``,
-    an :class:`~discovery.evaluator.EvaluationMethod`, whose ``source`` names the dataset), this model's
+    an :class:`~discovery.scoring.evaluator.EvaluationMethod`, whose ``source`` names the dataset), this model's
     weights (``model_identity.weight_hash``, whatever path or name loaded them) and, when given, this
     search method. Raises :class:`UsageError` naming all of those when nothing matches."""
     found = store.best_circuits_for(

@@ -25,7 +25,7 @@ from typing import Literal
 
 import networkx as nx
 
-from discovery.errors import UsageError
+from discovery.types.errors import UsageError
 
 HeadInput = Literal["q", "k", "v"]
 HEAD_INPUTS: tuple[HeadInput, ...] = ("q", "k", "v")

@@ -39,15 +39,15 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from discovery.circuit import EMBED, HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
 from discovery.engine import Engine, record_forward
-from discovery.readout import per_prompt_metric
+from discovery.scoring.metrics import per_prompt_metric
+from discovery.types.circuit import EMBED, HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
 
 Slot = tuple[Node, "str | None"]
 
 
 class ForwardInputs(Protocol):
-    """What the edge-level forward reads off an evaluator (``discovery.evaluator.Evaluator`` has it all)."""
+    """What the edge-level forward reads off an evaluator (``discovery.scoring.evaluator.Evaluator`` has it all)."""
 
     @property
     def shape(self) -> ModelShape: ...

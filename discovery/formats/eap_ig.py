@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from discovery.circuit import EMBED, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
-from discovery.errors import UsageError
+from discovery.types.circuit import EMBED, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
+from discovery.types.errors import UsageError
 
 FORMAT = "eap-ig-graph"
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from discovery.circuit import Circuit, ModelShape, parse_edge
+from discovery.types.circuit import Circuit, ModelShape, parse_edge
 
 if TYPE_CHECKING:
-    from discovery.curves import FaithfulnessCurve
-    from discovery.patching import PatchingResult
+    from discovery.analysis.curves import FaithfulnessCurve
+    from discovery.scoring.patching import PatchingResult
 
 KIND_COLOURS = {"embed": "#b0b0b0", "head": "#7fb3e6", "mlp": "#f2b36f", "logits": "#b0b0b0"}
 MASKED_COLOUR = "#d9d9d9"

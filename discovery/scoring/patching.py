@@ -24,12 +24,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from discovery.circuit import HEAD_INPUTS, ModelShape
 from discovery.engine import Engine, record_forward
-from discovery.errors import UsageError
 from discovery.model import LoadedModel
-from discovery.progress import ProgressCallback, no_progress
 from discovery.tasks.base import Dataset, metric_from_logits
+from discovery.types.circuit import HEAD_INPUTS, ModelShape
+from discovery.types.errors import UsageError
+from discovery.types.progress import ProgressCallback, no_progress
 
 ReceiverInput = Literal["q", "k", "v"]
 ReceiverHead = tuple[int, int, ReceiverInput]
@@ -67,7 +67,7 @@ class Receiver:
             if not m:
                 raise UsageError(f"receiver {part!r}: write logits, L.H (all of q, k, v) or L.H.q / L.H.k / L.H.v")
             layer, head = int(m.group(1)), int(m.group(2))
-            from discovery.circuit import head as make_head
+            from discovery.types.circuit import head as make_head
 
             shape.check(make_head(layer, head))
             if layer == 0:

@@ -22,9 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from discovery.circuit import Circuit
-from discovery.evaluator import Ablation, Evaluator
-from discovery.progress import ProgressCallback, no_progress
+from discovery.scoring.evaluator import Evaluator
+from discovery.types.circuit import Circuit
+from discovery.types.evaluation import Ablation
+from discovery.types.progress import ProgressCallback, no_progress
 
 LAN_BAREZ_REPO = "apartresearch/seqcont_circuits"
 HANNA_REPO = "hannamw/gpt2-greater-than"
@@ -181,7 +182,7 @@ def greater_than(
     progress: ProgressCallback = no_progress,
 ) -> list[Reproduction]:
     """Hanna et al.'s pipeline on ``model`` (one :class:`Reproduction`)."""
-    from discovery.patching import path_patching
+    from discovery.scoring.patching import path_patching
     from discovery.search import run_search
     from discovery.tasks import build_dataset, get_task
 

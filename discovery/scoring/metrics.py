@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 
 from discovery.engine import Engine
-from discovery.errors import UsageError
 from discovery.tasks.base import USER_METRICS, Dataset, UserMetric, metric_from_logits, register_metric
+from discovery.types.errors import UsageError
 
 METRICS = ("logit_diff", "prob_diff", "kl")
 MetricChoice = Literal["logit_diff", "prob_diff", "kl"]

@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from discovery.circuit import Circuit, parse_edge, parse_node
-from discovery.errors import UsageError
-from discovery.progress import ProgressCallback
+from discovery.types.circuit import Circuit, parse_edge, parse_node
+from discovery.types.errors import UsageError
+from discovery.types.progress import ProgressCallback
 
 MIB_FRACTIONS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 EVERY_K_UP_TO = 200
