@@ -47,11 +47,12 @@ from discovery.engine import Engine, Recording, record_forward
 from discovery.model import LoadedModel
 from discovery.scoring.edge_forward import edge_metric_values
 from discovery.scoring.hooked import HookedScorer
-from discovery.scoring.metrics import check_metric, per_prompt_metric
+from discovery.scoring.metrics import check_metric, per_prompt_metric, reads_answer_tokens_only
 from discovery.tasks.base import Dataset
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import RELIABLE_SPAN, Ablation, EvaluationMethod, Score, normalise
+from discovery.types.metrics import TASK_METRICS
 from discovery.types.progress import ProgressCallback
 
 __all__ = ["Evaluator", "Recording", "Replacement", "record_forward"]
@@ -147,7 +148,7 @@ class Evaluator:
             else HookedScorer(model, self.dataset, ablation.kind, ablation.source)
         )
         """The slow path (TransformerLens hooks) for architectures the engine has no fast path for."""
-        if not model.fast_path and self.metric_name not in ("logit_diff", "prob_diff"):
+        if not model.fast_path and self.metric_name not in TASK_METRICS:
             raise UsageError(
                 f"the {self.metric_name} metric needs the engine's fast path; this model runs on the hooked slow path"
             )
@@ -430,7 +431,7 @@ class Evaluator:
     def readout(self, final_normed: torch.Tensor) -> torch.Tensor:
         """The metric per prompt from final-normed last-position residuals [groups, n, d] -> [groups, n]."""
         reference = self.reference_logprobs if self.metric_name == "kl" else None
-        if self.metric_name == "logit_diff":  # answer columns only: no full-vocabulary logits
+        if reads_answer_tokens_only(self.metric_name):  # answer columns only: no full-vocabulary logits
             return per_prompt_metric(self.engine, self.dataset, final_normed, self.metric_name)
         # a group at a time: full-vocabulary logits of every group at once can take gigabytes
         return torch.stack(

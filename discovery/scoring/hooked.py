@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from discovery.tasks.base import Dataset, metric_from_logits
+from discovery.scoring.metrics import LOGITS, per_prompt_metric
+from discovery.tasks.base import Dataset
 
 if TYPE_CHECKING:
     from discovery.model import LoadedModel
@@ -78,6 +79,6 @@ class HookedScorer:
 
                 hooks.append((mlp_hook(layer), patch_mlp))
         logits = self.model.bridge.run_with_hooks(self.dataset.clean_ids, fwd_hooks=hooks)[:, -1]
-        answer = logits[:, self.dataset.answer_tokens]
-        lse = torch.logsumexp(logits, dim=-1) if self.dataset.metric == "prob_diff" else None
-        return float(metric_from_logits(self.dataset, answer, lse).mean())
+        return float(
+            per_prompt_metric(LOGITS, self.dataset, logits, self.dataset.metric, task_metrics_only=True).mean()
+        )

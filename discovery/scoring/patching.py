@@ -26,7 +26,8 @@ import torch
 
 from discovery.engine import Engine, record_forward
 from discovery.model import LoadedModel
-from discovery.tasks.base import Dataset, metric_from_logits
+from discovery.scoring.metrics import per_prompt_metric
+from discovery.tasks.base import Dataset
 from discovery.types.circuit import HEAD_INPUTS, ModelShape
 from discovery.types.errors import UsageError
 from discovery.types.progress import ProgressCallback, no_progress
@@ -104,9 +105,7 @@ class PatchingResult:
 def _metric(eng: Engine, dataset: Dataset, resid_last: torch.Tensor) -> torch.Tensor:
     """Mean metric over prompts from last-position residuals [..., n, d] -> [...]."""
     final = eng.final_norm(resid_last)
-    answer_logits = eng.token_logits(final, dataset.answer_tokens)
-    lse = torch.logsumexp(eng.token_logits(final), dim=-1) if dataset.metric == "prob_diff" else None
-    return metric_from_logits(dataset, answer_logits, lse).mean(-1)
+    return per_prompt_metric(eng, dataset, final, dataset.metric, task_metrics_only=True).mean(-1)
 
 
 def _attention(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from discovery.tasks.base import Dataset, DatasetSpec, Example, Task, metric_from_logits
+from discovery.tasks.base import Dataset, DatasetSpec, Example, Task
 from discovery.tasks.building import build_dataset
 from discovery.tasks.digits import DigitsTask
 from discovery.tasks.greater_than import GreaterThanTask
@@ -69,7 +69,6 @@ __all__ = [
     "TASKS",
     "build_dataset",
     "get_task",
-    "metric_from_logits",
     "register_task",
     "task_names",
 ]

@@ -21,7 +21,7 @@ The metric is a signed sum over answer tokens at the last position: ``weights[i,
 correct token of prompt i, -1 for a wrong one, 0 otherwise. ``logit_diff`` sums weighted logits
 (one correct and one wrong token per prompt: logit(correct) - logit(wrong)); ``prob_diff`` sums
 weighted probabilities under the full softmax (greater-than: p(YY' > YY) - p(YY' <= YY)).
-Both are averaged over prompts.
+Both are averaged over prompts. The readout of every metric lives in :mod:`discovery.scoring.metrics`.
 """
 
 from __future__ import annotations
@@ -35,24 +35,7 @@ from typing import Any, ClassVar
 import torch
 
 from discovery.types.errors import TokenizationError, UsageError
-
-MetricName = str
-"""``logit_diff``, ``prob_diff`` (read off the answer tokens' logits), or a user metric's name."""
-UserMetric = Callable[[torch.Tensor, "Dataset"], torch.Tensor]
-USER_METRICS: dict[str, UserMetric] = {}
-"""User metrics by name (see :mod:`discovery.scoring.metrics`): functions of the last position's logits."""
-BUILTIN_METRICS = ("logit_diff", "prob_diff", "kl")
-
-
-def register_metric(name: str, fn: UserMetric) -> str:
-    """Make ``fn(logits [..., n, vocab], dataset) -> [..., n]`` a metric called ``name``; returns the name."""
-    if name in BUILTIN_METRICS:
-        raise UsageError(f"metric name {name!r} is built in; choose another")
-    if not name.isidentifier():
-        raise UsageError(f"metric name {name!r}: use letters, digits and underscores")
-    USER_METRICS[name] = fn
-    return name
-
+from discovery.types.metrics import MetricName
 
 FILTERS = ("none", "correct")
 """``filter`` task parameter: keep every prompt, or only those the model answers correctly."""
@@ -78,6 +61,9 @@ class Task(ABC):
     corruptions: ClassVar[tuple[str, ...]]
     default_corruption: ClassVar[str]
     metric: ClassVar[MetricName] = "logit_diff"
+    metric_function: Callable[..., torch.Tensor] | None = None
+    """The function a task file names for its metric (``metrics.py:fn``), carried to the dataset and
+    registered under ``metric`` when an evaluator is built (:func:`discovery.scoring.metrics.check_metric`)."""
 
     default_prepend_bos: ClassVar[bool] = True
     """Whether the tokenised prompts start with the tokenizer's BOS token unless the caller says."""
@@ -189,6 +175,8 @@ class Dataset:
     the leading space every other answer has."""
     groups: tuple[Dataset, ...] = ()
     """One equal-length dataset per prompt length when the prompts have several (else empty)."""
+    metric_function: Callable[..., torch.Tensor] | None = None
+    """The task's own metric function (a task file's ``metrics.py:fn``), else None: see :attr:`Task.metric_function`."""
 
     @property
     def n(self) -> int:
@@ -226,27 +214,8 @@ class Dataset:
             self.prompt_hash,
             self.warnings,
             tuple(g.to(device) for g in self.groups),
+            self.metric_function,
         )
-
-
-def metric_from_logits(dataset: Dataset, answer_logits: torch.Tensor, logsumexp: torch.Tensor | None) -> torch.Tensor:
-    """Per-prompt metric from the last position's logits of the answer tokens.
-
-    ``answer_logits``: [..., n, k] logits of ``dataset.answer_tokens``; ``logsumexp``: [..., n] the
-    log partition over the whole vocabulary (needed for ``prob_diff`` only). Returns [..., n].
-    """
-    if dataset.metric not in ("logit_diff", "prob_diff"):
-        raise UsageError(
-            f"metric {dataset.metric!r} reads the whole vocabulary's logits; this scorer (path patching, the "
-            "hooked slow path) reads the answer tokens only: use logit_diff or prob_diff here"
-        )
-    weights = dataset.answer_weights.to(answer_logits.dtype)
-    if dataset.metric == "logit_diff":
-        return (answer_logits * weights).sum(-1)
-    if logsumexp is None:
-        raise ValueError("prob_diff needs the log partition over the full vocabulary")
-    probs = torch.exp(answer_logits - logsumexp.unsqueeze(-1))
-    return (probs * weights).sum(-1)
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:

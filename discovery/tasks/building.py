@@ -70,7 +70,16 @@ def build_dataset(
         corrupt_ids = torch.tensor(tok.corrupt, dtype=torch.long)
         digest = _digest([clean_ids, corrupt_ids, answer_tokens], weights, task.metric)
         return Dataset(
-            spec, tuple(examples), clean_ids, corrupt_ids, answer_tokens, weights, task.metric, digest, warnings
+            spec,
+            tuple(examples),
+            clean_ids,
+            corrupt_ids,
+            answer_tokens,
+            weights,
+            task.metric,
+            digest,
+            warnings,
+            metric_function=task.metric_function,
         )
     # several lengths: one equal-length group per length (see Dataset), hashed over every row in order
     groups = []
@@ -81,7 +90,19 @@ def build_dataset(
         g_weights = weights[rows]
         g_examples = tuple(examples[i] for i in rows)
         g_digest = _digest([g_clean, g_corrupt, answer_tokens], g_weights, task.metric)
-        groups.append(Dataset(spec, g_examples, g_clean, g_corrupt, answer_tokens, g_weights, task.metric, g_digest))
+        groups.append(
+            Dataset(
+                spec,
+                g_examples,
+                g_clean,
+                g_corrupt,
+                answer_tokens,
+                g_weights,
+                task.metric,
+                g_digest,
+                metric_function=task.metric_function,
+            )
+        )
     rows_in_order = [torch.tensor(r, dtype=torch.long) for pair in zip(tok.clean, tok.corrupt) for r in pair]
     digest = _digest([*rows_in_order, answer_tokens], weights, task.metric)
     empty = torch.zeros(len(examples), 0, dtype=torch.long)
@@ -96,6 +117,7 @@ def build_dataset(
         digest,
         warnings,
         tuple(groups),
+        task.metric_function,
     )
 
 

@@ -5,7 +5,10 @@ JSON: a list of objects, or ``{"examples": [...]}``; CSV: a header row. Each exa
 token strings for several). The optional top-level JSON key ``metric`` picks ``logit_diff``
 (default), ``prob_diff``, a registered user metric, or ``FILE.py:FUNCTION`` (a Python file beside
 the task file; the function, ``metric(logits, dataset) -> values per prompt``, becomes the task's
-metric under its name; see :mod:`discovery.scoring.metrics`). ``n`` takes the first n examples in
+metric under its name; see :mod:`discovery.scoring.metrics`). The task only reads the file and keeps
+the function (:attr:`~discovery.tasks.base.Task.metric_function`, carried by the dataset): the
+registry of metrics is in :mod:`discovery.scoring.metrics`, above the tasks, which registers it when
+an evaluator is built, and checks there that a bare name is registered. ``n`` takes the first n examples in
 file order (after a shuffle with ``seed`` when seed is not 0); the file's own corruption is called ``file``.
 The prompts are tokenised after the BOS token unless ``bos=false`` (``circuits prompts --json`` of a task without a
 BOS token, e.g. Lan & Barez's, reads back with ``--task-param bos=false``). Prompts may have
@@ -23,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from discovery.tasks.base import USER_METRICS, Example, Task, register_metric
+from discovery.tasks.base import Example, Task
 from discovery.types.errors import UsageError
+from discovery.types.metrics import BUILTIN_METRICS, TASK_METRICS, check_user_metric_name
 
 REQUIRED = ("clean", "corrupt", "answer", "wrong")
 
@@ -54,9 +58,9 @@ class FileTask(Task):
         rows, metric = self._read()
         if ":" in str(metric):
             metric = self._load_metric(str(metric))
-        elif metric not in ("logit_diff", "prob_diff") and metric not in USER_METRICS:
+        elif metric not in TASK_METRICS and (metric in BUILTIN_METRICS or not str(metric).isidentifier()):
             raise UsageError(
-                f"task file {self.path}: unknown metric {metric!r} (logit_diff, prob_diff, a registered "
+                f"task file {self.path}: unknown metric {metric!r} ({', '.join(TASK_METRICS)}, a registered "
                 "metric, or FILE.py:FUNCTION)"
             )
         self.metric = metric  # type: ignore[misc]
@@ -65,7 +69,8 @@ class FileTask(Task):
 
     def _load_metric(self, spec: str) -> str:
         """``metrics.py:name`` (relative to the task file): the function ``name`` of that Python file,
-        registered as the metric ``name``. The file is the user's own code and runs here."""
+        kept as :attr:`metric_function` (registered as the metric ``name`` when an evaluator is built).
+        The file is the user's own code and runs here."""
         import importlib.util
 
         file, _, function = spec.rpartition(":")
@@ -79,7 +84,8 @@ class FileTask(Task):
         fn = getattr(module, function, None)
         if not callable(fn):
             raise UsageError(f"task file {self.path}: metric {spec!r}: {path.name} has no function {function!r}")
-        return register_metric(function, fn)
+        self.metric_function = fn
+        return check_user_metric_name(function)
 
     def _read(self) -> tuple[list[dict[str, Any]], str]:
         text = self.path.read_text()
