@@ -9,6 +9,7 @@ from discovery.cli import common, output
 from discovery.cli.common import console
 from discovery.tasks import TASKS, task_names
 from discovery.types.circuit import Circuit
+from discovery.types.metrics import TASK_METRICS
 
 
 def evaluate(
@@ -87,7 +88,7 @@ def tasks() -> None:
     table = Table("task", "corruptions (default first)", "metric", "description")
     for name in task_names():
         if name not in TASKS:
-            table.add_row(name, "file", "logit_diff|prob_diff", "prompts from a JSON or CSV file")
+            table.add_row(name, "file", "|".join(TASK_METRICS), "prompts from a JSON or CSV file")
             continue
         t = TASKS[name]
         corruptions = [t.default_corruption] + [c for c in t.corruptions if c != t.default_corruption]

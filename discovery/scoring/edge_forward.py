@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from discovery.engine import Engine, record_forward
-from discovery.scoring.metrics import per_prompt_metric
+from discovery.scoring.metrics import per_prompt_metric, reads_full_model_reference
 from discovery.types.circuit import EMBED, HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
 
 Slot = tuple[Node, "str | None"]
@@ -737,7 +737,8 @@ def _gradient_scores(
             h = after + m_out
         final_in = h[:, -1]
         final_in.retain_grad()
-        reference = getattr(evaluator, "reference_logprobs", None) if evaluator.metric_name == "kl" else None
+        needs_reference = reads_full_model_reference(evaluator.metric_name)
+        reference = getattr(evaluator, "reference_logprobs", None) if needs_reference else None
         per_prompt = per_prompt_metric(
             eng,
             _dataset_rows(evaluator.dataset, rows),

@@ -47,7 +47,12 @@ from discovery.engine import Engine, Recording, record_forward
 from discovery.model import LoadedModel
 from discovery.scoring.edge_forward import edge_metric_values
 from discovery.scoring.hooked import HookedScorer
-from discovery.scoring.metrics import check_metric, per_prompt_metric, reads_answer_tokens_only
+from discovery.scoring.metrics import (
+    check_metric,
+    per_prompt_metric,
+    reads_answer_tokens_only,
+    reads_full_model_reference,
+)
 from discovery.tasks.base import Dataset
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
@@ -430,7 +435,7 @@ class Evaluator:
 
     def readout(self, final_normed: torch.Tensor) -> torch.Tensor:
         """The metric per prompt from final-normed last-position residuals [groups, n, d] -> [groups, n]."""
-        reference = self.reference_logprobs if self.metric_name == "kl" else None
+        reference = self.reference_logprobs if reads_full_model_reference(self.metric_name) else None
         if reads_answer_tokens_only(self.metric_name):  # answer columns only: no full-vocabulary logits
             return per_prompt_metric(self.engine, self.dataset, final_normed, self.metric_name)
         # a group at a time: full-vocabulary logits of every group at once can take gigabytes

@@ -44,6 +44,7 @@ __all__ = [
     "check_metric",
     "per_prompt_metric",
     "reads_answer_tokens_only",
+    "reads_full_model_reference",
     "register_metric",
 ]
 
@@ -78,8 +79,9 @@ def check_metric(dataset: Dataset, metric: str | Callable[..., torch.Tensor] | N
                 f"register_metric({dataset.metric!r}, fn) first, or name FILE.py:FUNCTION in the task file"
             )
         return dataset.metric
-    if metric != "kl" and metric not in USER_METRICS:
-        others = ", ".join(["kl", *sorted(USER_METRICS)])
+    any_task = [m for m in BUILTIN_METRICS if m not in TASK_METRICS]  # kl: read against the full model
+    if metric not in any_task and metric not in USER_METRICS:
+        others = ", ".join([*any_task, *sorted(USER_METRICS)])
         raise UsageError(
             f"metric {metric!r}: task {dataset.spec.task!r} is scored by {dataset.metric}; "
             f"the other choices are {others}"
@@ -144,12 +146,14 @@ class BuiltinReadout:
     answer_tokens_only: bool
     """Reads only the answer tokens' logits (no full-vocabulary logits): the evaluator then reads
     every group of circuits at once instead of one at a time."""
+    full_model_reference: bool = False
+    """Compares against the full model's next-token log-probabilities (``reference_logprobs``)."""
 
 
 BUILTIN_READOUTS: dict[str, BuiltinReadout] = {
     "logit_diff": BuiltinReadout(_logit_diff, answer_tokens_only=True),
     "prob_diff": BuiltinReadout(_prob_diff, answer_tokens_only=False),
-    "kl": BuiltinReadout(_kl, answer_tokens_only=False),
+    "kl": BuiltinReadout(_kl, answer_tokens_only=False, full_model_reference=True),
 }
 """One readout per name in :data:`~discovery.types.metrics.BUILTIN_METRICS` (``tests/test_user_metrics.py`` checks)."""
 
@@ -158,6 +162,12 @@ def reads_answer_tokens_only(metric: str) -> bool:
     """Whether ``metric`` reads no full-vocabulary logits (user metrics read them all)."""
     readout = BUILTIN_READOUTS.get(metric)
     return readout is not None and readout.answer_tokens_only
+
+
+def reads_full_model_reference(metric: str) -> bool:
+    """Whether ``metric``'s readout needs the full model's log-probabilities (``kl``)."""
+    readout = BUILTIN_READOUTS.get(metric)
+    return readout is not None and readout.full_model_reference
 
 
 def per_prompt_metric(
@@ -171,7 +181,8 @@ def per_prompt_metric(
     """The metric per prompt from the final-normed last-position residual [..., n, d] -> [..., n]
     (with ``unembed=LOGITS``: from the last position's logits [..., n, vocab]).
 
-    ``reference_logprobs`` [n, vocab]: the full model's next-token log-probabilities (``kl`` only).
+    ``reference_logprobs`` [n, vocab]: the full model's next-token log-probabilities (only read where
+    :func:`reads_full_model_reference`: ``kl``).
     ``task_metrics_only``: refuse any metric but the task metrics (path patching, the hooked slow
     path, which score one dataset's own metric and keep no full-model reference)."""
     if task_metrics_only and metric not in TASK_METRICS:

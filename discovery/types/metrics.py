@@ -15,7 +15,7 @@ TaskMetric = Literal["logit_diff", "prob_diff"]
 BuiltinMetric = Literal[TaskMetric, "kl"]
 """The task metrics and ``kl`` (KL divergence to the full model, any task)."""
 TASK_METRICS: tuple[str, ...] = get_args(TaskMetric)
-BUILTIN_METRICS: tuple[str, ...] = (*TASK_METRICS, "kl")
+BUILTIN_METRICS: tuple[str, ...] = get_args(BuiltinMetric)
 MetricName = str
 """A built-in metric's name or a user metric's (registered with :func:`discovery.scoring.metrics.register_metric`)."""
 
