@@ -12,8 +12,9 @@
   Python (the scripts ship in the top-level ``migrations`` package);
 - :mod:`discovery.store.readonly`: ``circuits sql``, read-only by construction.
 
-The database is ``CIRCUITS_DATABASE_URL`` (any SQLAlchemy URL; PostgreSQL for the service), else an
-embedded SQLite file in ``platformdirs.user_data_dir("circuit-discovery")``.
+The database is ``CIRCUITS_DATABASE_URL`` (any SQLAlchemy URL, PostgreSQL for the service; or
+``memory:``, a store that lives as long as the process), else an embedded SQLite file in
+``platformdirs.user_data_dir("circuit-discovery")``.
 """
 
 from discovery.store.backends import BACKENDS, open_store

@@ -1,7 +1,8 @@
 """The store's repository: every read and write of experiments goes through :class:`Store`.
 
-Opening. :func:`open_store(url) <open_store>` connects to ``url``, else ``CIRCUITS_DATABASE_URL``,
-else the embedded SQLite file, and checks the schema: an empty database is migrated to the newest
+Opening. :func:`open_sql_store(url) <open_sql_store>` (which :func:`discovery.store.open_store` calls for
+``sqlite`` and ``postgresql`` URLs) connects to ``url``, else ``CIRCUITS_DATABASE_URL``, else the
+embedded SQLite file, and checks the schema: an empty database is migrated to the newest
 revision; one at an older revision is refused with a :class:`~discovery.types.errors.StoreError` naming
 ``circuits db upgrade``.
 
@@ -42,6 +43,9 @@ Methods (``*`` = writes):
 - patching: ``save_patching(result, model_id, dataset_id | model=, dataset=, kind)* -> rows inserted``,
   ``get_patching(model_id, dataset_id, kind=None, receiver=None) -> [PatchingCell]``
 - SQL: ``read_only_sql(statement) -> (columns, rows)`` (refuses anything that could write)
+- the dashboard's reads: ``database_now()``, ``row_counts()``, ``job_filter_values()``,
+  ``circuits_by_key_prefix(prefix)``, ``job_evaluation_rows(id, limit)``, ``patching_heatmaps()``,
+  ``patching_heatmap_of(cell id)``
 """
 
 from __future__ import annotations
