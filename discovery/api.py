@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from discovery.model import LoadedModel
 from discovery.scoring.evaluator import Evaluator
@@ -43,7 +43,10 @@ if TYPE_CHECKING:
     from discovery.analysis.curves import FaithfulnessCurve
     from discovery.scoring.patching import PatchingResult
     from discovery.search.base import SearchResult
-    from discovery.store import Store
+    from discovery.store import Storage
+
+    StoreArg = Storage | str | Literal[False] | None
+    """A store, a URL naming one, None for the default store, or False for none."""
 
 __all__ = [
     "circuits",
@@ -143,13 +146,11 @@ def dataset(
     return build_dataset(get_task(task, **params), model.tokenizer, n=n, seed=seed, corruption=corruption)
 
 
-def _store_of(store: Any) -> Any:
+def _store_of(store: StoreArg) -> Storage | None:
     """``None``: the default store; ``False``: none; a URL; or a store object."""
     if store is False:
         return None
-    if store is None or isinstance(store, str):
-        return open_store(store)
-    return store
+    return open_store(store)
 
 
 def build_evaluator(
@@ -158,7 +159,7 @@ def build_evaluator(
     ablation: str = "mean",
     mean_source: str = "corrupt",
     ablate_mlps: bool = False,
-    store: Any = None,
+    store: StoreArg = None,
     job_id: int | None = None,
     metric: str | Callable[..., torch.Tensor] | None = None,
     ablate_embed: bool = False,
@@ -190,7 +191,7 @@ def evaluate(
     ablation: str = "mean",
     mean_source: str = "corrupt",
     ablate_mlps: bool = False,
-    store: Any = None,
+    store: StoreArg = None,
     progress: ProgressCallback | None = None,
     metric: str | Callable[..., torch.Tensor] | None = None,
     ablate_embed: bool = False,
@@ -222,7 +223,7 @@ def _config(data: Dataset, ablation: str, mean_source: str, ablate_mlps: bool, m
 
 
 def _record_run(
-    store: Any, kind: str, params: dict[str, Any], data: Dataset, model: LoadedModel, config: dict[str, Any]
+    store: Storage, kind: str, params: dict[str, Any], data: Dataset, model: LoadedModel, config: dict[str, Any]
 ) -> int:
     """A job row for work done in this process (created already running), so ``circuits runs`` lists it."""
     model_id = store.get_or_create_model(model.identity).id
@@ -236,7 +237,7 @@ def discover(
     ablation: str | None = None,
     mean_source: str = "corrupt",
     ablate_mlps: bool | None = None,
-    store: Any = None,
+    store: StoreArg = None,
     progress: ProgressCallback | None = None,
     ablate_embed: bool | None = None,
     **params: Any,
@@ -258,7 +259,7 @@ def patch(
     model: LoadedModel,
     data: Dataset,
     receiver: str = "logits",
-    store: Any = None,
+    store: StoreArg = None,
     progress: ProgressCallback | None = None,
 ) -> PatchingResult:
     """Path patching from every sender head to ``receiver`` (``logits`` or heads' inputs like ``1.2.q``); stored."""
@@ -279,7 +280,7 @@ def curve(
     ablation: str = "mean",
     mean_source: str = "corrupt",
     ablate_mlps: bool = False,
-    store: Any = None,
+    store: StoreArg = None,
     progress: ProgressCallback | None = None,
     **params: Any,
 ) -> FaithfulnessCurve:
@@ -331,8 +332,9 @@ def curve(
 
 
 # --- the store ------------------------------------------------------------------------------------
-def open_store(url: str | None = None) -> Store:
-    """The store at ``url`` (any SQLAlchemy URL), else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file."""
+def open_store(url: str | Storage | None = None) -> Storage:
+    """The store at ``url`` (``memory:``, or any SQLAlchemy URL), else ``CIRCUITS_DATABASE_URL``, else the
+    embedded SQLite file; a store instance is returned as it is."""
     from discovery.store import open_store as open_url
 
     return open_url(url)
@@ -351,7 +353,7 @@ EVALUATION_COLUMNS = (
 
 
 def evaluations(
-    store: Any = None,
+    store: Storage | str | None = None,
     task: str | None = None,
     model: str | None = None,
     job_id: int | None = None,
@@ -359,7 +361,7 @@ def evaluations(
 ) -> pd.DataFrame:
     """Every stored score (one row each) with its circuit, model, dataset and evaluation method."""
     rows = []
-    for r in _store_of(store).evaluations(task=task, model=model, job_id=job_id, limit=limit):
+    for r in open_store(store).evaluations(task=task, model=model, job_id=job_id, limit=limit):
         m, s = r.method, r.score
         rows.append(
             {
@@ -373,19 +375,27 @@ def evaluations(
     return _frame(rows, EVALUATION_COLUMNS)
 
 
-def runs(store: Any = None, status: str | None = None, task: str | None = None, limit: int = 1000) -> pd.DataFrame:
+def runs(
+    store: Storage | str | None = None, status: str | None = None, task: str | None = None, limit: int = 1000
+) -> pd.DataFrame:
     """Jobs (searches, comparisons, curves), newest first, one row each (the columns of ``circuits runs``)."""
     from discovery.formats.eap_ig import JOB_COLUMNS, job_row
 
-    rows = [job_row(j) for j in _store_of(store).list_jobs(status=status, task=task, limit=limit)]
+    rows = [job_row(j) for j in open_store(store).list_jobs(status=status, task=task, limit=limit)]
     for row in rows:
         row["params"] = json.dumps(row["params"], default=str)
     return _frame(rows, JOB_COLUMNS)
 
 
-def circuits(store: Any = None, limit: int = 100_000) -> pd.DataFrame:
-    """Every stored circuit with its size, how often it was scored and its best normalised score."""
-    columns, rows = _store_of(store).read_only_sql(
+def circuits(store: Storage | str | None = None, limit: int = 100_000) -> pd.DataFrame:
+    """Every stored circuit with its size, how often it was scored and its best normalised score (a SQL store's:
+    this is a statement, which only the SQL store runs)."""
+    from discovery.store import Store
+
+    sql = open_store(store)
+    if not isinstance(sql, Store):
+        raise UsageError(f"circuits() reads with SQL: it needs a SQL store, not {type(sql).__name__}")
+    columns, rows = sql.read_only_sql(
         "SELECT c.id, c.canonical AS circuit, c.size, c.n_edges, COUNT(e.id) AS evaluations, "
         "MAX(e.normalised) AS best_normalised FROM circuits c LEFT JOIN evaluations e ON e.circuit_id = c.id "
         "GROUP BY c.id, c.canonical, c.size, c.n_edges ORDER BY c.id",

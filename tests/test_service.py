@@ -265,7 +265,7 @@ def service_env(services, monkeypatch):
 
 @pytest.fixture()
 def store(service_env):
-    from discovery.store.repository import open_store
+    from discovery.store import open_store
 
     s = open_store(service_env["CIRCUITS_DATABASE_URL"])
     yield s
@@ -280,7 +280,7 @@ def in_process(requests, tmp_path: Path, name: str = "reference.db"):
     """The same submission run in this process on a throw-away SQLite store: the reference."""
     import torch
 
-    from discovery.store.repository import open_store
+    from discovery.store import open_store
 
     ref = open_store(f"sqlite:///{tmp_path / name}")
     threads = torch.get_num_threads()
@@ -344,7 +344,7 @@ def test_submit_worker_result_row(service_env, store, model_dir, tmp_path):
 @pytest.mark.timeout(500)
 def test_worker_killed_mid_job_is_redelivered_and_resumes(services, monkeypatch, long_model_dir, tmp_path):
     """SIGKILL the worker after some evaluations are stored; another worker finishes the job from the store."""
-    from discovery.store.repository import open_store
+    from discovery.store import open_store
 
     env = {**services, "CIRCUITS_VISIBILITY_TIMEOUT": "3"}
     for k, v in env.items():
@@ -592,7 +592,7 @@ def test_a_lost_message_is_republished_by_the_workers_reaper(services, monkeypat
     the reaper interval (15 s) are constants; what is tested is that the reaper finds and republishes."""
     import redis
 
-    from discovery.store.repository import open_store
+    from discovery.store import open_store
 
     env = {**services, "CIRCUITS_QUEUED_GRACE": "2", "CIRCUITS_REAP_INTERVAL": "1"}
     for k, v in env.items():
@@ -623,7 +623,7 @@ def test_a_sigkilled_worker_at_default_settings_recovers_within_stale_after_plus
     from dataclasses import replace
 
     from discovery.service import reload_settings
-    from discovery.store.repository import open_store
+    from discovery.store import open_store
 
     keep = (
         "CIRCUITS_DATABASE_URL",

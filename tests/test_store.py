@@ -615,19 +615,19 @@ def test_reading_commands_refuse_a_mistyped_sqlite_path(tmp_path):
 # --- the storage contract: one test class, run on SQLite, PostgreSQL and the in-memory fake ----------------
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration), "memory"])
 def storage(request, tmp_path):  # type: ignore[no-untyped-def]
-    from discovery.store.memory import MemoryStore
-
+    """Each backend, opened the way every caller opens one: by its URL, through ``open_store``."""
     if request.param == "memory":
-        yield MemoryStore()
-        return
-    url = f"sqlite:///{tmp_path / 'c.db'}" if request.param == "sqlite" else None
-    if url is None:
+        url = "memory:"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'c.db'}"
+    else:
         from tests.store_fixtures import _pg_schema_url
 
         url = _pg_schema_url(request.getfixturevalue("pg_database"))
     s = open_store(url)
     yield s
-    s.close()
+    if hasattr(s, "close"):
+        s.close()
 
 
 def _age(storage, job_id: int, seconds: float) -> None:  # type: ignore[no-untyped-def]
@@ -730,3 +730,98 @@ class TestStorageContract:
         inner = Evaluator(tiny_model, dataset)
         again = StoredEvaluator(inner, storage)
         assert again.evaluate(circuits) == scores and inner.forward_count == 0 and again.cache_hits == 3
+
+    def test_evaluations_read_back_with_their_origin(self, storage, tiny_model, dataset):
+        model = storage.get_or_create_model(tiny_model.identity)
+        ds = storage.get_or_create_dataset(dataset)
+        job = storage.create_job("greedy", {}, "digits", model.name)
+        scores = synthetic_scores(3)
+        storage.save_scores(scores[:2], model.id, ds.id, job_id=job)
+        storage.save_scores(scores[2:], model.id, ds.id)
+        every = storage.evaluations()
+        assert [r.circuit for r in every] == [s.circuit for s in scores]  # oldest first
+        assert [r.id for r in every] == sorted(r.id for r in every)
+        first = every[0]
+        assert (first.model, first.model_id, first.task, first.dataset, first.dataset_id, first.job_id) == (
+            model.name, model.id, "digits", ds.description, ds.id, job,
+        )  # fmt: skip
+        assert first.score.metric == scores[0].metric and first.method == METHOD and first.created_at is not None
+        assert [r.circuit for r in storage.evaluations(job_id=job)] == [s.circuit for s in scores[:2]]
+        assert storage.evaluations(task="other") == [] and storage.evaluations(model="other") == []
+        assert len(storage.evaluations(task="digits", model=model.name, limit=2)) == 2
+        (only,) = storage.scores_for_circuit(scores[1].circuit)
+        assert (only.circuit, only.score.normalised, only.job_id) == (scores[1].circuit, scores[1].normalised, job)
+        other = EvaluationMethod("zero", METHOD.source, "node", False, "logit_diff")
+        storage.save_scores([Score(scores[1].circuit, 0.5, 0.5, 1.0, 0.0, other)], model.id, ds.id)
+        assert [r.method for r in storage.scores_for_circuit(scores[1].circuit)] == [other, METHOD]  # newest first
+        assert storage.scores_for_circuit(Circuit.parse("2.3")) == []
+
+    def test_patching_cells_read_back(self, storage, tiny_model, dataset):
+        cells = [PatchingCell("logits", 0, 1, 0.5), PatchingCell("logits", 0, 0, -0.25), ("1.2.q", 0, -1, 0.125)]
+        assert storage.save_patching(cells, model=tiny_model.identity, dataset=dataset) == 3
+        model = storage.get_or_create_model(tiny_model.identity)
+        ds = storage.get_or_create_dataset(dataset)
+        nan = [PatchingCell("logits", 1, 0, float("nan")), PatchingCell("logits", 0, 1, 9.0)]
+        assert storage.save_patching(nan, model.id, ds.id) == 0  # NaN skipped, the stored cell kept
+        assert storage.get_patching(model.id, ds.id) == [
+            PatchingCell("1.2.q", 0, -1, 0.125), PatchingCell("logits", 0, 0, -0.25), PatchingCell("logits", 0, 1, 0.5),
+        ]  # fmt: skip
+        assert storage.get_patching(model.id, ds.id, receiver="1.2.q") == [PatchingCell("1.2.q", 0, -1, 0.125)]
+        assert storage.get_patching(model.id, ds.id, kind="other") == []
+        with pytest.raises(UsageError, match="model_id or model="):
+            storage.save_patching(cells)
+
+    def test_job_filter_values(self, storage):
+        assert storage.job_filter_values() == {"model": [], "task": [], "method": []}
+        for method, task, model in [("greedy", "ioi", "m2"), ("topk", "digits", "m1"), ("greedy", "digits", "m1")]:
+            storage.create_job(method, {}, task, model)
+        assert storage.job_filter_values() == {
+            "model": ["m1", "m2"], "task": ["digits", "ioi"], "method": ["greedy", "topk"],
+        }  # fmt: skip
+
+    def test_a_finished_job_keeps_the_results_summary(self, storage):
+        from discovery.search.base import SearchResult
+
+        job = storage.create_job("greedy", {}, "digits", "m")
+        circuit = Circuit.parse("0.1,1.2")
+        score = Score(circuit, 0.3, float("nan"), 0.4, 0.4, METHOD)
+        result = SearchResult("greedy", {"target": 0.8}, circuit, score, 7, 1.5, (), {"note": (1, 2)})
+        assert storage.finish_job(job, result)
+        assert storage.get_job(job).result_score == {
+            "metric": 0.3, "normalised": None, "full": 0.4, "ablated": 0.4,
+            "evaluation_method": {
+                "ablation": "mean", "source": METHOD.source, "level": "node", "ablate_mlps": False,
+                "metric": "logit_diff", "normaliser": METHOD.normaliser, "ablate_embed": False,
+            },
+            "size": 2, "n_edges": 0, "n_evaluations": 7, "seconds": 1.5, "method": "greedy",
+            "params": {"target": 0.8}, "extra": {"note": [1, 2]},
+        }  # fmt: skip
+
+
+def test_open_store_dispatches_on_the_url(tmp_path, monkeypatch):
+    from discovery.store import BACKENDS, MemoryStore, Store
+    from discovery.store.backends import scheme_of
+
+    memory = open_store("memory:")
+    assert isinstance(memory, MemoryStore) and open_store(memory) is memory  # an instance as it is
+    assert open_store("memory:") is not memory  # each URL opens a fresh one
+    sql = open_store(f"sqlite:///{tmp_path / 'a.db'}")
+    assert isinstance(sql, Store) and open_store(sql) is sql
+    sql.close()
+    monkeypatch.setenv("CIRCUITS_DATABASE_URL", "memory:")
+    assert isinstance(open_store(), MemoryStore)  # None: the default URL
+    monkeypatch.setenv("CIRCUITS_DATABASE_URL", f"sqlite:///{tmp_path / 'b.db'}")
+    default = open_store()
+    assert isinstance(default, Store) and default.url.endswith("b.db")
+    default.close()
+    assert scheme_of("postgresql+psycopg2://u@h/db") == "postgresql" and scheme_of("memory:") == "memory"
+    assert {"memory", "sqlite", "postgresql"} <= set(BACKENDS)
+
+
+def test_the_store_does_not_import_torch_or_the_service():
+    code = (
+        "import sys, discovery.store, discovery.dashboard.queries; "
+        "assert 'torch' not in sys.modules, 'torch'; assert 'discovery.service' not in sys.modules, 'service'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import numpy as np
 
 from discovery.types.circuit import Circuit, parse_edge, parse_node
 from discovery.types.errors import UsageError
+
+if TYPE_CHECKING:
+    from discovery.store.repository import Store
 
 
 def component_names(circuit: Circuit) -> frozenset[str]:
@@ -185,7 +188,7 @@ class Origin:
 
 
 def best_stored(
-    store: Any,
+    store: Store,
     task: str,
     evaluation_method: Any,
     model_identity: Any,

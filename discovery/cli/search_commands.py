@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.table import Table
@@ -168,7 +169,8 @@ def curve(
     loaded = common.open_model(model, device)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
     # the default store, as every command uses it; CIRCUITS_NO_STORE=1 keeps nothing
-    use_store = False if os.environ.get("CIRCUITS_NO_STORE", "").strip().lower() in ("1", "true", "yes") else None
+    no_store = os.environ.get("CIRCUITS_NO_STORE", "").strip().lower() in ("1", "true", "yes")
+    use_store: Literal[False] | None = False if no_store else None
     with common.progress_bar(f"curve of {method}") as progress:
         result = api.curve(
             loaded, dataset, method, ks, ablation, mean_source, ablate_mlps, use_store, progress, **params

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -17,6 +17,9 @@ from rich.table import Table
 from discovery.cli import common, output
 from discovery.cli.common import console, err_console
 from discovery.types.errors import UsageError
+
+if TYPE_CHECKING:
+    from discovery.store.base import Storage
 
 
 def _store(db: str | None, must_exist: bool = True) -> Any:
@@ -289,7 +292,7 @@ def _job_key(text: str) -> int:
     return int(text)
 
 
-def _print_job(job: Any, store: Any = None) -> None:
+def _print_job(job: Any, store: Storage | None = None) -> None:
     status_text = _get(job, "status")
     console.print(
         f"job       {job.id}  {status_text}"

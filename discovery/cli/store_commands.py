@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -19,6 +19,9 @@ from discovery.cli import common, output
 from discovery.cli.common import console, err_console
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
+
+if TYPE_CHECKING:
+    from discovery.store.base import Storage
 
 DbOpt = common.DbOpt
 
@@ -337,7 +340,7 @@ SearchMethodOpt = typer.Option(
 LevelOpt = typer.Option(None, "--level", help="node or edge circuits (default: edge with --on edges, else node)")
 
 
-def _job_origin(store: Any, job: Any) -> str:
+def _job_origin(store: Storage, job: Any) -> str:
     """A job's search method, dataset and evaluation method, as the comparisons print them."""
     method = (job.result_score or {}).get("evaluation_method") or {}
     source = method.get("source") or "dataset not recorded"
@@ -350,7 +353,7 @@ def _job_origin(store: Any, job: Any) -> str:
     return f"job {job.id} ({job.method}, {job.task}); dataset {source}; {how}; model {job.model}"
 
 
-def _circuit_of(store: Any, text: str) -> tuple[Circuit, str]:
+def _circuit_of(store: Storage, text: str) -> tuple[Circuit, str]:
     """A circuit string, or a stored job id (its result circuit); returns the circuit and where it came from."""
     if _is_job_id(text):
         job = store.get_job(int(text))

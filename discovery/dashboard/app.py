@@ -26,7 +26,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from discovery.dashboard import queries, svg
-from discovery.store import Store
+from discovery.store import JobRecord, Store
 from discovery.types.circuit import Circuit
 from discovery.types.errors import CircuitsError, StoreError, UsageError
 
@@ -319,7 +319,7 @@ def _names(circuit: Circuit) -> set[str]:
     return {n.name for n in circuit.nodes}
 
 
-def resubmit_job(store: Store, job: Any) -> int:
+def resubmit_job(store: Store, job: JobRecord) -> int:
     """Queue a copy of ``job`` (same task, method, parameters, model and settings) and return its id.
 
     With ``CIRCUITS_BROKER_URL`` set the copy goes to the workers; without a broker it runs in a

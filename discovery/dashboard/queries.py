@@ -1,6 +1,11 @@
-"""Everything the dashboard reads, in one place: the store's public methods, plus the few SQL queries the
-store has no method for (distinct filter values, a circuit by key, patching heatmaps, a job's evaluation
-times). Should the store's interface be renamed, this is the one file of the dashboard that changes.
+"""Everything the dashboard reads, in one place, through the store's typed methods (no SQL here): the
+dashboard's own reads (distinct filter values, a circuit by key, patching heatmaps, a job's evaluations)
+are :class:`~discovery.store.Store` methods. Should the store's interface be renamed, this is the one file
+of the dashboard that changes.
+
+The store is the SQL one (:class:`~discovery.store.Store`), not any :class:`~discovery.store.Storage`: the
+dashboard is a separate process over a database, read-only by the database's own refusal, and it reads
+heatmaps and per-job evaluation rows that only the SQL store keeps.
 
 Each function returns plain JSON-safe values (dicts, lists, strings, numbers, None): the JSON API
 returns them as they are and the pages render them. A number that has no meaning (a normalised score
@@ -15,30 +20,14 @@ naming ``circuits db upgrade``).
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-
-from discovery.store import JobRecord, Store
-from discovery.store.engine import database_url, describe_url, make_engine
-from discovery.store.migrate import check_schema
-from discovery.store.models import CircuitRow, DatasetRow, Evaluation, Job, Model, PatchingResult, db_now
+from discovery.store import JobRecord, Store, open_sql_store
 from discovery.store.repository import json_safe
 from discovery.types.circuit import Circuit
-from discovery.types.errors import StoreError, UsageError
+from discovery.types.errors import UsageError
 
-C, E, M, D, J, P = (
-    CircuitRow.__table__,
-    Evaluation.__table__,
-    Model.__table__,
-    DatasetRow.__table__,
-    Job.__table__,
-    PatchingResult.__table__,
-)
-TABLES = ("models", "datasets", "jobs", "circuits", "evaluations", "patching_results")
 COMPARE_METHOD = "compare"
 
 
@@ -51,63 +40,18 @@ def open_dashboard_store(url: str | None = None, read_only: bool = True) -> Stor
     """The store at ``url`` (else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file).
 
     ``read_only``: every connection refuses writes, and nothing is created or migrated."""
-    resolved = database_url(url)
-    try:
-        parsed = make_url(resolved)
-    except sa.exc.ArgumentError as e:
-        raise UsageError(f"--db {resolved!r} is not a database URL: {e}") from e
-    sqlite = parsed.get_backend_name() == "sqlite"
-    if read_only and sqlite:
-        database = parsed.database or ""
-        if database in ("", ":memory:") or database.startswith("file:"):
-            raise UsageError(f"the dashboard needs a SQLite file, not {resolved!r}")
-        if not Path(database).expanduser().is_file():  # a missing store, as for every reading command
-            raise StoreError(
-                f"no store at {database}: nothing to show yet (run a job first, or pass --db / CIRCUITS_DATABASE_URL)"
-            )
-    try:
-        engine = make_engine(resolved)
-    except (sa.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        raise StoreError(f"cannot open the store at {describe_url(resolved)}: {e}") from e
-    if read_only:
-
-        @sa.event.listens_for(engine, "connect")
-        def _read_only(dbapi_connection: Any, record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            if sqlite:
-                cursor.execute("PRAGMA query_only = ON")
-            else:
-                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-            cursor.close()
-            if not sqlite:
-                dbapi_connection.commit()
-
-    check_schema(engine, create_if_empty=not read_only)
-    return Store(engine)
+    return open_sql_store(url, read_only=read_only)
 
 
 def row_counts(store: Store) -> dict[str, int]:
     """Rows per table (the read-only tests compare these before and after)."""
-    with store.engine.connect() as conn:
-        return {t: int(conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one()) for t in TABLES}
-
-
-def _db_now(store: Store) -> datetime:
-    """The database's clock (job timestamps come from it, so elapsed times use it too)."""
-    with store.engine.connect() as conn:
-        value = _utc_time(conn.execute(sa.select(db_now())).scalar_one())
-    assert value is not None
-    return value
+    return store.row_counts()
 
 
 # --- jobs -----------------------------------------------------------------------------------------
 def filter_values(store: Store) -> dict[str, list[str]]:
     """The models, tasks and methods that occur in the jobs table (the jobs page's filters)."""
-    with store.engine.connect() as conn:
-        return {
-            col: [r[0] for r in conn.execute(sa.select(J.c[col]).distinct().order_by(J.c[col])) if r[0] is not None]
-            for col in ("model", "task", "method")
-        }
+    return store.job_filter_values()
 
 
 def _seconds(a: datetime | None, b: datetime | None) -> float | None:
@@ -208,7 +152,7 @@ def list_jobs(
 
     if status is not None and status not in {s.value for s in JobStatus}:
         raise UsageError(f"status {status!r}: choose one of {', '.join(s.value for s in JobStatus)}")
-    now = _db_now(store)
+    now = store.database_now()
     jobs = store.list_jobs(status=status, task=task, method=method, model=model, limit=limit)
     return {
         "now": now.isoformat(),
@@ -239,7 +183,7 @@ def job_detail(store: Store, job_id: int, max_evaluations: int = 5000) -> dict[s
     """The job page's data: configuration, progress (and its history), result, every circuit it
     evaluated, and its sweep's comparison."""
     job = get_job(store, job_id)
-    summary = job_summary(job, _db_now(store))
+    summary = job_summary(job, store.database_now())
     evaluations = job_evaluations(store, job_id, max_evaluations)
     # progress over time: when each evaluation this job stored was written (one point per batch)
     history: list[dict[str, Any]] = []
@@ -269,67 +213,31 @@ def job_detail(store: Store, job_id: int, max_evaluations: int = 5000) -> dict[s
 
 
 def job_evaluations(store: Store, job_id: int, limit: int) -> list[dict[str, Any]]:
-    """The evaluations a job stored, oldest first, read straight from the tables: the circuits' stored
-    canonical spelling, key and size are used as they are (parsing thousands of circuits back into
-    values would cost seconds for nothing), and each method is described once."""
-    from discovery.types.evaluation import EvaluationMethod
-
-    stmt = (
-        sa.select(
-            C.c.canonical,
-            C.c.key,
-            C.c.size,
-            C.c.n_edges,
-            E.c.score,
-            E.c.normalised,
-            E.c.ablation,
-            E.c.source,
-            E.c.level,
-            E.c.ablate_mlps,
-            E.c.ablate_embed,
-            E.c.metric,
-            E.c.normaliser,
-            E.c.created_at,
-            D.c.task,
-            D.c.description,
-        )
-        .select_from(E.join(C, E.c.circuit_id == C.c.id).join(D, E.c.dataset_id == D.c.id))
-        .where(E.c.job_id == job_id)
-        .order_by(E.c.id)
-        .limit(limit)
-    )
-    described: dict[tuple, str] = {}
+    """The evaluations a job stored, oldest first: the circuits' stored canonical spelling, key and size as
+    they are (see :meth:`Store.job_evaluation_rows`), and each method described once."""
+    described: dict[Any, str] = {}
     out = []
-    with store.engine.connect() as conn:
-        for r in conn.execute(stmt):
-            key = (r.ablation, r.source, r.level, bool(r.ablate_mlps), r.metric, r.normaliser, bool(r.ablate_embed))
-            if key not in described:
-                described[key] = EvaluationMethod(*key).describe()
-            created = _utc_time(r.created_at)
-            out.append(
-                {
-                    "circuit": r.canonical,
-                    "key": r.key,
-                    "size": r.size,
-                    "n_edges": r.n_edges,
-                    "metric": json_safe(r.score),
-                    "normalised": json_safe(r.normalised),
-                    "task": r.task,
-                    "dataset": r.description,
-                    "method": described[key],
-                    "created_at": created.isoformat() if created else None,
-                    "_created": created,
-                }
-            )
+    for r in store.job_evaluation_rows(job_id, limit):
+        method = r["method"]
+        if method not in described:
+            described[method] = method.describe()
+        created = r["created_at"]
+        out.append(
+            {
+                "circuit": r["circuit"],
+                "key": r["key"],
+                "size": r["size"],
+                "n_edges": r["n_edges"],
+                "metric": json_safe(r["metric"]),
+                "normalised": json_safe(r["normalised"]),
+                "task": r["task"],
+                "dataset": r["dataset"],
+                "method": described[method],
+                "created_at": created.isoformat() if created else None,
+                "_created": created,
+            }
+        )
     return out
-
-
-def _utc_time(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def sweep_of(store: Store, job: JobRecord) -> dict[str, Any] | None:
@@ -357,13 +265,12 @@ def find_circuit(store: Store, key: str) -> Circuit:
     key = key.strip().lower()
     if not (8 <= len(key) <= 64) or any(ch not in "0123456789abcdef" for ch in key):
         raise UsageError(f"circuit key {key!r}: write the circuit's sha256 key (8 to 64 hex digits)")
-    with store.engine.connect() as conn:
-        rows = conn.execute(sa.select(C.c.canonical).where(C.c.key.like(key + "%")).limit(2)).all()
-    if not rows:
+    found = store.circuits_by_key_prefix(key, limit=2)
+    if not found:
         raise NotFound(f"no stored circuit with key {key}")
-    if len(rows) > 1:
+    if len(found) > 1:
         raise UsageError(f"circuit key prefix {key} is ambiguous: give more digits")
-    return Circuit.parse(rows[0][0])
+    return found[0]
 
 
 def circuit_detail(store: Store, circuit: Circuit) -> dict[str, Any]:
@@ -525,38 +432,18 @@ def _common_heads(circuits: list[Circuit]) -> list[str]:
 # --- patching ----------------------------------------------------------------------------------------
 def list_heatmaps(store: Store) -> list[dict[str, Any]]:
     """Stored patching heatmaps: one per (model, dataset, kind, receiver); the id is its first cell's id."""
-    stmt = (
-        sa.select(
-            sa.func.min(P.c.id).label("id"),
-            P.c.model_id,
-            P.c.dataset_id,
-            P.c.kind,
-            P.c.receiver,
-            sa.func.count().label("cells"),
-            M.c.name.label("model"),
-            D.c.task,
-            D.c.description,
-        )
-        .select_from(P.join(M, P.c.model_id == M.c.id).join(D, P.c.dataset_id == D.c.id))
-        .group_by(P.c.model_id, P.c.dataset_id, P.c.kind, P.c.receiver, M.c.name, D.c.task, D.c.description)
-        .order_by(sa.func.min(P.c.id).desc())
-    )
-    with store.engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(stmt)]
+    return store.patching_heatmaps()
 
 
 def heatmap(store: Store, heatmap_id: int) -> dict[str, Any]:
     """The heatmap that patching-results row ``heatmap_id`` belongs to: every cell, the model's shape and
     the strongest senders."""
-    with store.engine.connect() as conn:
-        row = conn.execute(
-            sa.select(P.c.model_id, P.c.dataset_id, P.c.kind, P.c.receiver).where(P.c.id == heatmap_id)
-        ).one_or_none()
+    row = store.patching_heatmap_of(heatmap_id)
     if row is None:
         raise NotFound(f"no stored patching result with id {heatmap_id}")
-    cells = store.get_patching(row.model_id, row.dataset_id, kind=row.kind, receiver=row.receiver)
-    model = store.get_model(row.model_id)
-    dataset = store.get_dataset(row.dataset_id)
+    cells = store.get_patching(row["model_id"], row["dataset_id"], kind=row["kind"], receiver=row["receiver"])
+    model = store.get_model(row["model_id"])
+    dataset = store.get_dataset(row["dataset_id"])
     finite = [c for c in cells if not math.isnan(c.effect)]
     top = sorted(finite, key=lambda c: -abs(c.effect))[:10]
 
@@ -565,8 +452,8 @@ def heatmap(store: Store, heatmap_id: int) -> dict[str, Any]:
 
     return {
         "id": heatmap_id,
-        "kind": row.kind,
-        "receiver": row.receiver,
+        "kind": row["kind"],
+        "receiver": row["receiver"],
         "model": model.name,
         "n_layers": model.n_layers,
         "n_heads": model.n_heads,

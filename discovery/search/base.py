@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from discovery.model import LoadedModel
@@ -82,6 +82,26 @@ class SearchResult:
     target_met: bool | None = None
     """Methods with a target (greedy, exhaustive, iterative-pruning): whether the result meets it.
     None for methods without one. A missed target is said first, never left to be inferred."""
+
+    def summary(self) -> dict[str, Any]:
+        """What a store keeps of this result beside its circuit (a job's ``result_score``): the score, its
+        evaluation method, the circuit's size, the cost and the method's parameters and extras. The values
+        are as they are (a NaN normalised score stays NaN); a store makes them JSON-safe."""
+        score = self.score
+        return {
+            "metric": score.metric,
+            "normalised": score.normalised,
+            "full": score.full,
+            "ablated": score.ablated,
+            "evaluation_method": asdict(score.method),
+            "size": self.circuit.size,
+            "n_edges": self.circuit.n_edges,
+            "n_evaluations": self.n_evaluations,
+            "seconds": self.seconds,
+            "method": self.method,
+            "params": self.params,
+            "extra": self.extra,
+        }
 
 
 SearchFunc = Callable[[Scorer, dict[str, Any], ProgressCallback], SearchResult]

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from discovery.service.jobs import COMPARE_METHOD, job_request, status_of
 from discovery.types.circuit import Circuit
 from discovery.types.evaluation import Score
 from discovery.types.progress import ProgressCallback
 
+if TYPE_CHECKING:
+    from discovery.store.base import Storage
+
 
 def compare_jobs(
-    store: Any,
+    store: Storage,
     job_ids: Sequence[int],
     compare_job_id: int | None = None,
     progress: ProgressCallback | None = None,
@@ -34,7 +37,7 @@ def compare_jobs(
     jobs = [store.get_job(j) for j in job_ids]
     done = [j for j in jobs if status_of(j) == "succeeded" and j.result_circuit is not None]
     missing = [{"job": j.id, "task": j.task, "status": status_of(j)} for j in jobs if j not in done]
-    circuits = [j.result_circuit for j in done]
+    circuits = [j.result_circuit for j in done if j.result_circuit is not None]  # all of done's
     overlap = overlap_matrix(circuits, on="nodes")[1].tolist()
     edge_overlap = overlap_matrix(circuits, on="edges")[1].tolist() if any(c.edges for c in circuits) else None
     shared = [[list(compare(a, b).shared_nodes) for b in circuits] for a in circuits]

@@ -22,15 +22,18 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from discovery.service.jobs import COMPARE_METHOD, is_finished, open_default_store, status_of, task_id
 from discovery.service.settings import settings
 from discovery.types.errors import UsageError
 from discovery.types.progress import ProgressCallback
 
+if TYPE_CHECKING:
+    from discovery.store.base import Storage
 
-def requeue(store: Any, job_ids: Sequence[int] | None = None) -> list[int]:
+
+def requeue(store: Storage, job_ids: Sequence[int] | None = None) -> list[int]:
     """Publish the messages of jobs again: the given ones (queued or running), or what :func:`reap`
     would republish (stale running jobs, and queued jobs without a message on the broker)."""
     from discovery.service.broker import check_broker, republish
@@ -55,7 +58,7 @@ def _age(when: datetime | None) -> float:
     return (datetime.now(timezone.utc) - when).total_seconds()
 
 
-def fail_abandoned(store: Any) -> list[int]:
+def fail_abandoned(store: Storage) -> list[int]:
     """Mark failed the in-process jobs whose process stopped without ending them (killed, or the
     machine went down): their heartbeat is stale and nothing will ever resume them. Run by every
     reaper sweep and by each in-process submit, so no row stays "running" forever."""
@@ -76,7 +79,7 @@ _REPUBLISHED: dict[int, float] = {}
 """Job id -> when this process last republished it as stale (at most once per stale time)."""
 
 
-def reap(store: Any, queued_grace: float | None = None) -> dict[str, list[int]]:
+def reap(store: Storage, queued_grace: float | None = None) -> dict[str, list[int]]:
     """One sweep (see the module docstring); returns ``{"republished": [...], "failed": [...]}``."""
     from discovery.service.broker import live_task_ids, republish
 
@@ -139,7 +142,7 @@ class Reaper:
 
 def wait(
     job_ids: Sequence[int],
-    store: Any,
+    store: Storage,
     timeout: float | None = None,
     poll: float = 1.0,
     progress: ProgressCallback | None = None,
@@ -161,7 +164,7 @@ def wait(
         time.sleep(poll)
 
 
-def cancel(job_id: int, store: Any = None) -> Any:
+def cancel(job_id: int, store: Storage | None = None) -> Any:
     """Mark a job cancelled: a queued job never starts, a running one stops within one evaluation pass
     (checked between passes) or at its next heartbeat. Returns the job's record; an ended job is left
     as it was."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from discovery.service.requests import JobRequest
 from discovery.types.errors import CircuitsError
 from discovery.types.jobs import FINISHED_STATES as FINISHED_STATES
+
+if TYPE_CHECKING:
+    from discovery.store.base import Storage
 
 COMPARE_METHOD = "compare"
 """The method name of a sweep's final job."""
@@ -44,14 +47,16 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def open_default_store(url: str | None = None, must_exist: bool = False) -> Any:
-    """The store at ``url``, else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file."""
-    from discovery.store.repository import open_store
+def open_default_store(url: str | None = None, must_exist: bool = False) -> Storage:
+    """The store at ``url``, else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file; a database that
+    does not answer within ``CIRCUITS_CONNECT_TIMEOUT`` seconds is an error."""
+    from discovery.service.settings import settings
+    from discovery.store import open_store
 
-    return open_store(url, must_exist=must_exist)
+    return open_store(url, must_exist=must_exist, connect_timeout=settings().connect_timeout)
 
 
-def create_job(store: Any, request: JobRequest, tasks: Sequence[str] | None = None) -> int:
+def create_job(store: Storage, request: JobRequest, tasks: Sequence[str] | None = None) -> int:
     return store.create_job(
         request.method, dict(request.params), request.task, request.model, tasks=tasks, config=request.settings()
     )

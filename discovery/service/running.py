@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from discovery.service.evaluators import build_evaluator
 from discovery.service.jobs import (
@@ -39,6 +39,9 @@ from discovery.types.circuit import Circuit
 from discovery.types.errors import CircuitsError, StoreError
 from discovery.types.evaluation import Score
 from discovery.types.progress import ProgressCallback
+
+if TYPE_CHECKING:
+    from discovery.store.base import Storage
 
 
 def stale_after() -> float:
@@ -59,7 +62,7 @@ class JobProgress:
 
     def __init__(
         self,
-        store: Any,
+        store: Storage,
         job_id: int,
         worker_id: str | None = None,
         interval: float | None = None,
@@ -199,7 +202,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        store: Any,
+        store: Storage,
         job_id: int,
         worker_id: str | None,
         progress: JobProgress | None = None,
@@ -228,7 +231,7 @@ class Heartbeat:
         self._thread.join(timeout=self.interval + 5)
 
 
-def claim(store: Any, job_id: int, worker_id: str) -> tuple[Outcome | None, Any]:
+def claim(store: Storage, job_id: int, worker_id: str) -> tuple[Outcome | None, Any]:
     """Claim the job; return (the outcome to stop with, or None to run it; the job record)."""
     job = store.get_job(job_id)
     if is_finished(job):
@@ -263,7 +266,7 @@ def interrupt_between_passes(callback: JobProgress) -> Any:
 
 
 def _run_claimed(
-    store: Any,
+    store: Storage,
     job: Any,
     worker_id: str,
     progress: ProgressCallback | None,
@@ -309,7 +312,7 @@ def _run_claimed(
 
 def run_job(
     job_id: int,
-    store: Any,
+    store: Storage,
     worker_id: str | None = None,
     progress: ProgressCallback | None = None,
     device: str | None = None,
@@ -346,7 +349,7 @@ def run_job(
 
 
 def _tracked_search(
-    store: Any, job_id: int, request: Any, stored: Any, callback: JobProgress, worker_id: str, attempt: int
+    store: Storage, job_id: int, request: Any, stored: Any, callback: JobProgress, worker_id: str, attempt: int
 ) -> Any:
     """Run the job's search through the store and the best-so-far tracker; the result carries how
     many circuits were computed and served, by which worker and attempt, on which dataset."""
@@ -368,7 +371,7 @@ def _tracked_search(
 
 def run_compare(
     job_id: int,
-    store: Any,
+    store: Storage,
     worker_id: str | None = None,
     progress: ProgressCallback | None = None,
     device: str | None = None,
@@ -392,7 +395,7 @@ def run_compare(
 
 
 def _run_compare_claimed(
-    store: Any,
+    store: Storage,
     job: Any,
     worker_id: str,
     progress: ProgressCallback | None,
@@ -408,7 +411,7 @@ def _run_compare_claimed(
 
 
 def run_discovery(
-    request: JobRequest, evaluator: Any, store: Any, progress: ProgressCallback | None = None
+    request: JobRequest, evaluator: Any, store: Storage, progress: ProgressCallback | None = None
 ) -> tuple[int, Any, Any]:
     """``circuits discover``: run a search here on an evaluator already built, recorded as a job exactly
     as ``submit`` records one (method, parameters, dataset, result; every score stored under the job).

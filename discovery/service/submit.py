@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from discovery.service.jobs import (
     COMPARE_METHOD,
@@ -19,6 +19,9 @@ from discovery.service.jobs import (
 from discovery.service.requests import JobRequest, validate_request
 from discovery.types.errors import UsageError
 from discovery.types.progress import ProgressCallback
+
+if TYPE_CHECKING:
+    from discovery.store.base import Storage
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Submission:
         return self.job_ids + ([self.compare_job_id] if self.compare_job_id is not None else [])
 
 
-def find_identical_active_job(store: Any, request: JobRequest) -> int | None:
+def find_identical_active_job(store: Storage, request: JobRequest) -> int | None:
     """A queued or running job with exactly this request (method, parameters, task, model, settings)."""
     for status in ("running", "queued"):
         for job in store.list_jobs(status=status, task=request.task, method=request.method, model=request.model):
@@ -50,7 +53,7 @@ def find_identical_active_job(store: Any, request: JobRequest) -> int | None:
 
 def submit(
     requests: JobRequest | Sequence[JobRequest],
-    store: Any = None,
+    store: Storage | None = None,
     *,
     broker: bool | None = None,
     progress: ProgressCallback | None = None,

@@ -2,8 +2,12 @@
 
 Like Optuna's ``BaseStorage``, this is a documented contract, implemented by the SQL store
 (:class:`discovery.store.repository.Store`, SQLite and PostgreSQL) and by an in-memory fake
-(:class:`discovery.store.memory.MemoryStore`); ``tests/test_store.py::TestStorageContract`` runs the same
-tests on all three.
+(:class:`discovery.store.memory.MemoryStore`); :func:`discovery.store.open_store` picks one from a URL, and
+``tests/test_store.py::TestStorageContract`` runs the same tests on all three, opened through it.
+
+What only the SQL store has (:class:`~discovery.store.repository.Store`): statements (``read_only_sql``), the
+best-circuit queries, evaluation counts by setting, and what the dashboard reads of patching heatmaps and a
+job's evaluations; their callers take a ``Store`` and say so.
 
 Thread safety. Every method may be called from several threads at once (a job's heartbeat thread
 beside its search). The job methods are also safe across processes on the SQL store: ``claim_job`` is
@@ -22,12 +26,15 @@ purpose. State changes never move a finished job: they return False instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from discovery.store.records import DatasetRecord, JobRecord, ModelRecord
+from discovery.store.records import DatasetRecord, EvaluationRecord, JobRecord, ModelRecord, PatchingCell
 from discovery.types.circuit import Circuit
 from discovery.types.evaluation import EvaluationMethod, Score
 from discovery.types.identity import ModelIdentity
+
+if TYPE_CHECKING:  # the search package imports torch; the store must not
+    from discovery.search.base import SearchResult
 
 
 @runtime_checkable
@@ -66,6 +73,38 @@ class Storage(Protocol):
 
     def count_evaluations(self) -> int: ...
 
+    def scores_for_circuit(self, circuit: Circuit, limit: int = 1000) -> list[EvaluationRecord]:
+        """Every stored score of ``circuit`` (any model, dataset, method), newest first."""
+        ...
+
+    def evaluations(
+        self, task: str | None = None, model: str | None = None, job_id: int | None = None, limit: int = 1000
+    ) -> list[EvaluationRecord]:
+        """Stored scores, oldest first, optionally of one task, model (by name) or job (the one that stored them)."""
+        ...
+
+    # patching
+    def save_patching(
+        self,
+        result: Any,
+        model_id: int | None = None,
+        dataset_id: int | None = None,
+        *,
+        model: ModelIdentity | None = None,
+        dataset: Any = None,
+        kind: str = "path",
+        job_id: int | None = None,
+    ) -> int:
+        """* A patching heatmap's cells (NaN ones skipped); how many were new. The model and dataset by id, or
+        ``model=`` and ``dataset=`` (UsageError with neither)."""
+        ...
+
+    def get_patching(
+        self, model_id: int, dataset_id: int, kind: str | None = None, receiver: str | None = None
+    ) -> list[PatchingCell]:
+        """Stored cells, by receiver, sender layer, sender head."""
+        ...
+
     # jobs
     def create_job(
         self,
@@ -99,8 +138,9 @@ class Storage(Protocol):
 
     def set_job_model(self, job_id: int, model_id: int) -> None: ...
 
-    def finish_job(self, job_id: int, result: Any) -> bool:
-        """* Succeeded with ``result`` (a SearchResult); False (no change) if it had already ended."""
+    def finish_job(self, job_id: int, result: SearchResult) -> bool:
+        """* Succeeded with ``result``, kept as its circuit and :meth:`SearchResult.summary`; False (no change)
+        if it had already ended."""
         ...
 
     def fail_job(self, job_id: int, error_type: str, message: str, traceback: str | None = None) -> bool:
@@ -130,4 +170,8 @@ class Storage(Protocol):
 
     def job_evaluation_count(self, job_id: int) -> int:
         """Evaluations first stored by this job."""
+        ...
+
+    def job_filter_values(self) -> dict[str, list[str]]:
+        """The ``model``, ``task`` and ``method`` values that occur among the jobs, each sorted."""
         ...

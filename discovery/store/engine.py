@@ -18,6 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from discovery.types.errors import UsageError
+
 ENV_VAR = "CIRCUITS_DATABASE_URL"
 SQLITE_BEGIN = "sqlite_begin"
 """Execution option naming the SQLite BEGIN mode (DEFERRED, IMMEDIATE) of a connection's transactions."""
@@ -43,16 +45,35 @@ def describe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url`` with the SQLite settings above (the parent folder of a SQLite file is created)."""
+CONNECT_TIMEOUT_VAR = "CIRCUITS_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT = 5.0
+"""Seconds a PostgreSQL connection may take to answer (``CIRCUITS_CONNECT_TIMEOUT`` overrides it; the
+service passes its own validated setting, which reads the same variable)."""
+
+
+def connect_timeout(value: float | None = None) -> float:
+    """``value``, else ``CIRCUITS_CONNECT_TIMEOUT``, else 5 seconds."""
+    if value is not None:
+        return value
+    raw = os.environ.get(CONNECT_TIMEOUT_VAR, "").strip()
+    if not raw:
+        return DEFAULT_CONNECT_TIMEOUT
+    try:
+        return float(raw)
+    except ValueError as e:
+        raise UsageError(f"{CONNECT_TIMEOUT_VAR}={raw!r}: must be a number of seconds") from e
+
+
+def make_engine(url: str, *, timeout: float | None = None, **kwargs: Any) -> Engine:
+    """An engine for ``url`` with the SQLite settings above (the parent folder of a SQLite file is created).
+
+    ``timeout``: seconds a PostgreSQL server may take to accept a connection (see :func:`connect_timeout`)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
             # a server that accepts and never answers must not hang a submit or a worker for minutes
-            from discovery.service.settings import settings  # a leaf module: no import cycle
-
             connect_args = {
-                "connect_timeout": max(1, int(settings().connect_timeout)),
+                "connect_timeout": max(1, int(connect_timeout(timeout))),
                 **kwargs.pop("connect_args", {}),
             }
             return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)

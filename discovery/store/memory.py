@@ -8,17 +8,29 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from discovery.store.models import JobStatus
-from discovery.store.records import DatasetRecord, JobRecord, ModelRecord
-from discovery.store.repository import json_safe
+from discovery.store.records import DatasetRecord, EvaluationRecord, JobRecord, ModelRecord, PatchingCell
+from discovery.store.repository import json_safe, patching_cells
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import EvaluationMethod, Score
 from discovery.types.identity import ModelIdentity
+from discovery.types.jobs import JobStatus
+
+if TYPE_CHECKING:  # the search package imports torch; the store must not
+    from discovery.search.base import SearchResult
+
+
+class _Stored(NamedTuple):
+    """A stored score and where it came from."""
+
+    score: Score
+    job_id: int | None
+    id: int
+    created_at: datetime
 
 
 def _method_key(m: EvaluationMethod, level: bool = True) -> tuple:
@@ -34,7 +46,8 @@ class MemoryStore:
         self._ids = itertools.count(1)
         self._models: dict[tuple[str, str], ModelRecord] = {}
         self._datasets: dict[tuple, DatasetRecord] = {}
-        self._scores: dict[tuple, tuple[Score, int | None]] = {}
+        self._scores: dict[tuple, _Stored] = {}  # (circuit key, model id, dataset id, method key) -> score
+        self._patching: dict[tuple, float] = {}  # (model id, dataset id, kind, receiver, layer, head) -> effect
         self._jobs: dict[int, JobRecord] = {}
         self._beats: dict[int, float] = {}  # job id -> monotonic time of its last heartbeat
 
@@ -96,7 +109,7 @@ class MemoryStore:
             for c in circuits:
                 hit = self._scores.get((c.key, model_id, dataset_id, _method_key(method)))
                 if hit is not None:
-                    found[c.key] = replace(hit[0], circuit=c)
+                    found[c.key] = replace(hit.score, circuit=c)
         return found
 
     def save_scores(self, scores: Sequence[Score], model_id: int, dataset_id: int, job_id: int | None = None) -> int:
@@ -105,21 +118,85 @@ class MemoryStore:
             for s in scores:
                 key = (s.circuit.key, model_id, dataset_id, _method_key(s.method))
                 if key not in self._scores:
-                    self._scores[key] = (s, job_id)
+                    self._scores[key] = _Stored(s, job_id, next(self._ids), datetime.now(timezone.utc))
                     new += 1
         return new
 
     def baseline(self, model_id: int, dataset_id: int, method: EvaluationMethod) -> tuple[float, float] | None:
         wanted = _method_key(method, level=False)
         with self._lock:
-            for (_, m, d, k), (s, _) in self._scores.items():
+            for (_, m, d, k), stored in self._scores.items():
                 if (m, d) == (model_id, dataset_id) and (k[0], k[1], None, k[3], k[4]) == wanted:
-                    return (float(s.full), float(s.ablated))
+                    return (float(stored.score.full), float(stored.score.ablated))
         return None
 
     def count_evaluations(self) -> int:
         with self._lock:
             return len(self._scores)
+
+    def _record(self, key: tuple, stored: _Stored) -> EvaluationRecord:
+        model, dataset = self.get_model(key[1]), self.get_dataset(key[2])
+        return EvaluationRecord(
+            stored.id, stored.score, model.name, model.id, dataset.task, dataset.description, dataset.id,
+            stored.job_id, stored.created_at,
+        )  # fmt: skip
+
+    def scores_for_circuit(self, circuit: Circuit, limit: int = 1000) -> list[EvaluationRecord]:
+        with self._lock:
+            found = [self._record(k, v) for k, v in self._scores.items() if k[0] == circuit.key]
+        return sorted(found, key=lambda r: (r.created_at, r.id), reverse=True)[:limit]
+
+    def evaluations(
+        self, task: str | None = None, model: str | None = None, job_id: int | None = None, limit: int = 1000
+    ) -> list[EvaluationRecord]:
+        with self._lock:
+            records = [self._record(k, v) for k, v in self._scores.items()]
+        wanted = [
+            r
+            for r in records
+            if (not task or r.task == task) and (not model or r.model == model) and (job_id in (None, r.job_id))
+        ]
+        return sorted(wanted, key=lambda r: r.id)[:limit]
+
+    # patching
+    def save_patching(
+        self,
+        result: Any,
+        model_id: int | None = None,
+        dataset_id: int | None = None,
+        *,
+        model: ModelIdentity | None = None,
+        dataset: Any = None,
+        kind: str = "path",
+        job_id: int | None = None,
+    ) -> int:
+        if model_id is None:
+            if model is None:
+                raise UsageError("save_patching needs model_id or model=")
+            model_id = self.get_or_create_model(model).id
+        if dataset_id is None:
+            if dataset is None:
+                raise UsageError("save_patching needs dataset_id or dataset=")
+            dataset_id = self.get_or_create_dataset(dataset).id
+        new = 0
+        with self._lock:
+            for c in patching_cells(result):
+                key = (model_id, dataset_id, kind, c.receiver, int(c.sender_layer), int(c.sender_head))
+                if not math.isnan(c.effect) and key not in self._patching:
+                    self._patching[key] = float(c.effect)
+                    new += 1
+        return new
+
+    def get_patching(
+        self, model_id: int, dataset_id: int, kind: str | None = None, receiver: str | None = None
+    ) -> list[PatchingCell]:
+        with self._lock:
+            cells = [
+                PatchingCell(k[3], k[4], k[5], effect)
+                for k, effect in self._patching.items()
+                if k[:2] == (model_id, dataset_id) and (not kind or k[2] == kind) and (not receiver or k[3] == receiver)
+            ]
+        return sorted(cells, key=lambda c: (c.receiver, c.sender_layer, c.sender_head))
 
     # jobs
     def create_job(
@@ -213,24 +290,9 @@ class MemoryStore:
             self._jobs[job_id] = replace(job, finished_at=datetime.now(timezone.utc), **values)
             return True
 
-    def finish_job(self, job_id: int, result: Any) -> bool:
-        score: Score = result.score
-        summary = {
-            "metric": score.metric,
-            "normalised": None if math.isnan(score.normalised) else score.normalised,
-            "full": score.full,
-            "ablated": score.ablated,
-            "evaluation_method": asdict(score.method),
-            "size": result.circuit.size,
-            "n_edges": result.circuit.n_edges,
-            "n_evaluations": result.n_evaluations,
-            "seconds": result.seconds,
-            "method": result.method,
-            "params": result.params,
-            "extra": result.extra,
-        }
+    def finish_job(self, job_id: int, result: SearchResult) -> bool:
         return self._end(
-            job_id, status=JobStatus.SUCCEEDED, result_circuit=result.circuit, result_score=json_safe(summary)
+            job_id, status=JobStatus.SUCCEEDED, result_circuit=result.circuit, result_score=json_safe(result.summary())
         )
 
     def fail_job(self, job_id: int, error_type: str, message: str, traceback: str | None = None) -> bool:
@@ -275,4 +337,13 @@ class MemoryStore:
 
     def job_evaluation_count(self, job_id: int) -> int:
         with self._lock:
-            return sum(1 for _, owner in self._scores.values() if owner == job_id)
+            return sum(1 for stored in self._scores.values() if stored.job_id == job_id)
+
+    def job_filter_values(self) -> dict[str, list[str]]:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return {
+            "model": sorted({j.model for j in jobs if j.model is not None}),
+            "task": sorted({j.task for j in jobs if j.task is not None}),
+            "method": sorted({j.method for j in jobs if j.method is not None}),
+        }

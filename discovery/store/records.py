@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from discovery.store.models import JobStatus
 from discovery.types.circuit import Circuit
 from discovery.types.evaluation import EvaluationMethod, Score
 from discovery.types.identity import ModelIdentity
+from discovery.types.jobs import JobStatus
 
 __all__ = ["BestCircuit", "DatasetRecord", "EvaluationRecord", "JobRecord", "JobStatus", "ModelRecord", "PatchingCell"]
 

@@ -1,7 +1,8 @@
 """The store's repository: every read and write of experiments goes through :class:`Store`.
 
-Opening. :func:`open_store(url) <open_store>` connects to ``url``, else ``CIRCUITS_DATABASE_URL``,
-else the embedded SQLite file, and checks the schema: an empty database is migrated to the newest
+Opening. :func:`open_sql_store(url) <open_sql_store>` (which :func:`discovery.store.open_store` calls for
+``sqlite`` and ``postgresql`` URLs) connects to ``url``, else ``CIRCUITS_DATABASE_URL``, else the
+embedded SQLite file, and checks the schema: an empty database is migrated to the newest
 revision; one at an older revision is refused with a :class:`~discovery.types.errors.StoreError` naming
 ``circuits db upgrade``.
 
@@ -42,6 +43,9 @@ Methods (``*`` = writes):
 - patching: ``save_patching(result, model_id, dataset_id | model=, dataset=, kind)* -> rows inserted``,
   ``get_patching(model_id, dataset_id, kind=None, receiver=None) -> [PatchingCell]``
 - SQL: ``read_only_sql(statement) -> (columns, rows)`` (refuses anything that could write)
+- the dashboard's reads: ``database_now()``, ``row_counts()``, ``job_filter_values()``,
+  ``circuits_by_key_prefix(prefix)``, ``job_evaluation_rows(id, limit)``, ``patching_heatmaps()``,
+  ``patching_heatmap_of(cell id)``
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -80,6 +84,9 @@ from discovery.types.errors import StoreError, UsageError
 from discovery.types.evaluation import EvaluationMethod, Score
 from discovery.types.identity import ModelIdentity
 
+if TYPE_CHECKING:  # the search package imports torch; the store must not
+    from discovery.search.base import SearchResult
+
 _CHUNK = 500  # keys per IN (...) list
 DEFAULT_STALE_SECONDS = 120.0
 
@@ -95,41 +102,86 @@ C, E, M, D, J, P = (
         PatchingResult.__table__,
     )
 )
+TABLES = (M, D, J, C, E, P)
+"""Every table, in the order :meth:`Store.row_counts` reports them."""
 
 
-def open_store(
-    url: str | None = None, *, create_if_empty: bool = True, check: bool = True, must_exist: bool = False
+def open_sql_store(
+    url: str | None = None,
+    *,
+    create_if_empty: bool = True,
+    check: bool = True,
+    must_exist: bool = False,
+    read_only: bool = False,
+    connect_timeout: float | None = None,
 ) -> Store:
     """Connect to ``url`` (else ``CIRCUITS_DATABASE_URL``, else the embedded SQLite file) and check its schema.
 
     ``must_exist``: refuse a named SQLite file (``url`` or ``CIRCUITS_DATABASE_URL``) that does not exist yet
     instead of creating an empty store there (the commands that only read use it, so a mistyped path is an
-    error, not a new empty store); the embedded default file is still created on first use."""
+    error, not a new empty store); the embedded default file is still created on first use.
+
+    ``read_only``: the database itself refuses writes (``PRAGMA query_only`` on every SQLite connection,
+    read-only transactions on PostgreSQL sessions), the store must already exist (a SQLite file, never an
+    in-memory database) and nothing is created or migrated (an un-migrated database is an error naming
+    ``circuits db upgrade``). ``connect_timeout``: seconds a PostgreSQL server may take to answer
+    (:func:`discovery.store.engine.connect_timeout`)."""
     resolved = database_url(url)
-    if must_exist and (url or os.environ.get(ENV_VAR)):
+    if read_only:
+        _require_sqlite_file(resolved, read_only=True)
+    elif must_exist and (url or os.environ.get(ENV_VAR)):
         _require_sqlite_file(resolved)
     try:
-        engine = make_engine(resolved)
+        engine = make_engine(resolved, timeout=connect_timeout)
     except (sa.exc.SQLAlchemyError, ImportError, ValueError) as e:
         raise StoreError(
             f"cannot open the store at {describe_url(resolved) if '://' in resolved else resolved!r}: {e}"
         ) from e
-    if check:
-        migrate.check_schema(engine, create_if_empty=create_if_empty)
+    if read_only:
+        _refuse_writes(engine)
+    if check or read_only:
+        migrate.check_schema(engine, create_if_empty=create_if_empty and not read_only)
     return Store(engine)
 
 
-def _require_sqlite_file(url: str) -> None:
+def _refuse_writes(engine: Engine) -> None:
+    """Every connection of ``engine`` refuses writes (the database's own guarantee, not this code's)."""
+    sqlite_file = engine.dialect.name == "sqlite"
+
+    @sa.event.listens_for(engine, "connect")
+    def _read_only(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if sqlite_file:
+            cursor.execute("PRAGMA query_only = ON")
+        else:
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        cursor.close()
+        if not sqlite_file:
+            dbapi_connection.commit()
+
+
+def _require_sqlite_file(url: str, read_only: bool = False) -> None:
+    """Refuse a SQLite URL whose file does not exist (and, ``read_only``, one that names no file)."""
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError as e:
+        if read_only:
+            raise UsageError(f"--db {url!r} is not a database URL: {e}") from e
         raise StoreError(f"not a database URL: {url!r} ({e})") from e
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+    if parsed.get_backend_name() != "sqlite":
+        return
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        if read_only:
+            raise UsageError(f"the dashboard needs a SQLite file, not {url!r}")
         return
     from pathlib import Path
 
     if not Path(database).expanduser().is_file():
+        if read_only:  # a missing store, as for every reading command
+            raise StoreError(
+                f"no store at {database}: nothing to show yet (run a job first, or pass --db / CIRCUITS_DATABASE_URL)"
+            )
         raise StoreError(f"no store at {database} (is the path mistyped? any command that writes creates it)")
 
 
@@ -558,6 +610,118 @@ class Store:
         with self._transaction("summarising evaluations") as conn:
             return [dict(r._mapping, last=_utc(r.last)) for r in conn.execute(stmt)]
 
+    # --- what the dashboard reads (plain values; see discovery.dashboard.queries) ---------------------
+    def database_now(self) -> datetime:
+        """The database's clock (job timestamps come from it, so elapsed times use it too)."""
+        with self._transaction("reading the clock") as conn:
+            value = _utc(conn.execute(sa.select(db_now())).scalar_one())
+        assert value is not None
+        return value
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table."""
+        with self._transaction("counting rows") as conn:
+            return {t.name: int(conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()) for t in TABLES}
+
+    def job_filter_values(self) -> dict[str, list[str]]:
+        """The models, tasks and methods that occur among the jobs, each sorted."""
+        with self._transaction("reading the jobs' filter values") as conn:
+            return {
+                col: [r[0] for r in conn.execute(sa.select(J.c[col]).distinct().order_by(J.c[col])) if r[0] is not None]
+                for col in ("model", "task", "method")
+            }
+
+    def circuits_by_key_prefix(self, prefix: str, limit: int = 2) -> list[Circuit]:
+        """Stored circuits whose key starts with ``prefix`` (at most ``limit``)."""
+        with self._transaction("finding a circuit by key") as conn:
+            rows = conn.execute(sa.select(C.c.canonical).where(C.c.key.like(prefix + "%")).limit(limit)).all()
+        return [Circuit.parse(r[0]) for r in rows]
+
+    def job_evaluation_rows(self, job_id: int, limit: int) -> list[dict[str, Any]]:
+        """The evaluations a job stored first, oldest first, as plain rows: ``circuit`` (its stored canonical
+        spelling), ``key``, ``size``, ``n_edges``, ``metric``, ``normalised``, ``task``, ``dataset`` (its
+        description), ``method`` (an :class:`EvaluationMethod`, one value per distinct method) and
+        ``created_at`` (UTC). Circuits are not parsed back into values: a job may have stored thousands,
+        and parsing them would cost seconds for nothing."""
+        stmt = (
+            sa.select(
+                C.c.canonical,
+                C.c.key,
+                C.c.size,
+                C.c.n_edges,
+                E.c.score,
+                E.c.normalised,
+                E.c.ablation,
+                E.c.source,
+                E.c.level,
+                E.c.ablate_mlps,
+                E.c.ablate_embed,
+                E.c.metric,
+                E.c.normaliser,
+                E.c.created_at,
+                D.c.task,
+                D.c.description,
+            )  # fmt: skip
+            .select_from(E.join(C, E.c.circuit_id == C.c.id).join(D, E.c.dataset_id == D.c.id))
+            .where(E.c.job_id == job_id)
+            .order_by(E.c.id)
+            .limit(limit)
+        )
+        methods: dict[tuple, EvaluationMethod] = {}
+        out = []
+        with self._transaction(f"reading the evaluations of job {job_id}") as conn:
+            for r in conn.execute(stmt):
+                key = (r.ablation, r.source, r.level, bool(r.ablate_mlps), r.metric, r.normaliser, bool(r.ablate_embed))
+                if key not in methods:
+                    methods[key] = _method_of(r)
+                out.append(
+                    {
+                        "circuit": r.canonical,
+                        "key": r.key,
+                        "size": r.size,
+                        "n_edges": r.n_edges,
+                        "metric": r.score,
+                        "normalised": r.normalised,
+                        "task": r.task,
+                        "dataset": r.description,
+                        "method": methods[key],
+                        "created_at": _utc(r.created_at),
+                    }
+                )
+        return out
+
+    def patching_heatmaps(self) -> list[dict[str, Any]]:
+        """Stored patching heatmaps, newest first: one per (model, dataset, kind, receiver), with ``id`` (its
+        first cell's id), ``model_id``, ``dataset_id``, ``kind``, ``receiver``, ``cells``, ``model`` (the
+        name), ``task`` and ``description`` (the dataset's)."""
+        stmt = (
+            sa.select(
+                sa.func.min(P.c.id).label("id"),
+                P.c.model_id,
+                P.c.dataset_id,
+                P.c.kind,
+                P.c.receiver,
+                sa.func.count().label("cells"),
+                M.c.name.label("model"),
+                D.c.task,
+                D.c.description,
+            )
+            .select_from(P.join(M, P.c.model_id == M.c.id).join(D, P.c.dataset_id == D.c.id))
+            .group_by(P.c.model_id, P.c.dataset_id, P.c.kind, P.c.receiver, M.c.name, D.c.task, D.c.description)
+            .order_by(sa.func.min(P.c.id).desc())
+        )
+        with self._transaction("listing patching heatmaps") as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def patching_heatmap_of(self, cell_id: int) -> dict[str, Any] | None:
+        """The heatmap stored patching cell ``cell_id`` belongs to: ``model_id``, ``dataset_id``, ``kind`` and
+        ``receiver`` (None for an unknown id)."""
+        with self._transaction("reading a patching cell") as conn:
+            row = conn.execute(
+                sa.select(P.c.model_id, P.c.dataset_id, P.c.kind, P.c.receiver).where(P.c.id == cell_id)
+            ).one_or_none()
+        return None if row is None else dict(row._mapping)
+
     # --- jobs ------------------------------------------------------------------------------------
     def create_job(
         self,
@@ -680,28 +844,13 @@ class Store:
                 self._require_job(conn, job_id)
         return ok
 
-    def finish_job(self, job_id: int, result: Any) -> bool:
+    def finish_job(self, job_id: int, result: SearchResult) -> bool:
         """Mark the job succeeded with ``result`` (a :class:`~discovery.search.base.SearchResult`). False (and no
         change) if the job was already finished, e.g. cancelled meanwhile."""
-        score: Score = result.score
-        summary = {
-            "metric": score.metric,
-            "normalised": score.normalised,
-            "full": score.full,
-            "ablated": score.ablated,
-            "evaluation_method": asdict(score.method),
-            "size": result.circuit.size,
-            "n_edges": result.circuit.n_edges,
-            "n_evaluations": result.n_evaluations,
-            "seconds": result.seconds,
-            "method": result.method,
-            "params": result.params,
-            "extra": result.extra,
-        }
         return self._finish(
             job_id,
             f"finishing job {job_id}",
-            {"status": JobStatus.SUCCEEDED, "result_score": json_safe(summary)},
+            {"status": JobStatus.SUCCEEDED, "result_score": json_safe(result.summary())},
             (JobStatus.RUNNING, JobStatus.QUEUED),
             circuit=result.circuit,
         )
@@ -982,7 +1131,7 @@ class Store:
             if dataset is None:
                 raise UsageError("save_patching needs dataset_id or dataset=")
             dataset_id = self.get_or_create_dataset(dataset).id
-        cells = [c for c in _patching_cells(result) if not math.isnan(c.effect)]
+        cells = [c for c in patching_cells(result) if not math.isnan(c.effect)]
         rows = [
             {
                 "model_id": model_id,
@@ -1030,7 +1179,7 @@ class Store:
         return run_read_only(self.engine, statement, max_rows, timeout)
 
 
-def _patching_cells(result: Any) -> Iterator[PatchingCell]:
+def patching_cells(result: Any) -> Iterator[PatchingCell]:
     if hasattr(result, "cells") and callable(result.cells):
         result = result.cells()
     if hasattr(result, "effects") and hasattr(result, "receiver"):
