@@ -81,7 +81,11 @@ def request(model: Path, task: str = "digits", method: str = "greedy", **params)
 def test_bad_requests_are_refused_with_a_clear_message(model_dir, change, message):
     from dataclasses import replace
 
+    from discovery.types.evaluation import AblationChoice
+
     with pytest.raises(UsageError, match=message):
+        if "ablation" in change:  # a request carries a parsed ablation: the bad word is refused as it is parsed
+            change = {**change, "ablation": AblationChoice.parse(change["ablation"])}
         validate_request(replace(request(model_dir), **change))
 
 
