@@ -28,11 +28,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from discovery.model import LoadedModel
-from discovery.scoring.evaluator import Evaluator
-from discovery.tasks import Dataset, build_dataset, get_task
+from discovery.scoring.build import build_evaluator as make_evaluator
+from discovery.scoring.build import task_dataset
+from discovery.scoring.scorer import Scorer
+from discovery.tasks import Dataset
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
-from discovery.types.evaluation import Ablation, Score
+from discovery.types.evaluation import Ablation, AblationChoice, Score
 from discovery.types.identity import ModelIdentity
 from discovery.types.progress import ProgressCallback
 
@@ -143,7 +145,7 @@ def dataset(
     model: LoadedModel, task: str = "digits", n: int = 50, seed: int = 0, corruption: str | None = None, **params: Any
 ) -> Dataset:
     """The task's prompts tokenised for ``model`` (``params``: task parameters such as ``template="done-in"``)."""
-    return build_dataset(get_task(task, **params), model.tokenizer, n=n, seed=seed, corruption=corruption)
+    return task_dataset(model, task, n=n, seed=seed, corruption=corruption, task_params=params)
 
 
 def _store_of(store: StoreArg) -> Storage | None:
@@ -163,19 +165,30 @@ def build_evaluator(
     job_id: int | None = None,
     metric: str | Callable[..., torch.Tensor] | None = None,
     ablate_embed: bool = False,
-) -> Any:
+) -> Scorer:
     """The evaluator for ``model`` on ``data``; with a store, wrapped so every score is kept and reused.
     ``metric``: the task's (default), ``"kl"``, a registered metric's name, or a function
     ``metric(logits, dataset) -> one value per prompt`` (stored under its name; :mod:`discovery.scoring.metrics`).
     ``ablate_embed``: edge circuits may drop the embedding's edges (ACDC's graph)."""
-    ablation_ = Ablation(kind=ablation, source=mean_source, ablate_mlps=ablate_mlps, ablate_embed=ablate_embed)  # type: ignore[arg-type]
-    ev = Evaluator(model, data, ablation_, metric=metric)
-    chosen = _store_of(store)
-    if chosen is None:
+    chosen = Ablation.parse(ablation, mean_source, ablate_mlps, ablate_embed)
+    return _stored_evaluator(model, data, chosen, _store_of(store), job_id, metric)
+
+
+def _stored_evaluator(
+    model: LoadedModel,
+    data: Dataset,
+    ablation: Ablation,
+    store: Storage | None,
+    job_id: int | None = None,
+    metric: str | Callable[..., torch.Tensor] | None = None,
+) -> Scorer:
+    """The evaluator, wrapped in a StoredEvaluator on ``store`` unless it is None."""
+    ev = make_evaluator(model, data, ablation, metric=metric)
+    if store is None:
         return ev
     from discovery.store import StoredEvaluator
 
-    return StoredEvaluator(ev, chosen, job_id=job_id)
+    return StoredEvaluator(ev, store, job_id=job_id)
 
 
 def _circuits(items: Iterable[Circuit | str] | Circuit | str) -> list[Circuit]:
@@ -207,16 +220,16 @@ def evaluate(
     return ev.evaluate(parsed, progress=progress)
 
 
-def _config(data: Dataset, ablation: str, mean_source: str, ablate_mlps: bool, model: LoadedModel) -> dict[str, Any]:
+def _config(data: Dataset, ablation: Ablation, model: LoadedModel) -> dict[str, Any]:
     spec = data.spec
     return {
         "n": data.n,
         "seed": spec.seed,
         "corruption": spec.corruption,
         "task_params": dict(spec.params),
-        "ablation": ablation,
-        "source": mean_source,
-        "ablate_mlps": ablate_mlps,
+        "ablation": ablation.kind,
+        "source": ablation.source,
+        "ablate_mlps": ablation.ablate_mlps,
         "dataset": data.description,
         "weight_hash": model.identity.weight_hash,
     }
@@ -248,10 +261,9 @@ def discover(
     mean ablation, MLPs and embedding kept)."""
     from discovery.search import get_method, run_search
 
-    spec = get_method(method)
-    spec.validate(params)  # refuse bad parameters before any work
-    ablation_, mlps, embed = spec.resolve_evaluation(ablation, ablate_mlps, ablate_embed)
-    ev = build_evaluator(model, data, ablation_, mean_source, mlps, store, ablate_embed=embed)
+    get_method(method).validate(params)  # refuse bad parameters before any work
+    chosen = AblationChoice.parse(ablation, mean_source, ablate_mlps, ablate_embed).resolve(method)
+    ev = _stored_evaluator(model, data, chosen, _store_of(store))
     return run_search(method, ev, params, progress)
 
 
@@ -294,16 +306,13 @@ def curve(
     from discovery.search.base import SearchResult
 
     checked = get_method(method).validate(params)
+    ablation_ = Ablation.parse(ablation, mean_source, ablate_mlps)
     chosen = _store_of(store)
     job_id = None
     if chosen is not None:
         run_params = {"ranking_method": method, "method_params": checked, "grid": list(grid) if grid else None}
-        job_id = _record_run(
-            chosen, "curve", run_params, data, model, _config(data, ablation, mean_source, ablate_mlps, model)
-        )
-    ev = build_evaluator(
-        model, data, ablation, mean_source, ablate_mlps, chosen if chosen is not None else False, job_id
-    )
+        job_id = _record_run(chosen, "curve", run_params, data, model, _config(data, ablation_, model))
+    ev = _stored_evaluator(model, data, ablation_, chosen, job_id)
     start = time.perf_counter()
     try:
         ranked = run_search(method, ev, params, progress)

@@ -81,8 +81,27 @@ def request(model: Path, task: str = "digits", method: str = "greedy", **params)
 def test_bad_requests_are_refused_with_a_clear_message(model_dir, change, message):
     from dataclasses import replace
 
+    from discovery.types.evaluation import AblationChoice
+
     with pytest.raises(UsageError, match=message):
+        if "ablation" in change:  # a request carries a parsed ablation: the bad word is refused as it is parsed
+            change = {**change, "ablation": AblationChoice.parse(change["ablation"])}
         validate_request(replace(request(model_dir), **change))
+
+
+def test_a_job_rows_ablation_keys_load_as_they_were_stored():
+    """The job row keeps the ablation under the keys it always had; a row stored before ``ablate_embed``
+    existed (its ablation resolved) kept the embedding, whatever the method's default is now."""
+    from discovery.types.evaluation import Ablation, AblationChoice
+
+    old = {"n": 8, "ablation": "resample", "ablation_source": "clean", "ablate_mlps": True}
+    loaded = JobRequest.from_settings("digits", "acdc", "ref:sequences", {}, old)
+    assert loaded.resolved_ablation() == Ablation("resample", "clean", ablate_mlps=True, ablate_embed=False)
+    chosen = JobRequest("digits", "acdc", "ref:sequences", ablation=AblationChoice.parse(source="clean"))
+    keys = {k: chosen.settings()[k] for k in ("ablation", "ablation_source", "ablate_mlps", "ablate_embed")}
+    assert keys == {"ablation": None, "ablation_source": "clean", "ablate_mlps": None, "ablate_embed": None}
+    again = JobRequest.from_settings("digits", "acdc", "ref:sequences", {}, chosen.settings())
+    assert again == chosen and again.resolved_ablation() == Ablation("resample", "clean", True, True)
 
 
 def test_a_corrupt_weights_file_or_a_short_context_is_refused_at_submit(tmp_path, model_dir):

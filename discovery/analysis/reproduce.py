@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from discovery.scoring.evaluator import Evaluator
+from discovery.scoring.build import build_evaluator, task_dataset
 from discovery.types.circuit import Circuit
 from discovery.types.evaluation import Ablation
 from discovery.types.progress import ProgressCallback, no_progress
@@ -110,7 +110,6 @@ def lan_barez(
 ) -> list[Reproduction]:
     """Lan & Barez's pipeline on ``model``, one :class:`Reproduction` per task."""
     from discovery.search import run_search
-    from discovery.tasks import build_dataset, get_task
     from discovery.tasks.lan_barez import LanBarezTask
 
     templates, why_not = LanBarezTask.expressible_templates(model.tokenizer)
@@ -126,11 +125,10 @@ def lan_barez(
         params: dict[str, Any] = {"templates": ",".join(templates)}
         if filter_correct:
             params["filter"] = "correct"
-        task = get_task(name, **params)
-        dataset = build_dataset(
-            task, model.tokenizer, n=per_template * len(templates), seed=seed, model=model, progress=progress
+        dataset = task_dataset(
+            model, name, n=per_template * len(templates), seed=seed, task_params=params, progress=progress
         )
-        evaluator = Evaluator(model, dataset, Ablation(kind="mean", source="corrupt", ablate_mlps=True))
+        evaluator = build_evaluator(model, dataset, Ablation(kind="mean", source="corrupt", ablate_mlps=True))
         result = run_search("iterative-pruning", evaluator, {"threshold": threshold}, progress)
         rep.result = result
         spec = dict(dataset.spec.params)
@@ -184,11 +182,10 @@ def greater_than(
     """Hanna et al.'s pipeline on ``model`` (one :class:`Reproduction`)."""
     from discovery.scoring.patching import path_patching
     from discovery.search import run_search
-    from discovery.tasks import build_dataset, get_task
 
-    dataset = build_dataset(get_task("greater-than"), model.tokenizer, n=n, seed=seed)
+    dataset = task_dataset(model, "greater-than", n=n, seed=seed)
     # their patching: everything outside the circuit takes the paired 01-year prompt's activations
-    evaluator = Evaluator(model, dataset, Ablation(kind="resample", source="corrupt", ablate_mlps=True))
+    evaluator = build_evaluator(model, dataset, Ablation(kind="resample", source="corrupt", ablate_mlps=True))
     rep = Reproduction(
         "greater-than",
         f"{dataset.n} prompts ({dataset.description}, their recipe); {evaluator.method().describe()}",

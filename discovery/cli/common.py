@@ -13,8 +13,9 @@ import typer
 from rich.console import Console
 
 from discovery.model import LoadedModel
-from discovery.scoring.evaluator import Evaluator
-from discovery.tasks import Dataset, build_dataset, get_task
+from discovery.scoring.build import build_evaluator, task_dataset
+from discovery.scoring.scorer import Scorer
+from discovery.tasks import Dataset
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import ABLATION_KINDS, Ablation
 
@@ -130,15 +131,7 @@ def open_dataset(
 ) -> Dataset:
     params = check_dataset_options(task, n, task_params)
     with progress_bar(f"prompts for {task}") as progress:
-        dataset = build_dataset(
-            get_task(task, **params),
-            model.tokenizer,
-            n=n,
-            seed=seed,
-            corruption=corruption,
-            model=model,
-            progress=progress,
-        )
+        dataset = task_dataset(model, task, n, seed, corruption, params, progress)
     for warning in dataset.warnings:
         err_console.print(f"warning: {warning}")
     filtered = dict(dataset.spec.params).get("filtered_out")
@@ -147,24 +140,15 @@ def open_dataset(
     return dataset
 
 
-def open_evaluator(
-    model: LoadedModel,
-    dataset: Dataset,
-    ablation: str,
-    source: str,
-    ablate_mlps: bool,
-    store: bool | None = None,
-    ablate_embed: bool = False,
-) -> Evaluator:
+def open_evaluator(model: LoadedModel, dataset: Dataset, ablation: Ablation, store: bool | None = None) -> Scorer:
     """The evaluator, wrapped in a StoredEvaluator on the default store (``CIRCUITS_DATABASE_URL``, else the
     embedded SQLite file): every score is persisted and a stored one costs no forward pass.
     ``store=False``, or ``CIRCUITS_NO_STORE=1`` in the environment, gives the bare evaluator."""
-    chosen = Ablation(kind=ablation, source=source, ablate_mlps=ablate_mlps, ablate_embed=ablate_embed)  # type: ignore[arg-type]
-    evaluator = Evaluator(model, dataset, chosen)
+    evaluator = build_evaluator(model, dataset, ablation)
     if store is None:
         store = store_enabled()
     if not store:
         return evaluator
     from discovery.store import StoredEvaluator, open_store
 
-    return StoredEvaluator(evaluator, open_store())  # type: ignore[return-value]
+    return StoredEvaluator(evaluator, open_store())

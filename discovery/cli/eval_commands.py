@@ -9,6 +9,7 @@ from discovery.cli import common, output
 from discovery.cli.common import console
 from discovery.tasks import TASKS, task_names
 from discovery.types.circuit import Circuit
+from discovery.types.evaluation import Ablation
 from discovery.types.metrics import TASK_METRICS
 
 
@@ -34,13 +35,14 @@ def evaluate(
     ``--format csv|json``: one row per circuit, with the model, dataset and every part of the method.
     """
     output.check_format(fmt)
+    chosen = Ablation.parse(ablation, mean_source, ablate_mlps, ablate_embed)
     circuits = [Circuit.parse(text) for text in circuit]
     common.check_dataset_options(task, n, task_param)  # usage errors before the model loads
     loaded = common.open_model(model, device)
     for c in circuits:
         c.validate(loaded.shape)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
-    evaluator = common.open_evaluator(loaded, dataset, ablation, mean_source, ablate_mlps, ablate_embed=ablate_embed)
+    evaluator = common.open_evaluator(loaded, dataset, chosen)
     with common.progress_bar("evaluating") as progress:
         scores = evaluator.evaluate(circuits, progress=progress)
     first = scores[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +15,7 @@ from discovery.cli import common, output
 from discovery.cli.common import console
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
+from discovery.types.evaluation import AblationChoice
 
 parse_params = common.parse_params  # one parser for discover and submit
 
@@ -53,28 +53,30 @@ def discover(
             )
         params["target"] = target
     spec.validate(params)  # refuse bad parameters before loading anything
-    ablation, ablate_mlps, ablate_embed = spec.resolve_evaluation(ablation, ablate_mlps, ablate_embed)
+    chosen = AblationChoice.parse(ablation, mean_source, ablate_mlps, ablate_embed).resolve(method)
     common.check_dataset_options(task, n, task_param)  # usage errors before the model loads
     loaded = common.open_model(model, device)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)
-    evaluator = common.open_evaluator(
-        loaded, dataset, ablation, mean_source, ablate_mlps, store=False, ablate_embed=ablate_embed
-    )
+    evaluator = common.open_evaluator(loaded, dataset, chosen, store=False)
     job_id = None
     with common.progress_bar(f"{method}") as progress:
         if common.store_enabled():  # recorded as a run (a job row), exactly as `submit` records one
             from discovery.service import JobRequest, run_discovery
             from discovery.store import open_store
 
-            request = JobRequest(task, method, model, params, n, seed, corruption, common.parse_task_params(task_param))
-            request = replace(
-                request,
-                ablation=ablation,
-                ablation_source=mean_source,
-                ablate_mlps=ablate_mlps,
-                ablate_embed=ablate_embed,
+            request = JobRequest(
+                task,
+                method,
+                model,
+                params,
+                n,
+                seed,
+                corruption,
+                common.parse_task_params(task_param),
+                ablation=AblationChoice.of(chosen),
+                device=device,
             )
-            job_id, result, _ = run_discovery(replace(request, device=device), evaluator, open_store(), progress)
+            job_id, result, _ = run_discovery(request, evaluator, open_store(), progress)
         else:
             result = run_search(method, evaluator, params, progress)
     score = result.score

@@ -17,6 +17,7 @@ from rich.table import Table
 from discovery.cli import common, output
 from discovery.cli.common import console, err_console
 from discovery.types.errors import UsageError
+from discovery.types.evaluation import AblationChoice
 
 if TYPE_CHECKING:
     from discovery.store.base import Storage
@@ -70,6 +71,7 @@ def submit(
     if target is not None:
         params["target"] = target
     task_params = common.parse_task_params(task_param)
+    chosen = AblationChoice.parse(ablation, mean_source, ablate_mlps, ablate_embed)
     requests = [
         JobRequest(
             task=t,
@@ -80,10 +82,7 @@ def submit(
             seed=seed,
             corruption=corruption,
             task_params=task_params,
-            ablation=ablation,
-            ablation_source=mean_source,
-            ablate_mlps=ablate_mlps,
-            ablate_embed=ablate_embed,
+            ablation=chosen,
             device=device,
         )
         for t in task

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 from rich.table import Table
@@ -19,6 +19,7 @@ from discovery.cli import common, output
 from discovery.cli.common import console, err_console
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
+from discovery.types.evaluation import Ablation
 
 if TYPE_CHECKING:
     from discovery.store.base import Storage
@@ -417,22 +418,19 @@ def _evaluation_methods(
     seed: int,
     corruption: str | None,
     task_param: list[str] | None,
-    ablation: str,
-    mean_source: str,
-    ablate_mlps: bool,
+    ablation: Ablation,
     level: str,
 ) -> dict[str, Any]:
     """Each task's evaluation method (which names its dataset) under the given options, by task."""
-    from discovery.scoring.evaluator import Evaluator
-    from discovery.types.evaluation import Ablation
+    from discovery.scoring.build import build_evaluator
 
     if level not in ("node", "edge"):
         raise UsageError(f"--level {level!r}: choose node or edge")
+    checked: Literal["node", "edge"] = "node" if level == "node" else "edge"
     out = {}
     for t in tasks:
         dataset = common.open_dataset(model, t, n, seed, corruption, task_param)
-        ev = Evaluator(model, dataset, Ablation(kind=ablation, source=mean_source, ablate_mlps=ablate_mlps))  # type: ignore[arg-type]
-        out[t] = ev.method(level)  # type: ignore[arg-type]
+        out[t] = build_evaluator(model, dataset, ablation).method(checked)
     return out
 
 
@@ -468,11 +466,10 @@ def overlap(
     if on not in ("nodes", "edges"):
         raise UsageError(f"--on {on!r}: choose nodes or edges")
     level = level or ("edge" if on == "edges" else "node")
+    chosen = Ablation.parse(ablation, mean_source, ablate_mlps)
     store = _store(db, must_exist=True)
     loaded = common.open_model(model, device)
-    methods = _evaluation_methods(
-        loaded, task, n, seed, corruption, task_param, ablation, mean_source, ablate_mlps, level
-    )
+    methods = _evaluation_methods(loaded, task, n, seed, corruption, task_param, chosen, level)
     best = {t: best_stored(store, t, m, loaded.identity, search_method, threshold) for t, m in methods.items()}
     console.print(f"model  {loaded.identity.name} (weights sha256 {loaded.identity.weight_hash[:12]})")
     for t, origin in best.items():
@@ -538,17 +535,17 @@ def cross_score(
     its dataset, the score as a share of the target's full-model score (score / full) and normalised.
     """
     from discovery.analysis.compare import best_stored
-    from discovery.scoring.evaluator import Evaluator
+    from discovery.scoring.build import build_evaluator
     from discovery.store import StoredEvaluator
-    from discovery.types.evaluation import Ablation
 
+    chosen = Ablation.parse(ablation, mean_source, ablate_mlps)
     store = _store(db)
     loaded = common.open_model(model, device)
     if circuit is not None:
         source_circuit, label = _circuit_of(store, circuit)
     else:
         source_method = _evaluation_methods(
-            loaded, [circuit_from_task], n, seed, corruption, task_param, ablation, mean_source, ablate_mlps, level
+            loaded, [circuit_from_task], n, seed, corruption, task_param, chosen, level
         )[circuit_from_task]
         origin = best_stored(store, circuit_from_task, source_method, loaded.identity, search_method, threshold)
         source_circuit, label = origin.circuit, f"best stored for {circuit_from_task}: {origin.describe()}"
@@ -560,18 +557,7 @@ def cross_score(
     described = []
     for t in task:
         dataset = common.open_dataset(loaded, t, n, seed, corruption, task_param)
-        evaluator = StoredEvaluator(
-            Evaluator(
-                loaded,
-                dataset,
-                Ablation(
-                    kind=ablation,  # type: ignore[arg-type]
-                    source=mean_source,  # type: ignore[arg-type]
-                    ablate_mlps=ablate_mlps,
-                ),
-            ),
-            store,
-        )
+        evaluator = StoredEvaluator(build_evaluator(loaded, dataset, chosen), store)
         with common.progress_bar(f"scoring on {t}") as progress:
             score = evaluator.evaluate([source_circuit], progress=progress)[0]
         share = score.metric / score.full if score.full != 0 else float("nan")

@@ -147,11 +147,7 @@ class Evaluator:
         )
         """Prompts of several lengths: one evaluator per length group, each with its own per-position
         means; a metric is their prompt-weighted mean (see :class:`~discovery.tasks.base.Dataset`)."""
-        self.hooked = (
-            None
-            if model.fast_path or self.groups
-            else HookedScorer(model, self.dataset, ablation.kind, ablation.source)
-        )
+        self.hooked = None if model.fast_path or self.groups else HookedScorer(model, self.dataset, ablation)
         """The slow path (TransformerLens hooks) for architectures the engine has no fast path for."""
         if not model.fast_path and self.metric_name not in TASK_METRICS:
             raise UsageError(

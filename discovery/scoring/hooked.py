@@ -20,6 +20,7 @@ from discovery.tasks.base import Dataset
 
 if TYPE_CHECKING:
     from discovery.model import LoadedModel
+    from discovery.types.evaluation import Ablation
 
 
 def z_hook(layer: int) -> str:
@@ -33,28 +34,28 @@ def mlp_hook(layer: int) -> str:
 class HookedScorer:
     """Metric values of node-level circuits, one hooked bridge forward each."""
 
-    def __init__(self, model: LoadedModel, dataset: Dataset, kind: str, source: str) -> None:
-        """``kind``: mean / resample / zero; ``source``: corrupt or clean, the prompts replacements come from."""
+    def __init__(self, model: LoadedModel, dataset: Dataset, ablation: Ablation) -> None:
+        """``ablation``: its kind (mean / resample / zero) and source (the prompts replacements come from);
+        which MLPs are replaced is the masks' to say (:meth:`metric`)."""
         self.model = model
         self.dataset = dataset
-        self.kind = kind
-        self.source = source
+        self.ablation = ablation
         self.n_layers = model.shape.n_layers
 
     @cached_property
     def replacements(self) -> dict[str, torch.Tensor]:
         """Per hook name, the replacement activation: [1 or n, seq, ...]."""
         ds = self.dataset
-        ids = ds.corrupt_ids if self.source == "corrupt" else ds.clean_ids
+        ids = ds.corrupt_ids if self.ablation.source == "corrupt" else ds.clean_ids
         names = {z_hook(layer) for layer in range(self.n_layers)} | {mlp_hook(layer) for layer in range(self.n_layers)}
         with torch.no_grad():
             _, cache = self.model.bridge.run_with_cache(ids, names_filter=lambda name: name in names)
         out = {}
         for name in names:
             act = cache[name].detach().clone()
-            if self.kind == "mean":
+            if self.ablation.kind == "mean":
                 act = act.mean(0, keepdim=True)
-            elif self.kind == "zero":
+            elif self.ablation.kind == "zero":
                 act = torch.zeros_like(act[:1])
             out[name] = act
         return out

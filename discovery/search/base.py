@@ -17,13 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from discovery.model import LoadedModel
-from discovery.scoring.evaluator import Evaluator
-from discovery.search.scorer import Scorer
-from discovery.tasks.base import Dataset
-from discovery.types.circuit import Circuit, ModelShape
+from discovery.search.scorer import Scorer, ScorerWrapper
+from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
-from discovery.types.evaluation import Ablation, EvaluationMethod, Score
+from discovery.types.evaluation import Score
 from discovery.types.progress import ProgressCallback, no_progress
 
 ScoringEvaluator = Scorer  # the older name
@@ -167,11 +164,11 @@ def get_method(key: str) -> SearchMethodSpec:
     return METHODS[key]
 
 
-class CountingEvaluator:
-    """Counts the circuits a method asks for; every other member is forwarded explicitly."""
+class CountingEvaluator(ScorerWrapper):
+    """Counts the circuits a method asks for; every other member is forwarded (:class:`ScorerWrapper`)."""
 
     def __init__(self, inner: Scorer) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.n_evaluations = 0
         self.parent: CountingEvaluator | None = None
 
@@ -181,37 +178,6 @@ class CountingEvaluator:
             counter.n_evaluations += len(circuits)
             counter = counter.parent
         return self.inner.evaluate(circuits, progress)
-
-    @property
-    def shape(self) -> ModelShape:
-        return self.inner.shape
-
-    @property
-    def model(self) -> LoadedModel:
-        return self.inner.model
-
-    @property
-    def dataset(self) -> Dataset:
-        return self.inner.dataset
-
-    @property
-    def ablation(self) -> Ablation:
-        return self.inner.ablation
-
-    @property
-    def full_metric(self) -> float:
-        return self.inner.full_metric
-
-    @property
-    def ablated_metric(self) -> float:
-        return self.inner.ablated_metric
-
-    @property
-    def base_evaluator(self) -> Evaluator:
-        return self.inner.base_evaluator
-
-    def method(self, level: Literal["node", "edge"] = "node") -> EvaluationMethod:
-        return self.inner.method(level)
 
     def with_metric(self, metric: str) -> CountingEvaluator:
         """Counted too: the circuits a method scores under another metric are evaluations as well."""

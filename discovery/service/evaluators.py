@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from discovery.scoring.build import build_evaluator as make_evaluator
+from discovery.scoring.build import task_dataset
 from discovery.scoring.evaluator import Evaluator
 from discovery.service.requests import JobRequest
-from discovery.types.evaluation import Ablation
 from discovery.types.progress import ProgressCallback
 
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}
@@ -32,25 +33,6 @@ def build_evaluator(
     request: JobRequest, device: str | None = None, progress: ProgressCallback | None = None
 ) -> Evaluator:
     """The plain evaluator a job's request describes (model cached per process)."""
-    from discovery.tasks import build_dataset, get_task
-
-    request = request.resolved()
     loaded = cached_model(request.model, device or request.device, progress)
-    dataset = build_dataset(
-        get_task(request.task, **request.task_params),
-        loaded.tokenizer,
-        n=request.n,
-        seed=request.seed,
-        corruption=request.corruption,
-        model=loaded,
-    )
-    return Evaluator(
-        loaded,
-        dataset,
-        Ablation(
-            kind=request.ablation,  # type: ignore[arg-type]
-            source=request.ablation_source,  # type: ignore[arg-type]
-            ablate_mlps=bool(request.ablate_mlps),
-            ablate_embed=bool(request.ablate_embed),
-        ),
-    )
+    dataset = task_dataset(loaded, request.task, request.n, request.seed, request.corruption, request.task_params)
+    return make_evaluator(loaded, dataset, request.resolved_ablation())

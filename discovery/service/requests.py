@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from discovery.types.errors import UsageError
-from discovery.types.evaluation import Ablation
+from discovery.types.evaluation import Ablation, AblationChoice
 
 MAX_PROMPTS = 100_000
 """The most prompts a job may ask for (``--n 100000000`` used to hang building the dataset)."""
@@ -29,21 +29,17 @@ class JobRequest:
     seed: int = 0
     corruption: str | None = None
     task_params: dict[str, Any] = field(default_factory=dict)
-    ablation: str | None = None
-    """None: the method's default (``SearchMethodSpec.evaluation``); :meth:`resolved` fills it in."""
-    ablation_source: str = "corrupt"
-    ablate_mlps: bool | None = None
-    ablate_embed: bool | None = None
+    ablation: AblationChoice = AblationChoice()
+    """A part left unset is the method's default (``SearchMethodSpec.evaluation``); :meth:`resolved` fills it in."""
     device: str = "cpu"
 
     def resolved(self) -> JobRequest:
         """The request with every unset evaluation setting replaced by the method's default."""
-        from discovery.search import get_method
+        return replace(self, ablation=AblationChoice.of(self.resolved_ablation()))
 
-        ablation, mlps, embed = get_method(self.method).resolve_evaluation(
-            self.ablation, self.ablate_mlps, self.ablate_embed
-        )
-        return replace(self, ablation=ablation, ablate_mlps=mlps, ablate_embed=embed)
+    def resolved_ablation(self) -> Ablation:
+        """The ablation the job's evaluator runs under (the method's defaults for what was left unset)."""
+        return self.ablation.resolve(self.method)
 
     def settings(self) -> dict[str, Any]:
         """What the job row keeps besides method, params, task and model."""
@@ -52,10 +48,7 @@ class JobRequest:
             "seed": self.seed,
             "corruption": self.corruption,
             "task_params": self.task_params,
-            "ablation": self.ablation,
-            "ablation_source": self.ablation_source,
-            "ablate_mlps": self.ablate_mlps,
-            "ablate_embed": self.ablate_embed,
+            **ablation_settings(self.ablation),
             "device": self.device,
         }
 
@@ -63,11 +56,32 @@ class JobRequest:
     def from_settings(
         cls, task: str, method: str, model: str, params: dict[str, Any], settings: dict[str, Any]
     ) -> JobRequest:
-        names = ("n", "seed", "corruption", "task_params", "ablation", "ablation_source", "ablate_mlps", "ablate_embed")
-        known = {k: settings[k] for k in (*names, "device") if k in settings}
-        if "ablation" in settings and "ablate_embed" not in settings:
-            known["ablate_embed"] = False  # a job stored before the setting existed kept the embedding
-        return cls(task=task, method=method, model=model, params=dict(params or {}), **known)
+        known = {k: settings[k] for k in ("n", "seed", "corruption", "task_params", "device") if k in settings}
+        ablation = ablation_of_settings(settings)
+        return cls(task=task, method=method, model=model, params=dict(params or {}), ablation=ablation, **known)
+
+
+def ablation_settings(ablation: AblationChoice) -> dict[str, Any]:
+    """The ablation as a job row's config keeps it: the keys jobs have always been stored under
+    (``ablation`` is the kind; None where the method's default was left to the worker)."""
+    return {
+        "ablation": ablation.kind,
+        "ablation_source": ablation.source,
+        "ablate_mlps": ablation.ablate_mlps,
+        "ablate_embed": ablation.ablate_embed,
+    }
+
+
+def ablation_of_settings(settings: dict[str, Any]) -> AblationChoice:
+    """The ablation a job row's config names (the inverse of :func:`ablation_settings`). A job stored
+    before ``ablate_embed`` existed, with its ablation resolved, kept the embedding: False, not the
+    method's default."""
+    embed = settings.get("ablate_embed")
+    if "ablation" in settings and "ablate_embed" not in settings:
+        embed = False
+    return AblationChoice.parse(
+        settings.get("ablation"), settings.get("ablation_source", "corrupt"), settings.get("ablate_mlps"), embed
+    )
 
 
 def validate_request(request: JobRequest, *, local_device: bool = True) -> JobRequest:
@@ -90,7 +104,6 @@ def validate_request(request: JobRequest, *, local_device: bool = True) -> JobRe
     for name, value in params.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"method {request.method!r}: parameter {name}={value} is not a finite number")
-    Ablation(kind=request.ablation, source=request.ablation_source)  # type: ignore[arg-type]
     if not 1 <= request.n <= MAX_PROMPTS:
         raise UsageError(f"the number of prompts must be between 1 and {MAX_PROMPTS:,}, got {request.n}")
     check_task_params(request.task, request.task_params)
@@ -100,7 +113,7 @@ def validate_request(request: JobRequest, *, local_device: bool = True) -> JobRe
     tokenizer = check_model_spec(request.model)
     shape, n_ctx = model_shape(request.model)
     if shape is not None:
-        _check_components(spec, params, shape, bool(request.ablate_mlps))
+        _check_components(spec, params, shape, bool(request.ablation.ablate_mlps))
     if tokenizer is not None:
         # the prompts before the model-correctness filter (which needs the model, loaded on the worker)
         unfiltered = get_task(request.task, **{k: v for k, v in request.task_params.items() if k != "filter"})

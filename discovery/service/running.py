@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from discovery.scoring.scorer import Scorer, ScorerWrapper
 from discovery.service.evaluators import build_evaluator
 from discovery.service.jobs import (
     COMPARE_METHOD,
@@ -131,52 +132,15 @@ class JobProgress:
         raise JobLost(f"job {self.job_id} is {status_of(job)} under worker {job.worker_id}, no longer this one")
 
 
-class Tracker:
-    """Wraps an evaluator: remembers the best circuit seen (highest normalised score, then fewest
-    components), so a running job reports its best so far. Delegates the scorer's interface explicitly."""
+class Tracker(ScorerWrapper):
+    """Wraps a scorer: remembers the best circuit seen (highest normalised score, then fewest
+    components), so a running job reports its best so far. Every other member is forwarded
+    (:class:`~discovery.search.scorer.ScorerWrapper`); ``with_metric`` returns the inner scorer's
+    sibling untracked: scores under another metric (ACDC's KL criterion) are not candidates for the best."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    def __init__(self, inner: Scorer) -> None:
+        super().__init__(inner)
         self.best: Score | None = None
-
-    @property
-    def shape(self) -> Any:
-        return self.inner.shape
-
-    @property
-    def model(self) -> Any:
-        return self.inner.model
-
-    @property
-    def dataset(self) -> Any:
-        return self.inner.dataset
-
-    @property
-    def ablation(self) -> Any:
-        return self.inner.ablation
-
-    @property
-    def full_metric(self) -> float:
-        return self.inner.full_metric
-
-    @property
-    def ablated_metric(self) -> float:
-        return self.inner.ablated_metric
-
-    @property
-    def circuits_per_pass(self) -> int:
-        return int(getattr(self.inner, "circuits_per_pass", 1))
-
-    @property
-    def base_evaluator(self) -> Any:
-        return getattr(self.inner, "base_evaluator", self.inner)
-
-    def method(self, level: str = "node") -> Any:
-        return self.inner.method(level)
-
-    def with_metric(self, metric: str) -> Any:
-        """Scores under another metric (ACDC's KL criterion) are not candidates for the best circuit."""
-        return self.inner.with_metric(metric)
 
     def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]:
         scores = self.inner.evaluate(circuits, progress)
@@ -190,9 +154,6 @@ class Tracker:
             ):
                 self.best = s
         return scores
-
-    def evaluate_one(self, circuit: Circuit) -> Score:
-        return self.evaluate([circuit])[0]
 
 
 class Heartbeat:

@@ -1,9 +1,9 @@
 """Storage as a decorator on the evaluator: every score is persisted, a stored one costs no forward pass.
 
-:class:`StoredEvaluator` has the :class:`~discovery.scoring.evaluator.Evaluator` interface a search uses
+:class:`StoredEvaluator` is a :class:`~discovery.scoring.scorer.Scorer`, the interface a search uses
 (``evaluate(circuits, progress) -> list[Score]``, ``shape``, ``model``, ``dataset``, ``ablation``,
-``method()``, ``full_metric``, ``ablated_metric``), each delegated explicitly to the wrapped evaluator,
-which it never modifies. For each call it
+``method()``, ``full_metric``, ``ablated_metric``): a :class:`~discovery.scoring.scorer.ScorerWrapper`
+forwarding what it does not change to the wrapped evaluator, which it never modifies. For each call it
 
 1. looks the circuits up in the store (same model, dataset and evaluation method) and serves those
    found (``cache_hits``);
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import Any
 
+from discovery.scoring.scorer import Scorer, ScorerWrapper
 from discovery.store.base import Storage
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
@@ -35,12 +35,12 @@ from discovery.types.evaluation import Score
 from discovery.types.progress import ProgressCallback
 
 
-class StoredEvaluator:
+class StoredEvaluator(ScorerWrapper):
     """Serves stored scores and persists new ones; see the module docstring."""
 
     def __init__(
         self,
-        evaluator: Any,
+        evaluator: Scorer,
         store: Storage,
         job_id: int | None = None,
         batch_size: int = 64,
@@ -48,7 +48,7 @@ class StoredEvaluator:
     ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
-        self.evaluator = evaluator
+        super().__init__(evaluator)
         self.store = store
         self.checkpoint = checkpoint
         self.job_id = job_id
@@ -60,6 +60,11 @@ class StoredEvaluator:
         self.dataset_record = store.get_or_create_dataset(evaluator.dataset)
 
     @property
+    def evaluator(self) -> Scorer:
+        """The wrapped evaluator (``inner``)."""
+        return self.inner
+
+    @property
     def model_id(self) -> int:
         return self.model_record.id
 
@@ -67,43 +72,15 @@ class StoredEvaluator:
     def dataset_id(self) -> int:
         return self.dataset_record.id
 
-    # --- the wrapped evaluator's interface, delegated explicitly ----------------------------------
-    @property
-    def shape(self) -> Any:
-        return self.evaluator.shape
-
-    @property
-    def model(self) -> Any:
-        return self.evaluator.model
-
-    @property
-    def dataset(self) -> Any:
-        return self.evaluator.dataset
-
-    @property
-    def ablation(self) -> Any:
-        return self.evaluator.ablation
-
-    @property
-    def circuits_per_pass(self) -> int:
-        return int(getattr(self.evaluator, "circuits_per_pass", self.batch_size))
-
     @property
     def forward_count(self) -> int:
-        return int(getattr(self.evaluator, "forward_count", 0))
-
-    @property
-    def base_evaluator(self) -> Any:
-        """The evaluator whose forward attribution methods differentiate (the Scorer protocol's)."""
-        return getattr(self.evaluator, "base_evaluator", self.evaluator)
-
-    def method(self, level: str = "node") -> Any:
-        return self.evaluator.method(level)
+        """Circuits the evaluator's forward computed (a stored score costs none)."""
+        return self.base_evaluator.forward_count
 
     def with_metric(self, metric: str) -> StoredEvaluator:
         """The same evaluation under another metric, stored too (its scores are keyed by that metric)."""
-        inner = self.evaluator.with_metric(metric)
-        if inner is self.evaluator:
+        inner = self.inner.with_metric(metric)
+        if inner is self.inner:
             return self
         derived = StoredEvaluator(inner, self.store, self.job_id, self.batch_size, self.checkpoint)
         derived._counts_to = self  # ACDC scores through its KL twin: the job's counts must include them
@@ -122,40 +99,37 @@ class StoredEvaluator:
         from discovery.types.evaluation import RELIABLE_SPAN
 
         span = abs(self.full_metric - self.ablated_metric)
-        spread = float(getattr(self.base_evaluator, "prompt_spread", 0.0))
+        spread = self.base_evaluator.prompt_spread
         return span > 0 and span >= RELIABLE_SPAN * spread
 
     # --- the two ends of the normalisation ----------------------------------------------------
     @cached_property
     def _stored_baseline(self) -> tuple[float, float] | None:
-        return self.store.baseline(self.model_id, self.dataset_id, self.evaluator.method("node"))
+        return self.store.baseline(self.model_id, self.dataset_id, self.inner.method("node"))
 
-    def _baseline(self, which: str) -> float:
-        # the stored value when there is one (no forward pass); else the wrapped evaluator's own
-        if self._stored_baseline is not None:
-            return self._stored_baseline[0 if which == "full_metric" else 1]
-        return float(getattr(self.evaluator, which))
-
+    # the stored value when there is one (no forward pass); else the wrapped evaluator's own
     @property
     def full_metric(self) -> float:
-        return self._baseline("full_metric")
+        stored = self._stored_baseline
+        return stored[0] if stored is not None else self.inner.full_metric
 
     @property
     def ablated_metric(self) -> float:
-        return self._baseline("ablated_metric")
+        stored = self._stored_baseline
+        return stored[1] if stored is not None else self.inner.ablated_metric
 
     # --- scoring ---------------------------------------------------------------------------------
     def evaluate(self, circuits: Sequence[Circuit], progress: ProgressCallback | None = None) -> list[Score]:
         """Scores of ``circuits`` in order: stored ones from the store, the rest computed and stored."""
         circuits = list(circuits)
-        shape = self.evaluator.shape
+        shape = self.inner.shape
         for c in circuits:
             c.validate(shape)
         found: dict[str, Score] = {}
         for level in ("node", "edge"):
             of_level = [c for c in circuits if c.level == level]
             if of_level:
-                found.update(self.store.lookup(of_level, self.model_id, self.dataset_id, self.evaluator.method(level)))
+                found.update(self.store.lookup(of_level, self.model_id, self.dataset_id, self.inner.method(level)))
         self._count(sum(1 for c in circuits if c.key in found), 0)
         missing = list({c.key: c for c in circuits if c.key not in found}.values())
         total = len(circuits)
@@ -169,7 +143,7 @@ class StoredEvaluator:
                 if self.checkpoint is not None:
                     self.checkpoint()
                 chunk = missing[start : start + per_pass]
-                scores = self.evaluator.evaluate(chunk)
+                scores = self.inner.evaluate(chunk)
                 self._count(0, len(chunk))
                 for s in scores:
                     found[s.circuit.key] = s
@@ -179,9 +153,6 @@ class StoredEvaluator:
                 if progress:
                     progress(min(total, done_before + computed), total, "circuits evaluated")
         return [_with_circuit(found[c.key], c, self._reliable) for c in circuits]
-
-    def evaluate_one(self, circuit: Circuit) -> Score:
-        return self.evaluate([circuit])[0]
 
 
 def _with_circuit(score: Score, circuit: Circuit, reliable: bool) -> Score:

@@ -14,6 +14,8 @@ from discovery.types.errors import UsageError
 
 AblationKind = Literal["mean", "resample", "zero"]
 ABLATION_KINDS: tuple[AblationKind, ...] = ("mean", "resample", "zero")
+AblationSource = Literal["corrupt", "clean"]
+ABLATION_SOURCES: tuple[AblationSource, ...] = ("corrupt", "clean")
 NORMALISER = "(circuit - ablated) / (full - ablated)"
 RELIABLE_SPAN = 0.5
 """|full - ablated| below this many standard deviations of the full model's per-prompt metric makes
@@ -22,10 +24,14 @@ the normalised score unreliable: the two ends differ by less than prompts differ
 
 @dataclass(frozen=True)
 class Ablation:
-    """How components outside a circuit are removed."""
+    """How components outside a circuit are removed.
+
+    The one value of the ablation from the caller to the score: the CLI and the API parse their
+    words into it (:meth:`parse`), a job carries it (as an :class:`AblationChoice` until the search
+    method's defaults are filled in), and the evaluator, the hooked slow path included, takes it."""
 
     kind: AblationKind = "mean"
-    source: Literal["corrupt", "clean"] = "corrupt"
+    source: AblationSource = "corrupt"
     """Which prompts of the dataset the replacement values come from."""
     ablate_mlps: bool = False
     """Node level: also replace MLPs outside the circuit (otherwise every MLP is kept)."""
@@ -36,10 +42,82 @@ class Ablation:
     instead of its clean one. Node-level circuits always keep the embedding."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ABLATION_KINDS:
-            raise UsageError(f"unknown ablation {self.kind!r}; choose one of: {', '.join(ABLATION_KINDS)}")
-        if self.source not in ("corrupt", "clean"):
-            raise UsageError(f"unknown ablation source {self.source!r}; choose corrupt or clean")
+        # the Literal types are not checked at run time: a value from JSON or a test still must be one
+        ablation_kind(self.kind)
+        ablation_source(self.source)
+
+    @classmethod
+    def parse(
+        cls, kind: str = "mean", source: str = "corrupt", ablate_mlps: bool = False, ablate_embed: bool = False
+    ) -> Ablation:
+        """The ablation named by words (a command's options, an API call's keywords, a stored job's
+        settings); :class:`UsageError` naming the bad word."""
+        return cls(ablation_kind(kind), ablation_source(source), bool(ablate_mlps), bool(ablate_embed))
+
+
+@dataclass(frozen=True)
+class AblationChoice:
+    """An ablation as a caller chose it, where a part left unset (None) is the search method's to choose
+    (``SearchMethodSpec.evaluation``: ACDC resamples and prunes every edge, as published). What a job
+    request carries; :meth:`resolve` turns it into the :class:`Ablation` the evaluator takes."""
+
+    kind: AblationKind | None = None
+    source: AblationSource = "corrupt"
+    ablate_mlps: bool | None = None
+    ablate_embed: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is not None:
+            ablation_kind(self.kind)
+        ablation_source(self.source)
+
+    @classmethod
+    def parse(
+        cls,
+        kind: str | None = None,
+        source: str = "corrupt",
+        ablate_mlps: bool | None = None,
+        ablate_embed: bool | None = None,
+    ) -> AblationChoice:
+        """As :meth:`Ablation.parse`, with None left unset."""
+        return cls(
+            None if kind is None else ablation_kind(kind),
+            ablation_source(source),
+            None if ablate_mlps is None else bool(ablate_mlps),
+            None if ablate_embed is None else bool(ablate_embed),
+        )
+
+    @classmethod
+    def of(cls, ablation: Ablation) -> AblationChoice:
+        """Every part chosen: exactly ``ablation``."""
+        return cls(ablation.kind, ablation.source, ablation.ablate_mlps, ablation.ablate_embed)
+
+    def resolve(self, method: str) -> Ablation:
+        """The ablation search method ``method`` runs under: each part chosen here, else the method's default."""
+        from discovery.search import get_method  # the registry (and torch) only when a method is asked for
+
+        kind, mlps, embed = get_method(method).resolve_evaluation(self.kind, self.ablate_mlps, self.ablate_embed)
+        return Ablation.parse(kind, self.source, mlps, embed)
+
+
+_KINDS: dict[str, AblationKind] = {k: k for k in ABLATION_KINDS}
+_SOURCES: dict[str, AblationSource] = {s: s for s in ABLATION_SOURCES}
+
+
+def ablation_kind(word: str) -> AblationKind:
+    """``word`` as an :data:`AblationKind`; :class:`UsageError` if it names none."""
+    kind = _KINDS.get(word) if isinstance(word, str) else None  # JSON may hold anything
+    if kind is None:
+        raise UsageError(f"unknown ablation {word!r}; choose one of: {', '.join(ABLATION_KINDS)}")
+    return kind
+
+
+def ablation_source(word: str) -> AblationSource:
+    """``word`` as an :data:`AblationSource`; :class:`UsageError` if it names none."""
+    source = _SOURCES.get(word) if isinstance(word, str) else None
+    if source is None:
+        raise UsageError(f"unknown ablation source {word!r}; choose corrupt or clean")
+    return source
 
 
 @dataclass(frozen=True)
