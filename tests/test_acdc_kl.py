@@ -18,8 +18,8 @@ from discovery.tasks import build_dataset, get_task
 from discovery.types.circuit import Circuit
 from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
-from tests.test_edge_forward import Literal
-from tests.test_engine import perturbed_model
+from tests.edge_reference import Literal
+from tests.random_inputs import perturbed_model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from discovery.tasks import build_dataset, get_task
 from discovery.types.circuit import Circuit, head, mlp
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import Ablation
-from tests.test_search import TARGET, heads_of, necessary, planted  # noqa: F401 - fixtures
+from tests.planted_fixtures import TARGET, heads_of, necessary, planted  # noqa: F401  (fixtures)
 
 
 def literal_pruning(evaluator, threshold, value):
