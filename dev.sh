@@ -36,6 +36,6 @@ case "$cmd" in
     docs) setup; exec .venv/bin/pdoc --docformat restructuredtext -o "${1:-docs/api}" discovery discovery.api \
         discovery.types discovery.model discovery.engine discovery.scoring discovery.tasks discovery.search \
         discovery.analysis discovery.pictures discovery.formats discovery.store discovery.service ;;
-    bench) setup; for b in bench/*.py; do echo "# $b" >&2; .venv/bin/python "$b"; done ;;
+    bench) setup; for b in bench/[!_]*.py; do echo "# $b" >&2; .venv/bin/python "$b"; done ;;
     *) echo "usage: bash dev.sh demo|test|lint|bench|docs|setup [args]" >&2; exit 2 ;;
 esac
