@@ -20,6 +20,7 @@ from tests.edge_reference import Literal
 from tests.random_inputs import random_edge_circuits, sample_edges
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mean", "resample", "zero"])
 @pytest.mark.parametrize(("ablate_mlps", "ablate_embed"), [(False, False), (True, False), (True, True)])
 def test_edge_circuits_match_literal_reference(tiny_model3, tokenizer, kind, ablate_mlps, ablate_embed):
@@ -90,6 +91,7 @@ def test_batches_and_duplicates(tiny_model3, tokenizer):
     assert together[4:] == pytest.approx(alone[:2], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("ablate_mlps", "ablate_embed"), [(False, False), (True, False), (True, True)])
 def test_eap_matches_finite_differences(tiny_model3, tokenizer, ablate_mlps, ablate_embed):
     ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=4)
@@ -106,6 +108,7 @@ def test_eap_matches_finite_differences(tiny_model3, tokenizer, ablate_mlps, abl
     assert (scores != 0).sum() > len(scores) // 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ablate_embed", [False, True])
 def test_eap_ig_inputs_matches_literal_integrated_gradient(tiny_model3, tokenizer, ablate_embed):
     """EAP-IG as published: gradients of the full model on inputs interpolated corrupt -> clean."""
@@ -129,6 +132,7 @@ def test_eap_ig_inputs_matches_literal_integrated_gradient(tiny_model3, tokenize
         assert scores[i] == pytest.approx(total / steps, abs=2e-6, rel=1e-3), e.name
 
 
+@pytest.mark.slow
 def test_eap_ig_edges_matches_literal_integrated_gradient(tiny_model3, tokenizer):
     ds = build_dataset(get_task("digits"), tokenizer, n=5, seed=6)
     ev = Evaluator(tiny_model3, ds, Ablation(kind="resample"))

@@ -73,6 +73,7 @@ def test_mlp_pruning_needs_mlp_ablation(planted):
         run_search("iterative-pruning", ev, {})
 
 
+@pytest.mark.slow
 def test_matches_their_loop_written_out(tiny_model3, tokenizer):
     ds = build_dataset(get_task("digits"), tokenizer, n=8, seed=0)
     ev = Evaluator(tiny_model3, ds, Ablation(kind="mean", ablate_mlps=True))

@@ -140,6 +140,7 @@ def test_acdc_recovers_the_planted_heads(planted, necessary, restriction):
     assert result.score.normalised > 0.5
 
 
+@pytest.mark.slow
 def test_acdc_speculative_batches_make_the_sequential_decisions(planted):
     _, ev = planted
     one = run_search("acdc", ev, {"tau": 0.01, "batch": 1, "nodes": "0.1,1.2,2.3,1.1"})
