@@ -2,7 +2,7 @@
 
 GPT-2-small-shaped random model (seed 0), task ``digits`` with ``template=done-in``, 50 prompts,
 mean ablation. Random weights: the scores mean nothing, the timings are real. See
-``bench/_brute_force.py`` (importable as ``bench._brute_force.brute_force``).
+``bench/_brute_force.py`` (``brute_force``, shared with ``bench/discovery_speed.py``).
 
     python bench/brute_force.py [--threads 2] [--n 50] [--architecture gpt2]
 """
@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
-# run as a script, this folder comes first on sys.path and bench/discovery.py would shadow the package
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-sys.path.insert(0, os.path.dirname(_here))
+import torch
+from _brute_force import brute_force  # bench/, this script's folder, is on sys.path
 
-import torch  # noqa: E402
-
-from bench._brute_force import brute_force  # noqa: E402
-from discovery.model import RANDOM_ARCHITECTURES, random_model  # noqa: E402
-from discovery.tasks import build_dataset, get_task  # noqa: E402
+from discovery.model import RANDOM_ARCHITECTURES, random_model
+from discovery.tasks import build_dataset, get_task
 
 
 def main() -> None:

@@ -17,25 +17,21 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from fastapi.testclient import TestClient
 
-import numpy as np  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-
-from discovery.dashboard import create_app, open_dashboard_store  # noqa: E402
-from discovery.search.base import SearchResult  # noqa: E402
-from discovery.store import open_store  # noqa: E402
-from discovery.tasks.base import DatasetSpec  # noqa: E402
-from discovery.types.circuit import Circuit, head  # noqa: E402
-from discovery.types.evaluation import EvaluationMethod, Score  # noqa: E402
-from discovery.types.identity import ModelIdentity  # noqa: E402
+from discovery.dashboard import create_app, open_dashboard_store
+from discovery.search.base import SearchResult
+from discovery.store import open_store
+from discovery.tasks.base import DatasetSpec
+from discovery.types.circuit import Circuit, head
+from discovery.types.evaluation import EvaluationMethod, Score
+from discovery.types.identity import ModelIdentity
 
 
 def random_circuits(n: int, rng: np.random.Generator) -> list[Circuit]:

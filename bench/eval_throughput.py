@@ -22,20 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import sys
 import time
 
-# run as a script, this folder comes first on sys.path and bench/discovery.py would shadow the package
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import torch
 
-import torch  # noqa: E402
-
-from discovery.model import RANDOM_ARCHITECTURES, random_model  # noqa: E402
-from discovery.scoring.evaluator import Evaluator  # noqa: E402
-from discovery.tasks import build_dataset, get_task  # noqa: E402
-from discovery.types.circuit import Circuit  # noqa: E402
+from discovery.model import RANDOM_ARCHITECTURES, random_model
+from discovery.scoring.evaluator import Evaluator
+from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import Circuit
 
 
 def naive_scores(model, dataset, evaluator, circuits):

@@ -22,10 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository, not bench/, on the path
-
-import torch  # noqa: E402 - after the sys.path fix above
+import torch
 
 METHODS = ("greedy", "exhaustive", "topk", "eap", "eap-ig", "acdc")
 PARAMS: dict[str, dict] = {

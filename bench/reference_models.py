@@ -16,10 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# run as a script, this folder comes first on sys.path and bench/discovery.py would shadow the package
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import torch  # noqa: E402 - after the sys.path fix above
+import torch
 
 MAIN_JOB = [
     "submit",

@@ -16,24 +16,36 @@ dominates. Needs PostgreSQL and Redis on localhost (as the integration tests: ``
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from tests.service_fixtures import (  # noqa: E402
-    Worker,
-    fresh_postgres_database,
-    isolated_redis,
-    save_tiny_model,
-    services_available,
-    wait_for,
-)
+
+def _load_service_fixtures() -> ModuleType:
+    """The integration tests' service helpers (databases, Redis, workers), loaded from their file: run as
+    a script, this file has bench/ on sys.path, not the repository, and ``tests`` is not installed."""
+    spec = importlib.util.spec_from_file_location("service_fixtures", ROOT / "tests" / "service_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_fixtures = _load_service_fixtures()
+Worker = _fixtures.Worker
+fresh_postgres_database = _fixtures.fresh_postgres_database
+isolated_redis = _fixtures.isolated_redis
+save_tiny_model = _fixtures.save_tiny_model
+services_available = _fixtures.services_available
+wait_for = _fixtures.wait_for
 
 
 def requests(model: Path, jobs: int, k: int, n: int, first_seed: int = 0) -> list:

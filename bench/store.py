@@ -18,24 +18,20 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import sqlalchemy as sa
 
-import numpy as np  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-
-from discovery.analysis.compare import overlap_matrix  # noqa: E402
-from discovery.store import open_store  # noqa: E402
-from discovery.tasks.base import DatasetSpec  # noqa: E402
-from discovery.types.circuit import Circuit, head  # noqa: E402
-from discovery.types.evaluation import EvaluationMethod, Score  # noqa: E402
-from discovery.types.identity import ModelIdentity  # noqa: E402
+from discovery.analysis.compare import overlap_matrix
+from discovery.store import open_store
+from discovery.tasks.base import DatasetSpec
+from discovery.types.circuit import Circuit, head
+from discovery.types.evaluation import EvaluationMethod, Score
+from discovery.types.identity import ModelIdentity
 
 TASKS = ("digits", "months", "greater-than", "number-words")
 

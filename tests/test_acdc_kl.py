@@ -18,8 +18,8 @@ from discovery.tasks import build_dataset, get_task
 from discovery.types.circuit import Circuit
 from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
-from tests.test_edge_forward import Literal
-from tests.test_engine import perturbed_model
+from tests.edge_reference import Literal
+from tests.random_inputs import perturbed_model
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +140,7 @@ def literal_acdc(model, dataset, ev, tau: float, ablate_mlps: bool = True, ablat
     return current
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every_edge", [True, False])
 def test_acdc_equals_the_literal_published_algorithm(model, dataset, every_edge):
     """As published (every edge prunable, the default), and with the embedding and MLPs kept."""
@@ -217,6 +218,7 @@ def test_acdc_runs_as_published_unless_told_otherwise(model, dataset):
     assert not any(e.sender.kind == "embed" for e in kept.circuit.edges)
 
 
+@pytest.mark.slow
 def test_acdc_that_removes_every_edge_says_so(model, dataset):
     result = run_search("acdc", Evaluator(model, dataset), {"tau": 1e6})
     assert not result.circuit.edges and "removed every edge" in result.extra["warning"]

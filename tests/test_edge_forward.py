@@ -8,11 +8,7 @@ plus out_s for senders that are never ablated (MLPs when they are kept).
 
 from __future__ import annotations
 
-import random
-
 import pytest
-import torch
-import torch.nn.functional as F
 
 from discovery.scoring.edge_forward import edge_attribution, edge_metric_values, graph_of
 from discovery.scoring.evaluator import Evaluator
@@ -20,111 +16,11 @@ from discovery.tasks import build_dataset, get_task
 from discovery.types.circuit import Circuit, all_edges
 from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
+from tests.edge_reference import Literal
+from tests.random_inputs import random_edge_circuits, sample_edges
 
 
-class Literal:
-    """One straightforward forward per call, every receiver input summed sender by sender (float64)."""
-
-    def __init__(self, model, dataset, kind: str = "mean", ablate_mlps: bool = False, ablate_embed: bool = False):
-        self.hf = model.hf_model
-        self.cfg = self.hf.config
-        self.ds = dataset
-        self.kind = kind
-        self.ablate_mlps = ablate_mlps
-        self.ablate_embed = ablate_embed
-        self.n_layers, self.n_heads, self.dh = self._sizes()
-        source = self.run(dataset.corrupt_ids, lambda name: 1.0, {}, rep=None)[1]
-        if kind == "mean":
-            self.rep = {s: o.mean(0, keepdim=True) for s, o in source.items()}
-        elif kind == "resample":
-            self.rep = source
-        else:
-            self.rep = {s: torch.zeros_like(o[:1]) for s, o in source.items()}
-
-    def _sizes(self) -> tuple[int, int, int]:
-        return self.cfg.n_layer, self.cfg.n_head, self.cfg.n_embd // self.cfg.n_head
-
-    def ablatable(self, sender: str) -> bool:
-        return not sender.startswith("m") or self.ablate_mlps
-
-    def start(self, embed, name: str, mask, rep) -> torch.Tensor:
-        """The embedding a receiver reads: the clean one, or with ``ablate_embed`` its edge's mix."""
-        if rep is None or not self.ablate_embed:
-            return embed
-        return rep["embed"] + mask(f"embed->{name}") * (embed - rep["embed"])
-
-    def p(self, t: torch.Tensor) -> torch.Tensor:
-        return t.detach().double()
-
-    def ln(self, x: torch.Tensor, mod) -> torch.Tensor:
-        return F.layer_norm(x, (x.shape[-1],), self.p(mod.weight), self.p(mod.bias), self.cfg.layer_norm_epsilon)
-
-    def embedding(self, ids):
-        tr = self.hf.transformer
-        return self.p(tr.wte.weight)[ids] + self.p(tr.wpe.weight)[: ids.shape[1]]
-
-    def run(self, ids, mask, perturb, rep, embed=None):
-        """(last-position logits [n, vocab], every sender's output in this run)."""
-        tr = self.hf.transformer
-        p_len = ids.shape[1]
-        embed = self.embedding(ids) if embed is None else embed
-        outputs: dict[str, torch.Tensor] = {"embed": embed}
-        order: list[str] = []
-        biases = torch.zeros_like(embed)
-
-        def receive(name: str) -> torch.Tensor:
-            x = self.start(embed, name, mask, rep) + biases
-            for s in order:
-                if rep is not None and self.ablatable(s):
-                    x = x + rep[s] + mask(f"{s}->{name}") * (outputs[s] - rep[s])
-                else:
-                    x = x + outputs[s]
-            return x + perturb.get(name, 0.0)
-
-        causal = torch.ones(p_len, p_len, dtype=torch.bool).tril()
-        for layer, block in enumerate(tr.h):
-            W, b = self.p(block.attn.c_attn.weight), self.p(block.attn.c_attn.bias)
-            W_O = self.p(block.attn.c_proj.weight)
-            d, dh = self.cfg.n_embd, self.dh
-            new = {}
-            for h in range(self.n_heads):
-                qkv = []
-                for i, inp in enumerate("qkv"):
-                    cols = slice(i * d + h * dh, i * d + (h + 1) * dh)
-                    qkv.append(self.ln(receive(f"{layer}.{h}.{inp}"), block.ln_1) @ W[:, cols] + b[cols])
-                q, k, v = qkv
-                scores = (q @ k.transpose(-1, -2)) / dh**0.5
-                z = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
-                new[f"{layer}.{h}"] = z @ W_O[h * dh : (h + 1) * dh]
-            outputs.update(new)
-            order.extend(new)
-            biases = biases + self.p(block.attn.c_proj.bias)
-            x = self.ln(receive(f"m{layer}"), block.ln_2)
-            hidden = F.gelu(x @ self.p(block.mlp.c_fc.weight) + self.p(block.mlp.c_fc.bias), approximate="tanh")
-            outputs[f"m{layer}"] = hidden @ self.p(block.mlp.c_proj.weight) + self.p(block.mlp.c_proj.bias)
-            order.append(f"m{layer}")
-        final = self.ln(receive("logits"), tr.ln_f)[:, -1]
-        return final @ self.p(self.hf.lm_head.weight).T, outputs
-
-    def metric(self, mask=lambda name: 1.0, perturb=None, embed=None) -> float:
-        logits, _ = self.run(self.ds.clean_ids, mask, perturb or {}, self.rep, embed)
-        return ref.metric(self.ds, logits)
-
-    def circuit_metric(self, circuit: Circuit) -> float:
-        kept = {e.name for e in circuit.edges}
-        return self.metric(lambda name: 1.0 if name in kept else 0.0)
-
-
-def random_edge_circuits(shape, count: int, seed: int) -> list[Circuit]:
-    rng = random.Random(seed)
-    edges = all_edges(shape)
-    out = []
-    for _ in range(count):
-        frac = rng.choice([0.1, 0.5, 0.9])
-        out.append(Circuit.from_edges([e for e in edges if rng.random() < frac]))
-    return out
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mean", "resample", "zero"])
 @pytest.mark.parametrize(("ablate_mlps", "ablate_embed"), [(False, False), (True, False), (True, True)])
 def test_edge_circuits_match_literal_reference(tiny_model3, tokenizer, kind, ablate_mlps, ablate_embed):
@@ -195,18 +91,7 @@ def test_batches_and_duplicates(tiny_model3, tokenizer):
     assert together[4:] == pytest.approx(alone[:2], abs=1e-6)
 
 
-def _sample_edges(ev, count: int, seed: int):
-    graph = graph_of(ev)
-    rng = random.Random(seed)
-    by_receiver_kind = {}
-    for i, e in enumerate(graph.edges):
-        by_receiver_kind.setdefault((e.receiver.kind, e.receiver_input), []).append(i)
-    picked = [rng.choice(v) for v in by_receiver_kind.values()]
-    picked += [i for i, e in enumerate(graph.edges) if e.sender.kind == "embed"][:: max(1, len(graph.edges) // 40)][:3]
-    picked += rng.sample(range(len(graph.edges)), max(0, count - len(picked)))
-    return picked
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize(("ablate_mlps", "ablate_embed"), [(False, False), (True, False), (True, True)])
 def test_eap_matches_finite_differences(tiny_model3, tokenizer, ablate_mlps, ablate_embed):
     ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=4)
@@ -214,7 +99,7 @@ def test_eap_matches_finite_differences(tiny_model3, tokenizer, ablate_mlps, abl
     lit = Literal(tiny_model3, ds, "mean", ablate_mlps, ablate_embed)
     edges, scores = edge_attribution(ev, steps=1)
     eps = 1e-4
-    for i in _sample_edges(ev, 10, seed=5):
+    for i in sample_edges(ev, 10, seed=5):
         name = edges[i].name
         plus = lit.metric(lambda n, name=name: 1.0 - eps if n == name else 1.0)
         minus = lit.metric(lambda n, name=name: 1.0 + eps if n == name else 1.0)
@@ -223,6 +108,7 @@ def test_eap_matches_finite_differences(tiny_model3, tokenizer, ablate_mlps, abl
     assert (scores != 0).sum() > len(scores) // 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ablate_embed", [False, True])
 def test_eap_ig_inputs_matches_literal_integrated_gradient(tiny_model3, tokenizer, ablate_embed):
     """EAP-IG as published: gradients of the full model on inputs interpolated corrupt -> clean."""
@@ -234,7 +120,7 @@ def test_eap_ig_inputs_matches_literal_integrated_gradient(tiny_model3, tokenize
     _, clean_out = lit.run(ds.clean_ids, lambda n: 1.0, {}, lit.rep)
     clean_x, corrupt_x = lit.embedding(ds.clean_ids), lit.embedding(ds.corrupt_ids)
     eps = 1e-4
-    for i in _sample_edges(ev, 6, seed=8):
+    for i in sample_edges(ev, 6, seed=8):
         e = edges[i]
         direction = lit.rep[e.sender.name] - clean_out[e.sender.name]  # rep_s - out_s (clean run)
         total = 0.0
@@ -246,6 +132,7 @@ def test_eap_ig_inputs_matches_literal_integrated_gradient(tiny_model3, tokenize
         assert scores[i] == pytest.approx(total / steps, abs=2e-6, rel=1e-3), e.name
 
 
+@pytest.mark.slow
 def test_eap_ig_edges_matches_literal_integrated_gradient(tiny_model3, tokenizer):
     ds = build_dataset(get_task("digits"), tokenizer, n=5, seed=6)
     ev = Evaluator(tiny_model3, ds, Ablation(kind="resample"))
@@ -254,7 +141,7 @@ def test_eap_ig_edges_matches_literal_integrated_gradient(tiny_model3, tokenizer
     edges, scores = edge_attribution(ev, steps=steps, interpolate="edges")
     _, clean_out = lit.run(ds.clean_ids, lambda n: 1.0, {}, lit.rep)
     eps = 1e-4
-    for i in _sample_edges(ev, 6, seed=8):
+    for i in sample_edges(ev, 6, seed=8):
         e = edges[i]
         direction = lit.rep[e.sender.name] - clean_out[e.sender.name]  # rep_s - out_s (clean run)
         total = 0.0

@@ -19,7 +19,7 @@ from discovery.scoring.evaluator import Evaluator
 from discovery.tasks import build_dataset, get_task
 from discovery.types.circuit import LOGITS, Circuit
 from discovery.types.evaluation import Ablation
-from tests.test_engine import VARIANTS, perturbed_model
+from tests.random_inputs import VARIANTS, perturbed_model
 
 FAMILIES = ["gpt2", "gpt-neox", "llama3"]
 

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from discovery.engine import FAST_PATH, record_forward
-from discovery.model import RANDOM_ARCHITECTURES, _random_config, load_model, wrap_model
+from discovery.model import RANDOM_ARCHITECTURES, load_model, wrap_model
+from discovery.model.random import _random_config
 from discovery.scoring.edge_forward import edge_attribution, graph_of
 from discovery.scoring.evaluator import Evaluator
 from discovery.scoring.patching import path_patching
@@ -28,35 +29,8 @@ from discovery.types.circuit import Circuit, parse_edge
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
-from tests.test_edge_forward import Literal, _sample_edges, random_edge_circuits
-from tests.test_evaluator import random_circuits
-
-# the families' real variants: Llama-2 style (plain rope, multi-head), Llama-3 style (GQA, llama3 rope
-# scaling), Pythia (parallel blocks, partial rotary) and a sequential GPT-NeoX
-VARIANTS = {
-    "gpt2": ("gpt2", {}),
-    "gpt-neox": ("gpt-neox", {}),
-    "gpt-neox-sequential": ("gpt-neox", {"use_parallel_residual": False, "rotary_pct": 0.5}),
-    "llama3": ("llama", {}),
-    "llama2": ("llama", {"num_key_value_heads": 4, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}),
-    "qwen2": ("qwen2", {}),
-    "gemma": ("gemma", {}),
-}
-
-
-def perturbed_model(architecture: str, tokenizer, seed: int = 0, n_layers: int = 3, **overrides):
-    """A tiny random model whose every parameter moved off its initial value (zero biases, unit norms)."""
-    from transformers import AutoModelForCausalLM
-
-    config = _random_config(architecture, n_layers, 4, 64, 64, len(tokenizer))
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return wrap_model(hf, tokenizer, name=f"perturbed-{architecture}-{seed}")
+from tests.edge_reference import Literal
+from tests.random_inputs import VARIANTS, perturbed_model, random_circuits, random_edge_circuits, sample_edges
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -254,7 +228,7 @@ def test_rotary_gqa_eap_equals_finite_differences(rotary_gqa_model, tokenizer):
     lit = LlamaLiteral(model, ds, "mean", True, True)
     edges, scores = edge_attribution(ev, steps=1)
     eps = 1e-4
-    for i in _sample_edges(ev, 8, seed=5):
+    for i in sample_edges(ev, 8, seed=5):
         name = edges[i].name
         plus = lit.metric(lambda n, name=name: 1.0 - eps if n == name else 1.0)
         minus = lit.metric(lambda n, name=name: 1.0 + eps if n == name else 1.0)

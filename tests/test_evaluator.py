@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -13,15 +11,7 @@ from discovery.types.circuit import Circuit, head, mlp
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
-
-
-def random_circuits(shape, count: int, seed: int, with_mlps: bool = False) -> list[Circuit]:
-    rng = random.Random(seed)
-    nodes = shape.all_heads() + (shape.all_mlps() if with_mlps else [])
-    out = [Circuit(), Circuit.of(nodes)]
-    for _ in range(count):
-        out.append(Circuit.of(rng.sample(nodes, rng.randint(1, len(nodes) - 1))))
-    return out
+from tests.random_inputs import random_circuits
 
 
 def test_record_forward_reproduces_hf_logits(tiny_model3, tokenizer):

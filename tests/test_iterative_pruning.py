@@ -12,7 +12,7 @@ from discovery.tasks import build_dataset, get_task
 from discovery.types.circuit import Circuit, head, mlp
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import Ablation
-from tests.test_search import TARGET, heads_of, necessary, planted  # noqa: F401 - fixtures
+from tests.planted_fixtures import TARGET, heads_of, necessary, planted  # noqa: F401  (fixtures)
 
 
 def literal_pruning(evaluator, threshold, value):
@@ -73,6 +73,7 @@ def test_mlp_pruning_needs_mlp_ablation(planted):
         run_search("iterative-pruning", ev, {})
 
 
+@pytest.mark.slow
 def test_matches_their_loop_written_out(tiny_model3, tokenizer):
     ds = build_dataset(get_task("digits"), tokenizer, n=8, seed=0)
     ev = Evaluator(tiny_model3, ds, Ablation(kind="mean", ablate_mlps=True))

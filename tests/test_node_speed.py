@@ -23,7 +23,7 @@ from discovery.tasks import build_dataset, get_task
 from discovery.types.circuit import Circuit, head, mlp
 from discovery.types.evaluation import Ablation
 from tests import reference_impl as ref
-from tests.test_engine import perturbed_model
+from tests.random_inputs import perturbed_model
 
 
 @pytest.fixture(scope="module")

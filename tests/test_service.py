@@ -786,13 +786,13 @@ def test_a_killed_in_process_run_is_marked_failed_by_the_next_one(tmp_path, mode
     stale (aged explicitly here) and marks it failed, so no row stays "running" forever."""
     from discovery.service import fail_abandoned
     from discovery.store import open_store
-    from tests.test_store import _age_heartbeat
+    from tests.store_samples import age_heartbeat
 
     store = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
     dead = store.create_job("greedy", {"target": 0.9}, "digits", str(model_dir))
     store.claim_job(dead, "in-process@gone:1")
     assert fail_abandoned(store) == []  # its heartbeat is fresh: maybe still alive
-    _age_heartbeat(store, dead, seconds=3600)
+    age_heartbeat(store, dead, seconds=3600)
     assert fail_abandoned(store) == [dead]
     job = store.get_job(dead)
     assert job.status.value == "failed" and job.error_type == "Abandoned"

@@ -24,20 +24,10 @@ from discovery.types.circuit import Circuit
 from discovery.types.errors import StoreError, UsageError
 from discovery.types.evaluation import Ablation, EvaluationMethod, Score
 from tests.store_fixtures import BACKENDS, db_url, pg_database, store  # noqa: F401  (fixtures)
+from tests.store_samples import METHOD, age_heartbeat, synthetic_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {"models", "datasets", "jobs", "circuits", "evaluations", "patching_results", "alembic_version"}
-METHOD = EvaluationMethod("mean", "digits[corruption=repeat-last,n=8,seed=0]:corrupt", "node", False, "logit_diff")
-
-
-def synthetic_scores(n: int, offset: int = 0, method: EvaluationMethod = METHOD) -> list[Score]:
-    """Distinct node-level circuits (bit patterns over 3 layers x 4 heads) with made-up scores."""
-    out = []
-    for i in range(offset, offset + n):
-        nodes = [f"{b // 4}.{b % 4}" for b in range(12) if (i + 1) >> b & 1]
-        c = Circuit.parse(",".join(nodes))
-        out.append(Score(c, -0.5 + i * 1e-3, (i % 97) / 97, 1.0, -1.0, method))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -177,16 +167,6 @@ def test_records_read_back_equal_what_was_written(store, tiny_model, dataset):
     assert store.get_patching(model.id, ds.id, receiver="1.2.q") == [cells[2]]
 
 
-def _age_heartbeat(store, job_id: int, seconds: float) -> None:  # type: ignore[no-untyped-def]
-    """Set the job's heartbeat ``seconds`` in the past on the database's own clock."""
-    from discovery.store.models import Job, db_seconds_ago
-
-    with store.engine.begin() as conn:
-        conn.execute(
-            sa.update(Job.__table__).where(Job.__table__.c.id == job_id).values(heartbeat_at=db_seconds_ago(seconds))
-        )
-
-
 def test_job_lifecycle_and_claims(store, tiny_model):
     from discovery.search.base import SearchResult
 
@@ -195,7 +175,7 @@ def test_job_lifecycle_and_claims(store, tiny_model):
     assert store.claim_job(job, "w2") is False  # running with a fresh heartbeat
     assert store.heartbeat(job, "w1") and not store.heartbeat(job, "w2")
     assert store.update_progress(job, 3, 10, "step 3", worker_id="w1")
-    _age_heartbeat(store, job, seconds=3600)  # explicitly old (not a race against the clock's resolution)
+    age_heartbeat(store, job, seconds=3600)  # explicitly old (not a race against the clock's resolution)
     assert store.claim_job(job, "w2") is True  # stale heartbeat: re-claimed at the default stale time
     rec = store.get_job(job)
     assert (rec.worker_id, rec.attempts, rec.progress_done, rec.progress_message, rec.tasks) == (
@@ -207,7 +187,7 @@ def test_job_lifecycle_and_claims(store, tiny_model):
     )
     assert not store.heartbeat(job, "w1")  # the old worker learns it lost the job
     assert store.stale_jobs() == []  # w2's claim beat its heart
-    _age_heartbeat(store, job, seconds=3600)
+    age_heartbeat(store, job, seconds=3600)
     assert [j.id for j in store.stale_jobs()] == [job]
     assert store.claim_job(job, "w2") is True  # a worker's own retry reclaims its job at once
     assert store.get_job(job).attempts == 3
@@ -341,7 +321,7 @@ def test_an_exception_mid_run_keeps_every_committed_batch(store, tiny_model, dat
 _CRASH_CHILD = r"""
 import os, sys
 import sqlalchemy as sa
-from tests.test_store import synthetic_scores
+from tests.store_samples import synthetic_scores
 from discovery.store import open_store
 url, model_id, dataset_id = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = open_store(url)
@@ -634,7 +614,7 @@ def _age(storage, job_id: int, seconds: float) -> None:  # type: ignore[no-untyp
     if hasattr(storage, "age_heartbeat"):
         storage.age_heartbeat(job_id, seconds)
     else:
-        _age_heartbeat(storage, job_id, seconds)
+        age_heartbeat(storage, job_id, seconds)
 
 
 class TestStorageContract:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 
+from discovery.service.jobs import COMPARE_TASK, RUN_TASK
 from workers.app import app
 
 _STORE = None
@@ -82,7 +83,7 @@ def _fail_quietly(job_id, error) -> None:
         pass  # still no database: the row stays running, its heartbeat goes stale (circuits requeue)
 
 
-@app.task(bind=True, name="circuits.run_job", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@app.task(bind=True, name=RUN_TASK, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def run_discovery_job(self, job_id):
     """Run discovery job ``job_id`` (see :func:`discovery.service.run_job`); returns its outcome."""
     from discovery.service import run_job
@@ -90,7 +91,7 @@ def run_discovery_job(self, job_id):
     return _run(self, run_job, job_id)
 
 
-@app.task(bind=True, name="circuits.compare", acks_late=True, reject_on_worker_lost=True, max_retries=None)
+@app.task(bind=True, name=COMPARE_TASK, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def compare_jobs(self, job_id):
     """A sweep's final job: overlap matrix and cross-task scores (:func:`discovery.service.run_compare`)."""
     from discovery.service import run_compare

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from discovery.types.circuit import Circuit, ModelShape, parse_edge
+from discovery.types.circuit import Circuit, ModelShape
 
 if TYPE_CHECKING:
     from discovery.analysis.curves import FaithfulnessCurve
@@ -227,20 +227,6 @@ def draw_circuit(
         text += f"\n({note})"
     ax.set_title(wrap(text, width=max(60, int(9 * n_layers))), fontsize=8)
     return save_figure(fig, path)
-
-
-def draw_edge_ranking(
-    edge_scores: Sequence[tuple[str, float]] | Mapping[str, float],
-    path: str | Path,
-    top_n: int = 50,
-    shape: ModelShape | None = None,
-    title: str | None = None,
-) -> Path:
-    """The ``top_n`` strongest edges of a ranking (EAP's ``edge_scores``) drawn by score on the grid."""
-    items = list(edge_scores.items()) if isinstance(edge_scores, Mapping) else list(edge_scores)
-    items = sorted(items, key=lambda t: -abs(t[1]))[:top_n]
-    circuit = Circuit.from_edges(parse_edge(name) for name, _ in items)
-    return draw_circuit(circuit, path, title=title, shape=shape, edge_scores=dict(items))
 
 
 # --- curves ------------------------------------------------------------------------------------------

@@ -23,8 +23,6 @@ from discovery.types.errors import UsageError
 from discovery.types.evaluation import Score
 from discovery.types.progress import ProgressCallback, no_progress
 
-ScoringEvaluator = Scorer  # the older name
-
 
 @dataclass(frozen=True)
 class Param:

@@ -20,7 +20,9 @@ COMPARE_METHOD = "compare"
 Outcome = Literal["succeeded", "failed", "cancelled", "busy", "skipped"]
 
 RUN_TASK = "circuits.run_job"
+"""The Celery task name of a discovery job (the worker registers it under this name, the broker sends it)."""
 COMPARE_TASK = "circuits.compare"
+"""The Celery task name of a sweep's final (comparison) job."""
 
 
 class JobCancelled(Exception):

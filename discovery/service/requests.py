@@ -136,7 +136,6 @@ def check_task_params(task: str, params: dict[str, Any]) -> None:
 
         accepted = tuple(a for a in FileTask.accepted_params() if a != "path")
     else:
-        get_task("digits")  # loads the optional tasks
         if task not in TASKS:
             get_task(task)  # raises the unknown-task message
         accepted = TASKS[task].accepted_params()

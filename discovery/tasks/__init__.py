@@ -8,6 +8,7 @@ from discovery.tasks.base import Dataset, DatasetSpec, Example, Task
 from discovery.tasks.building import build_dataset
 from discovery.tasks.digits import DigitsTask
 from discovery.tasks.greater_than import GreaterThanTask
+from discovery.tasks.induction import InductionTask
 from discovery.tasks.lan_barez import LanBarezDigitsTask, LanBarezMonthsTask, LanBarezNumberWordsTask
 from discovery.tasks.months import MonthsTask
 from discovery.tasks.number_words import NumberWordsTask
@@ -24,27 +25,12 @@ TASKS: dict[str, type[Task]] = {
         LanBarezDigitsTask,
         LanBarezNumberWordsTask,
         LanBarezMonthsTask,
+        InductionTask,
     )
 }
 
 
-def register_task(task_class: type[Task]) -> type[Task]:
-    TASKS[task_class.name] = task_class
-    return task_class
-
-
-def _load_optional_tasks() -> None:
-    # The induction task ships with the reference models; import it lazily so a missing
-    # optional module never breaks the built-in tasks.
-    try:
-        from discovery.tasks.induction import InductionTask
-    except ImportError:
-        return
-    TASKS.setdefault(InductionTask.name, InductionTask)
-
-
 def task_names() -> list[str]:
-    _load_optional_tasks()
     return sorted(TASKS) + ["file:PATH"]
 
 
@@ -52,7 +38,6 @@ def get_task(name: str, **params: Any) -> Task:
     """The task called ``name`` (``file:PATH`` for a prompt file), built with ``params``."""
     if name.startswith("file:"):
         return FileTask(name[len("file:") :], **params)
-    _load_optional_tasks()
     if name not in TASKS:
         raise UsageError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
     try:
@@ -69,6 +54,5 @@ __all__ = [
     "TASKS",
     "build_dataset",
     "get_task",
-    "register_task",
     "task_names",
 ]

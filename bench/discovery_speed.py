@@ -24,14 +24,13 @@ Workloads (keys of ``workloads``):
 (5 steps) and 8 ACDC edge tests on 50 ``induction`` prompts of 21 tokens. ``--quick`` (routine runs, under 3
 minutes): fewer ACDC samples and a 7-head brute-force pool (127 subsets), labelled so.
 
-    python bench/discovery.py [--quick] [--memory] [--n 50] [--threads 2] [--device cpu]
+    python bench/discovery_speed.py [--quick] [--memory] [--n 50] [--threads 2] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import statistics
@@ -40,20 +39,15 @@ import sys
 import time
 from typing import Any
 
-# run as a script, this file's folder comes first on sys.path and its name would shadow the package
-_here = os.path.dirname(os.path.abspath(__file__))
-sys.path = [entry for entry in sys.path if os.path.abspath(entry or ".") != _here]
-sys.path.insert(0, os.path.dirname(_here))  # bench._brute_force
+import torch
+from _brute_force import POOL, brute_force  # bench/, this script's folder, is on sys.path
 
-import torch  # noqa: E402
-
-from bench._brute_force import POOL, brute_force  # noqa: E402
-from discovery.model import random_model  # noqa: E402
-from discovery.scoring import edge_forward as ef  # noqa: E402
-from discovery.scoring.evaluator import Evaluator  # noqa: E402
-from discovery.search import run_search  # noqa: E402
-from discovery.tasks import build_dataset, get_task  # noqa: E402
-from discovery.types.circuit import LOGITS, Circuit  # noqa: E402
+from discovery.model import random_model
+from discovery.scoring import edge_forward as ef
+from discovery.scoring.evaluator import Evaluator
+from discovery.search import run_search
+from discovery.tasks import build_dataset, get_task
+from discovery.types.circuit import LOGITS, Circuit
 
 
 def _sync(device: str) -> None:
@@ -192,7 +186,7 @@ def acdc_check(n: int, device: str, per_layer: int, batch: int) -> dict[str, Any
 
 
 def brute_force_workload(model: Any, n: int, pool: list[str]) -> dict[str, Any]:
-    """``bench._brute_force`` on ``digits`` done-in prompts: each scored batch over the plain forward
+    """``bench/_brute_force.py`` on ``digits`` done-in prompts: each scored batch over the plain forward
     timed next to it (the machine's load may change during the run)."""
     dataset = build_dataset(get_task("digits", template="done-in"), model.tokenizer, n=n, seed=0)
     out = brute_force(model, dataset, tuple(pool))
