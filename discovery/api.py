@@ -186,7 +186,7 @@ def _stored_evaluator(
     ev = make_evaluator(model, data, ablation, metric=metric)
     if store is None:
         return ev
-    from discovery.store import StoredEvaluator
+    from discovery.scoring.stored import StoredEvaluator
 
     return StoredEvaluator(ev, store, job_id=job_id)
 
@@ -262,7 +262,7 @@ def discover(
     from discovery.search import get_method, run_search
 
     get_method(method).validate(params)  # refuse bad parameters before any work
-    chosen = AblationChoice.parse(ablation, mean_source, ablate_mlps, ablate_embed).resolve(method)
+    chosen = get_method(method).resolve_ablation(AblationChoice.parse(ablation, mean_source, ablate_mlps, ablate_embed))
     ev = _stored_evaluator(model, data, chosen, _store_of(store))
     return run_search(method, ev, params, progress)
 

@@ -167,8 +167,8 @@ def test_acdc_equals_the_literal_published_algorithm(model, dataset, every_edge)
 def test_interrupted_acdc_resumes_from_stored_scores_with_the_same_result(model, dataset, tmp_path):
     """A killed ACDC job's rerun replays the walk from the store: no circuit scored twice, and the
     same circuit as an uninterrupted run; progress counts work up to its total (the ETA's basis)."""
+    from discovery.scoring.stored import StoredEvaluator
     from discovery.store import open_store
-    from discovery.store.evaluator import StoredEvaluator
 
     params = {"tau": 0.02, "batch": 4}
     uninterrupted = run_search("acdc", Evaluator(model, dataset), params)

@@ -15,8 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from discovery.scoring.evaluator import Evaluator
+from discovery.scoring.stored import StoredEvaluator
 from discovery.search import run_search
-from discovery.store import JobStatus, PatchingCell, ReadOnlyViolation, StoredEvaluator, migrate, open_store
+from discovery.store import JobStatus, PatchingCell, ReadOnlyViolation, migrate, open_store
 from discovery.store.engine import make_engine
 from discovery.store.readonly import check_read_only, run_read_only
 from discovery.tasks import build_dataset, get_task

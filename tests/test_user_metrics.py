@@ -14,7 +14,8 @@ from discovery.scoring.edge_forward import graph_of
 from discovery.scoring.evaluator import Evaluator
 from discovery.scoring.metrics import BUILTIN_READOUTS, LOGITS, per_prompt_metric
 from discovery.scoring.patching import path_patching
-from discovery.store import StoredEvaluator, open_store
+from discovery.scoring.stored import StoredEvaluator
+from discovery.store import open_store
 from discovery.tasks import build_dataset, get_task
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError

@@ -118,8 +118,8 @@ def test_eap_path_patching_and_kl_combine_the_groups(datasets, tiny_model3):
 
 
 def test_searches_and_the_store_run_on_mixed_lengths(datasets, tiny_model3, tmp_path):
+    from discovery.scoring.stored import StoredEvaluator
     from discovery.store import open_store
-    from discovery.store.evaluator import StoredEvaluator
 
     mixed, _ = datasets
     store = open_store(f"sqlite:///{tmp_path / 'mixed.db'}")

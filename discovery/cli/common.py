@@ -149,6 +149,7 @@ def open_evaluator(model: LoadedModel, dataset: Dataset, ablation: Ablation, sto
         store = store_enabled()
     if not store:
         return evaluator
-    from discovery.store import StoredEvaluator, open_store
+    from discovery.scoring.stored import StoredEvaluator
+    from discovery.store import open_store
 
     return StoredEvaluator(evaluator, open_store())

@@ -53,7 +53,7 @@ def discover(
             )
         params["target"] = target
     spec.validate(params)  # refuse bad parameters before loading anything
-    chosen = AblationChoice.parse(ablation, mean_source, ablate_mlps, ablate_embed).resolve(method)
+    chosen = spec.resolve_ablation(AblationChoice.parse(ablation, mean_source, ablate_mlps, ablate_embed))
     common.check_dataset_options(task, n, task_param)  # usage errors before the model loads
     loaded = common.open_model(model, device)
     dataset = common.open_dataset(loaded, task, n, seed, corruption, task_param)

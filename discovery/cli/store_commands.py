@@ -536,7 +536,7 @@ def cross_score(
     """
     from discovery.analysis.compare import best_stored
     from discovery.scoring.build import build_evaluator
-    from discovery.store import StoredEvaluator
+    from discovery.scoring.stored import StoredEvaluator
 
     chosen = Ablation.parse(ablation, mean_source, ablate_mlps)
     store = _store(db)

@@ -8,5 +8,5 @@
 - :mod:`.metrics`: the metrics (built-in, ``kl``, user functions) and how a forward is read out.
 
 Nothing here stores, prints or knows of jobs: a search asks an evaluator for scores, the store wraps
-one (:class:`discovery.store.StoredEvaluator`).
+one (:class:`discovery.scoring.stored.StoredEvaluator`).
 """

@@ -4,7 +4,7 @@ The Python API (:mod:`discovery.api`), the commands (:mod:`discovery.cli`) and t
 (:mod:`discovery.service.evaluators`) each turn their words into a task's dataset and an
 :class:`~discovery.types.evaluation.Ablation`, then call these two functions, so a score means the
 same whichever of them asked for it. Storing scores is the caller's wrapper around what
-:func:`build_evaluator` returns (:class:`~discovery.store.StoredEvaluator`).
+:func:`build_evaluator` returns (:class:`~discovery.scoring.stored.StoredEvaluator`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from discovery.search.scorer import Scorer, ScorerWrapper
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
-from discovery.types.evaluation import Score
+from discovery.types.evaluation import Ablation, AblationChoice, Score
 from discovery.types.progress import ProgressCallback, no_progress
 
 
@@ -131,6 +131,11 @@ class SearchMethodSpec:
             d.ablate_mlps if ablate_mlps is None else bool(ablate_mlps),
             d.ablate_embed if ablate_embed is None else bool(ablate_embed),
         )
+
+    def resolve_ablation(self, chosen: AblationChoice) -> Ablation:
+        """The ablation this method runs under: each part the caller chose, else this method's default."""
+        kind, mlps, embed = self.resolve_evaluation(chosen.kind, chosen.ablate_mlps, chosen.ablate_embed)
+        return Ablation.parse(kind, chosen.source, mlps, embed)
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         """Defaults filled in, values coerced and range-checked; unknown names refused."""

@@ -31,8 +31,8 @@ def compare_jobs(
     did not succeed are listed in ``missing`` and left out.
     """
     from discovery.analysis.compare import compare, overlap_matrix
+    from discovery.scoring.stored import StoredEvaluator
     from discovery.service.evaluators import build_evaluator
-    from discovery.store.evaluator import StoredEvaluator
 
     jobs = [store.get_job(j) for j in job_ids]
     done = [j for j in jobs if status_of(j) == "succeeded" and j.result_circuit is not None]

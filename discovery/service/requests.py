@@ -39,7 +39,9 @@ class JobRequest:
 
     def resolved_ablation(self) -> Ablation:
         """The ablation the job's evaluator runs under (the method's defaults for what was left unset)."""
-        return self.ablation.resolve(self.method)
+        from discovery.search import get_method
+
+        return get_method(self.method).resolve_ablation(self.ablation)
 
     def settings(self) -> dict[str, Any]:
         """What the job row keeps besides method, params, task and model."""

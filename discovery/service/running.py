@@ -297,7 +297,7 @@ def run_job(
         return _run_compare_claimed(store, job, worker_id, progress, device, in_process)
 
     def search(callback: JobProgress) -> Any:
-        from discovery.store.evaluator import StoredEvaluator
+        from discovery.scoring.stored import StoredEvaluator
 
         request = job_request(job)
         callback(0, None, "loading model and dataset")
@@ -378,9 +378,9 @@ def run_discovery(
     as ``submit`` records one (method, parameters, dataset, result; every score stored under the job).
     Returns (job id, the search result, the StoredEvaluator). An error in the search is stored as the
     job's failure and raised; Ctrl-C leaves the job cancelled."""
+    from discovery.scoring.stored import StoredEvaluator
     from discovery.search import get_method
     from discovery.service.jobs import create_job
-    from discovery.store.evaluator import StoredEvaluator
 
     request = replace(request, params=get_method(request.method).validate(dict(request.params)))
     job_id = create_job(store, request)

@@ -26,15 +26,13 @@ purpose. State changes never move a finished job: they return False instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from discovery.store.records import DatasetRecord, EvaluationRecord, JobRecord, ModelRecord, PatchingCell
 from discovery.types.circuit import Circuit
 from discovery.types.evaluation import EvaluationMethod, Score
 from discovery.types.identity import ModelIdentity
-
-if TYPE_CHECKING:  # the search package imports torch; the store must not
-    from discovery.search.base import SearchResult
+from discovery.types.jobs import JobResult
 
 
 @runtime_checkable
@@ -138,8 +136,8 @@ class Storage(Protocol):
 
     def set_job_model(self, job_id: int, model_id: int) -> None: ...
 
-    def finish_job(self, job_id: int, result: SearchResult) -> bool:
-        """* Succeeded with ``result``, kept as its circuit and :meth:`SearchResult.summary`; False (no change)
+    def finish_job(self, job_id: int, result: JobResult) -> bool:
+        """* Succeeded with ``result``, kept as its circuit and :meth:`JobResult.summary`; False (no change)
         if it had already ended."""
         ...
 

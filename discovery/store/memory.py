@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from discovery.store.records import DatasetRecord, EvaluationRecord, JobRecord, ModelRecord, PatchingCell
 from discovery.store.repository import json_safe, patching_cells
@@ -18,10 +18,7 @@ from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import EvaluationMethod, Score
 from discovery.types.identity import ModelIdentity
-from discovery.types.jobs import JobStatus
-
-if TYPE_CHECKING:  # the search package imports torch; the store must not
-    from discovery.search.base import SearchResult
+from discovery.types.jobs import JobResult, JobStatus
 
 
 class _Stored(NamedTuple):
@@ -290,7 +287,7 @@ class MemoryStore:
             self._jobs[job_id] = replace(job, finished_at=datetime.now(timezone.utc), **values)
             return True
 
-    def finish_job(self, job_id: int, result: SearchResult) -> bool:
+    def finish_job(self, job_id: int, result: JobResult) -> bool:
         return self._end(
             job_id, status=JobStatus.SUCCEEDED, result_circuit=result.circuit, result_score=json_safe(result.summary())
         )

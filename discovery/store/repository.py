@@ -57,7 +57,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -83,9 +83,7 @@ from discovery.types.circuit import Circuit
 from discovery.types.errors import StoreError, UsageError
 from discovery.types.evaluation import EvaluationMethod, Score
 from discovery.types.identity import ModelIdentity
-
-if TYPE_CHECKING:  # the search package imports torch; the store must not
-    from discovery.search.base import SearchResult
+from discovery.types.jobs import JobResult
 
 _CHUNK = 500  # keys per IN (...) list
 DEFAULT_STALE_SECONDS = 120.0
@@ -844,9 +842,9 @@ class Store:
                 self._require_job(conn, job_id)
         return ok
 
-    def finish_job(self, job_id: int, result: SearchResult) -> bool:
-        """Mark the job succeeded with ``result`` (a :class:`~discovery.search.base.SearchResult`). False (and no
-        change) if the job was already finished, e.g. cancelled meanwhile."""
+    def finish_job(self, job_id: int, result: JobResult) -> bool:
+        """Mark the job succeeded with ``result`` (a :class:`~discovery.types.jobs.JobResult`: a search's result).
+        False (and no change) if the job was already finished, e.g. cancelled meanwhile."""
         return self._finish(
             job_id,
             f"finishing job {job_id}",

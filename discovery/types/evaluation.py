@@ -59,7 +59,8 @@ class Ablation:
 class AblationChoice:
     """An ablation as a caller chose it, where a part left unset (None) is the search method's to choose
     (``SearchMethodSpec.evaluation``: ACDC resamples and prunes every edge, as published). What a job
-    request carries; :meth:`resolve` turns it into the :class:`Ablation` the evaluator takes."""
+    request carries; :meth:`~discovery.search.base.SearchMethodSpec.resolve_ablation` turns it into the
+    :class:`Ablation` the evaluator takes."""
 
     kind: AblationKind | None = None
     source: AblationSource = "corrupt"
@@ -91,13 +92,6 @@ class AblationChoice:
     def of(cls, ablation: Ablation) -> AblationChoice:
         """Every part chosen: exactly ``ablation``."""
         return cls(ablation.kind, ablation.source, ablation.ablate_mlps, ablation.ablate_embed)
-
-    def resolve(self, method: str) -> Ablation:
-        """The ablation search method ``method`` runs under: each part chosen here, else the method's default."""
-        from discovery.search import get_method  # the registry (and torch) only when a method is asked for
-
-        kind, mlps, embed = get_method(method).resolve_evaluation(self.kind, self.ablate_mlps, self.ablate_embed)
-        return Ablation.parse(kind, self.source, mlps, embed)
 
 
 _KINDS: dict[str, AblationKind] = {k: k for k in ABLATION_KINDS}
