@@ -168,7 +168,7 @@ class Evaluator:
 
     @property
     def base_evaluator(self) -> Evaluator:
-        """This evaluator (the :class:`~discovery.search.scorer.Scorer` member wrappers forward to)."""
+        """This evaluator (the :class:`~discovery.scoring.scorer.Scorer` member wrappers forward to)."""
         return self
 
     # --- what a score means ---------------------------------------------------------------

@@ -1,17 +1,15 @@
 """``Scorer``: everything a search method may ask of the thing that scores circuits.
 
 A method receives a :class:`Scorer`, never a concrete class: the plain
-:class:`~discovery.scoring.evaluator.Evaluator`, the store's ``StoredEvaluator`` (serves stored scores,
-persists new ones) and the registry's counting wrapper all implement it, so storage, resumption and
-counting hold for every method without the method knowing. Scores come only from ``evaluate``;
-the attributes say what is being scored (model, dataset, ablation, shape) and the two ends scores
-are normalised by. Attribution methods that differentiate through the forward (EAP, EAP-IG) reach
+:class:`~discovery.scoring.evaluator.Evaluator`, :class:`~discovery.scoring.stored.StoredEvaluator`
+(serves stored scores, persists new ones), the registry's counting wrapper and the service's tracker
+all implement it, so storage, resumption and counting hold for every method without the method
+knowing. Scores come only from ``evaluate``; the attributes say what is being scored (model,
+dataset, ablation, shape) and the two ends scores are normalised by. Attribution methods that differentiate through the forward (EAP, EAP-IG) reach
 the forward itself through ``base_evaluator``; what they then pick is scored through ``evaluate``.
 
 :class:`ScorerWrapper` is the base of those wrappers: it forwards every member of the protocol to
-the scorer it wraps, so a wrapper overrides only what it changes. Torch-free (the store's wrapper
-subclasses it, and the store is imported by the dashboard without torch); the search methods import
-both names from :mod:`discovery.search.scorer`.
+the scorer it wraps, so a wrapper overrides only what it changes.
 """
 
 from __future__ import annotations

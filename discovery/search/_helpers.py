@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from discovery.search.scorer import Scorer
+from discovery.scoring.scorer import Scorer
 from discovery.types.circuit import Circuit, Node, parse_node
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import Score

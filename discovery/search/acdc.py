@@ -41,9 +41,9 @@ from __future__ import annotations
 from typing import Any
 
 from discovery.scoring.edge_forward import graph_of
+from discovery.scoring.scorer import Scorer
 from discovery.search._helpers import parse_nodes
 from discovery.search.base import EvaluationDefaults, Param, SearchMethodSpec, SearchResult, register
-from discovery.search.scorer import Scorer
 from discovery.types.circuit import LOGITS, Circuit, Edge
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import Score

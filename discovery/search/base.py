@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from discovery.search.scorer import Scorer, ScorerWrapper
+from discovery.scoring.scorer import Scorer, ScorerWrapper
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
 from discovery.types.evaluation import Ablation, AblationChoice, Score

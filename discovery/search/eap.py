@@ -20,8 +20,8 @@ from typing import Any, Literal
 import numpy as np
 
 from discovery.scoring.edge_forward import edge_attribution
+from discovery.scoring.scorer import Scorer
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
-from discovery.search.scorer import Scorer
 from discovery.types.circuit import Circuit, Edge
 from discovery.types.progress import ProgressCallback
 

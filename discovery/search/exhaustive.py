@@ -11,9 +11,9 @@ import itertools
 import math
 from typing import Any
 
+from discovery.scoring.scorer import Scorer
 from discovery.search._helpers import best, candidate_pool
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
-from discovery.search.scorer import Scorer
 from discovery.types.circuit import Circuit
 from discovery.types.errors import UsageError
 from discovery.types.progress import ProgressCallback

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from discovery.scoring.scorer import Scorer
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
-from discovery.search.scorer import Scorer
 from discovery.types.circuit import Circuit
 from discovery.types.progress import ProgressCallback
 

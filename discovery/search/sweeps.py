@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from discovery.scoring.scorer import Scorer
 from discovery.search._helpers import best, parse_nodes
 from discovery.search.base import Param, SearchMethodSpec, SearchResult, register
-from discovery.search.scorer import Scorer
 from discovery.types.circuit import Circuit, head
 from discovery.types.progress import ProgressCallback
 

@@ -135,7 +135,7 @@ class JobProgress:
 class Tracker(ScorerWrapper):
     """Wraps a scorer: remembers the best circuit seen (highest normalised score, then fewest
     components), so a running job reports its best so far. Every other member is forwarded
-    (:class:`~discovery.search.scorer.ScorerWrapper`); ``with_metric`` returns the inner scorer's
+    (:class:`~discovery.scoring.scorer.ScorerWrapper`); ``with_metric`` returns the inner scorer's
     sibling untracked: scores under another metric (ACDC's KL criterion) are not candidates for the best."""
 
     def __init__(self, inner: Scorer) -> None:
