@@ -5,8 +5,9 @@ A method receives a :class:`Scorer`, never a concrete class: the plain
 (serves stored scores, persists new ones), the registry's counting wrapper and the service's tracker
 all implement it, so storage, resumption and counting hold for every method without the method
 knowing. Scores come only from ``evaluate``; the attributes say what is being scored (model,
-dataset, ablation, shape) and the two ends scores are normalised by. Attribution methods that differentiate through the forward (EAP, EAP-IG) reach
-the forward itself through ``base_evaluator``; what they then pick is scored through ``evaluate``.
+dataset, ablation, shape) and the two ends scores are normalised by. Attribution methods that
+differentiate through the forward (EAP, EAP-IG) reach the forward itself through
+``base_evaluator``; what they then pick is scored through ``evaluate``.
 
 :class:`ScorerWrapper` is the base of those wrappers: it forwards every member of the protocol to
 the scorer it wraps, so a wrapper overrides only what it changes.
