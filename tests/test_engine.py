@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from discovery.engine import FAST_PATH, record_forward
-from discovery.model import RANDOM_ARCHITECTURES, _random_config, load_model, wrap_model
+from discovery.model import RANDOM_ARCHITECTURES, load_model, wrap_model
+from discovery.model.random import _random_config
 from discovery.scoring.edge_forward import edge_attribution, graph_of
 from discovery.scoring.evaluator import Evaluator
 from discovery.scoring.patching import path_patching
