@@ -40,7 +40,19 @@ import torch
 
 from discovery.engine import Engine, record_forward
 from discovery.scoring.metrics import per_prompt_metric
-from discovery.types.circuit import EMBED, HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
+from discovery.types.circuit import (
+    EMBED,
+    HEAD_INPUTS,
+    LOGITS,
+    Circuit,
+    Edge,
+    HeadInput,
+    ModelShape,
+    Node,
+    all_edges,
+    head,
+    mlp,
+)
 
 Slot = tuple[Node, "str | None"]
 
@@ -591,7 +603,7 @@ class _Run:
         self,
         lh: _LayerHeads,
         i: int,
-        which: str,
+        which: HeadInput,
         own: list[int],
         own_normed: torch.Tensor | None,
         shared_normed: torch.Tensor | None,
