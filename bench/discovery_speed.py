@@ -98,7 +98,7 @@ def edge_eval(evaluator: Evaluator, circuit: Circuit, device: str, repeat: int) 
     masks = graph.mask([circuit])
 
     def once() -> None:
-        ef._PREFIXES.pop(evaluator, None)  # from scratch
+        evaluator.edge_prefixes.clear()  # from scratch
         with torch.no_grad():
             ef._forward(evaluator, masks)
 

@@ -78,7 +78,7 @@ def test_walk_from_remembered_prefix_equals_straightforward(family, tokenizer, k
     monkeypatch.setattr(ef, "_forward", spy)
     rng = random.Random(2)
     for start in (set(graph.edges), {e for e in graph.edges if rng.random() < 0.6}):
-        ef._PREFIXES.pop(ev, None)
+        ev.edge_prefixes.clear()
         first = Circuit.from_edges(start)
         assert ev.evaluate([first])[0].metric == pytest.approx(straightforward(ev, [first])[0], abs=1e-5)
         for batch in walk_circuits(ev, start, seed=3):
@@ -100,11 +100,11 @@ def test_near_full_near_empty_and_mixed_batches(family, tokenizer):
         Circuit.from_edges([e for e in edges if rng.random() < 0.5]),
     ]
     expected = straightforward(ev, circuits)
-    ef._PREFIXES.pop(ev, None)
+    ev.edge_prefixes.clear()
     together = [s.metric for s in ev.evaluate(circuits)]
     alone = []
     for c in circuits:
-        ef._PREFIXES.pop(ev, None)
+        ev.edge_prefixes.clear()
         alone.append(ev.evaluate([c])[0].metric)
     assert together == pytest.approx(expected, abs=1e-5)
     assert alone == pytest.approx(expected, abs=1e-5)

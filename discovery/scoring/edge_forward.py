@@ -30,7 +30,6 @@ the masks and (through ``probes``) in every receiver input: that is what EAP and
 from __future__ import annotations
 
 import bisect
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
@@ -41,7 +40,19 @@ import torch
 
 from discovery.engine import Engine, record_forward
 from discovery.scoring.metrics import per_prompt_metric, reads_full_model_reference
-from discovery.types.circuit import EMBED, HEAD_INPUTS, LOGITS, Circuit, Edge, ModelShape, Node, all_edges, head, mlp
+from discovery.types.circuit import (
+    EMBED,
+    HEAD_INPUTS,
+    LOGITS,
+    Circuit,
+    Edge,
+    HeadInput,
+    ModelShape,
+    Node,
+    all_edges,
+    head,
+    mlp,
+)
 
 Slot = tuple[Node, "str | None"]
 
@@ -227,9 +238,29 @@ class Prefix:
         return min(int(rows[0]) // graph.receivers_per_layer, graph.shape.n_layers)
 
 
-_PREFIXES: weakref.WeakKeyDictionary[Any, Prefix] = weakref.WeakKeyDictionary()
 PREFIX_BUDGET_FLOATS = 2.5e8
 """Largest prefix kept per evaluator (1 GB in float32); larger prompt sets recompute from layer 0."""
+
+
+class PrefixCache:
+    """The :class:`Prefix` one evaluator remembers between edge-level batches (``Evaluator.edge_prefixes``).
+
+    It belongs to the evaluator, so it lives and dies with it and never crosses to another model,
+    prompt set or ablation: a prefix is only valid for the state it was computed from."""
+
+    def __init__(self) -> None:
+        self.prefix: Prefix | None = None
+
+    def clear(self) -> None:
+        """Forgets the prefix: the next batch is computed from layer 0 (and recorded anew)."""
+        self.prefix = None
+
+
+class ScoringInputs(ForwardInputs, Protocol):
+    """What :func:`edge_metric_values` reads: the forward's inputs and the evaluator's prefix cache."""
+
+    @property
+    def edge_prefixes(self) -> PrefixCache: ...
 
 
 class _Senders:
@@ -320,49 +351,67 @@ def _group_form(
     return (True, own_kept) if len(own_kept) <= len(own_removed) else (False, own_removed)
 
 
-def _forward(
-    evaluator: ForwardInputs,
-    masks: torch.Tensor,
-    probes: torch.Tensor | None = None,
-    embedding: torch.Tensor | None = None,
-    prefix: Prefix | None = None,
-    start_layer: int = 0,
-    record: bool = False,
-) -> tuple[torch.Tensor, Prefix | None]:
-    """Per-circuit, per-prompt metric [c, n] of ``masks`` [c, R, S], computed from ``start_layer``
-    on (below it the state is ``prefix``'s, which must agree with ``masks`` there); with ``record``
-    (one circuit) also that circuit's :class:`Prefix`."""
-    graph = graph_of(evaluator)
-    eng: Engine = evaluator.engine
-    ds = evaluator.dataset
-    rep = evaluator.replacement
-    H = evaluator.shape.n_heads
-    L = eng.n_layers
-    per_layer_r = graph.receivers_per_layer
-    S = len(graph.senders)
-    masks = masks.to(device=eng.device, dtype=eng.dtype)
-    valid = graph.valid.to(device=eng.device, dtype=eng.dtype)
-    c = masks.shape[0]
-    differentiable = torch.is_grad_enabled() and (masks.requires_grad or probes is not None)
-    every_row_own = probes is not None
-    # the senders below the start layer, whose deltas the prefix holds (the embedding's among them)
-    first_sender = graph.layer_start(start_layer) if start_layer > 0 else 0
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """What one edge-level run computes, decided from the masks before any layer runs (:func:`_plan`)."""
 
-    # --- plan: each receiver group's form, and which senders must be computed ---------------------
-    groups: list[tuple[int, int, int]] = []  # (first row, row count, senders before the group)
-    for layer in range(start_layer, L):
-        r0 = layer * per_layer_r
+    start_layer: int
+    """The first layer computed; below it the state is the prefix's."""
+    first_sender: int
+    """The senders below it are the prefix's (the embedding among them); none when starting at layer 0."""
+    kept_form: dict[int, bool]
+    """Per receiver group (keyed by its first row): whether it reads the kept form (else the removed one)."""
+    own_rows: dict[int, list[int]]
+    """Per receiver group: its rows (offsets from the first) that read a stream of their own."""
+    computed: set[int]
+    """Senders whose output this run needs: a kept weight somewhere, or any sender below a group read in
+    the removed form, whose shared stream holds them all."""
+    stored: list[int]
+    """Senders whose own delta some receiver reads (a nonzero weight in its group's form), ascending:
+    the senders' buffer keeps these."""
+    stored_set: set[int]
+    last_head_layer: int
+    """The last layer with a computed head (-1: none); after its attention only the last position matters."""
+    track_resid: bool
+    """Whether the removed-form stream is needed (a group reads it, or the run is recorded)."""
+    may_trim: bool
+    """Whether the run may drop every position but the last once nothing mixes positions any more
+    (not when recording a prefix, which keeps every position, nor with gradients)."""
+
+
+def _receiver_groups(graph: EdgeGraph, parallel: bool, start_layer: int) -> list[tuple[int, int, int]]:
+    """(first row, row count, senders before the group) of every receiver group from ``start_layer`` on:
+    each layer's head inputs and MLP, then the logits. A parallel block's MLP reads the block's input,
+    so no head of its own layer."""
+    H = graph.shape.n_heads
+    groups: list[tuple[int, int, int]] = []
+    for layer in range(start_layer, graph.shape.n_layers):
+        r0 = layer * graph.receivers_per_layer
         groups.append((r0, 3 * H, graph.layer_start(layer)))
-        groups.append((r0 + 3 * H, 1, graph.layer_start(layer) + (0 if eng.parallel else H)))
-    groups.append((len(graph.receivers) - 1, 1, S))
+        groups.append((r0 + 3 * H, 1, graph.layer_start(layer) + (0 if parallel else H)))
+    groups.append((len(graph.receivers) - 1, 1, len(graph.senders)))
+    return groups
+
+
+def _plan(
+    graph: EdgeGraph,
+    parallel: bool,
+    masks: torch.Tensor,
+    valid: torch.Tensor,
+    start_layer: int,
+    differentiable: bool,
+    every_row_own: bool,
+    record: bool,
+) -> _Plan:
+    """Reads ``masks`` [c, R, S] and ``valid`` [R, S]; decides each group's form and own rows and which
+    senders are computed and stored (with ``record`` or gradients: every sender from the start on)."""
+    S = len(graph.senders)
+    first_sender = graph.layer_start(start_layer) if start_layer > 0 else 0
     kept_form: dict[int, bool] = {}
-    own_rows: dict[int, list[int]] = {}  # per group: its rows reading a stream of their own
-    # computed: senders whose output this run needs (a kept weight somewhere, or every sender below a
-    # group read in the removed form, whose shared stream holds them all); stored: those whose own
-    # delta some receiver reads (a nonzero weight in its group's form), kept in the senders' buffer
+    own_rows: dict[int, list[int]] = {}
     computed_mask = torch.zeros(S, dtype=torch.bool, device=masks.device)
     stored_mask = torch.zeros(S, dtype=torch.bool, device=masks.device)
-    for r0, count, before in groups:
+    for r0, count, before in _receiver_groups(graph, parallel, start_layer):
         w_kept = masks[:, r0 : r0 + count, :before]
         w_removed = valid[r0 : r0 + count, :before] - w_kept
         if differentiable and not every_row_own:  # gradients in every kept weight: every row reads its own
@@ -379,160 +428,302 @@ def _forward(
     computed_mask[:first_sender] = False  # below the start: the prefix's
     stored_mask[:first_sender] = False
     computed = torch.nonzero(computed_mask).flatten().tolist()
-    computed_set = set(computed)
     stored = torch.nonzero(stored_mask).flatten().tolist()
-    stored_set = set(stored)
     head_layers = [graph.senders[i].layer for i in computed if graph.senders[i].kind == "head"]
-    last_head_layer = max(head_layers, default=-1)
-    track_resid = record or not all(kept_form.values())
+    return _Plan(
+        start_layer=start_layer,
+        first_sender=first_sender,
+        kept_form=kept_form,
+        own_rows=own_rows,
+        computed=set(computed),
+        stored=stored,
+        stored_set=set(stored),
+        last_head_layer=max(head_layers, default=-1),
+        track_resid=record or not all(kept_form.values()),
+        may_trim=not record and not differentiable,
+    )
 
-    # --- the state at the start layer ---------------------------------------------------------------
-    if prefix is not None and start_layer > 0:
-        base = prefix.base[start_layer].unsqueeze(0)
-        resid = prefix.resid[start_layer].unsqueeze(0)
-        shared = prefix.deltas[:first_sender]
-    else:
-        x0 = eng.embed(ds.clean_ids) if embedding is None else embedding  # [n, p, d]
-        resid = x0.unsqueeze(0)
-        # the kept form starts from the replacement embedding when it is ablatable, and adds it back
-        # (its delta, the first sender's) where an embed edge is kept
-        base = rep.embed.unsqueeze(0).expand_as(resid) if graph.ablate_embed else resid
-        shared = None
-    n, p, d = resid.shape[1:]
-    senders = _Senders(shared, first_sender, stored, c, n, p, d, resid, differentiable)
-    if graph.ablate_embed and start_layer == 0 and 0 in stored_set:
-        senders.push((resid - rep.embed).unsqueeze(1).expand(c, 1, n, p, d), False)
-    positions = torch.arange(p, device=base.device)
-    last_only = False
-    bases: list[torch.Tensor] = []
-    resids: list[torch.Tensor] = []
+
+@dataclass(frozen=True, eq=False)
+class _LayerHeads:
+    """The heads one layer computes, and at which query positions."""
+
+    layer: int
+    heads: list[int]
+    """The computed heads, ascending."""
+    index: torch.Tensor | None
+    """``heads`` as a tensor for the engine's head selection (None: every head)."""
+    queries_last: bool
+    """Only the last query position (nothing after this layer reads the others)."""
+    q_pos: torch.Tensor
+    """The query positions."""
+
+
+class _Run:
+    """One edge-level forward in progress: the two shared streams, the senders' deltas so far, and
+    what the receivers read. :func:`_forward` drives it layer by layer: :meth:`heads`, :meth:`mlp`,
+    then :meth:`readout`.
+
+    ``base`` [1 or c, n, p', d] is the kept-form stream (every ablatable sender replaced), ``resid``
+    the removed-form one (every sender present, updated only when the plan tracks it); ``p'`` drops
+    to 1 once ``last_only`` is set."""
+
+    def __init__(
+        self,
+        evaluator: ForwardInputs,
+        graph: EdgeGraph,
+        plan: _Plan,
+        masks: torch.Tensor,
+        valid: torch.Tensor,
+        probes: torch.Tensor | None,
+        differentiable: bool,
+        prefix: Prefix | None,
+        embedding: torch.Tensor | None,
+    ) -> None:
+        self.graph = graph
+        self.plan = plan
+        self.eng: Engine = evaluator.engine
+        self.rep = evaluator.replacement
+        self.masks = masks
+        self.valid = valid
+        self.probes = probes
+        self.c = masks.shape[0]
+        self.last_only = False
+        self.bases: list[torch.Tensor] = []
+        self.resids: list[torch.Tensor] = []
+        self.base, self.resid, self.senders = self._start_state(evaluator, prefix, embedding, differentiable)
+        self.block_resid = self.resid
+        """The removed-form stream entering the current block (a parallel block's MLP reads it)."""
+        self.positions = torch.arange(self.base.shape[2], device=self.base.device)
+
+    def _start_state(
+        self, evaluator: ForwardInputs, prefix: Prefix | None, embedding: torch.Tensor | None, differentiable: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, _Senders]:
+        """(base, resid, senders) at the start layer. From a prefix: its streams there and its deltas of
+        the senders below. From scratch: the clean embedding (or ``embedding`` [n, p, d]) as ``resid``;
+        ``base`` starts from the replacement embedding when the embedding is ablatable, and its delta
+        (the first sender's) is pushed when some receiver reads it."""
+        graph, plan, rep = self.graph, self.plan, self.rep
+        if prefix is not None and plan.start_layer > 0:
+            base = prefix.base[plan.start_layer].unsqueeze(0)
+            resid = prefix.resid[plan.start_layer].unsqueeze(0)
+            shared = prefix.deltas[: plan.first_sender]
+        else:
+            x0 = self.eng.embed(evaluator.dataset.clean_ids) if embedding is None else embedding  # [n, p, d]
+            resid = x0.unsqueeze(0)
+            base = rep.embed.unsqueeze(0).expand_as(resid) if graph.ablate_embed else resid
+            shared = None
+        n, p, d = resid.shape[1:]
+        senders = _Senders(shared, plan.first_sender, plan.stored, self.c, n, p, d, resid, differentiable)
+        if graph.ablate_embed and plan.start_layer == 0 and 0 in plan.stored_set:
+            senders.push((resid - rep.embed).unsqueeze(1).expand(self.c, 1, n, p, d), False)
+        return base, resid, senders
+
+    def remember_layer_input(self) -> None:
+        """With a recorded prefix: keeps both streams entering the next layer (or the logits)."""
+        self.bases.append(self.base[0])
+        self.resids.append(self.resid[0])
 
     def receiver_inputs(
-        r0: int, rows: list[int], before: int, kept: bool, last: bool, start: torch.Tensor | None = None
+        self, r0: int, rows: list[int], before: int, kept: bool, last: bool, start: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Inputs of receiver rows ``r0 + rows`` [c, k, n, p', d] in the group's form; ``start``: the
-        shared stream they differ from (default: the form's, ``base`` or ``resid``)."""
+        shared stream they differ from (default: the form's, ``base`` or ``resid``). Reads the masks,
+        the senders' deltas below ``before`` and the probes; writes nothing."""
+        masks, c = self.masks, self.c
         idx = torch.tensor([r0 + r for r in rows], device=masks.device)
         if start is None:
-            start = base if kept else resid
-        start = start[:, None, :, -1:] if last and not last_only else start[:, None]
-        w = masks[:, idx, :before] if kept else valid[idx, :before] - masks[:, idx, :before]
-        mixed = senders.mix(w if kept else -w, last)
+            start = self.base if kept else self.resid
+        start = start[:, None, :, -1:] if last and not self.last_only else start[:, None]
+        w = masks[:, idx, :before] if kept else self.valid[idx, :before] - masks[:, idx, :before]
+        mixed = self.senders.mix(w if kept else -w, last)
         out = start.expand(c, len(rows), -1, -1, -1)
         if mixed is not None:
             out = out + mixed
-        if probes is not None:
-            pr = probes[:, idx]
+        if self.probes is not None:
+            pr = self.probes[:, idx]
             out = out + (pr[:, :, :, -1:] if last else pr)
         return out
 
-    for layer in range(start_layer, L):
-        if record:
-            bases.append(base[0])
-            resids.append(resid[0])
-        r0 = layer * per_layer_r
-        block_resid = resid  # the removed-form stream entering the block (a parallel MLP reads it)
-        heads_here = [h for h in range(H) if graph.layer_start(layer) + h in computed_set]
-        queries_last = not record and not differentiable and layer >= last_head_layer
-        q_pos = positions[-1:] if queries_last else positions
+    def _trim_to_last(self) -> None:
+        """Drops every position but the last from the streams: nothing after this point mixes positions."""
+        self.last_only = True
+        self.base, self.resid = self.base[:, :, -1:], self.resid[:, :, -1:]
+        self.block_resid = self.block_resid[:, :, -1:]
+
+    def heads(self, layer: int) -> None:
+        """Layer ``layer``'s attention. Reads the streams and the heads' q/k/v inputs; pushes the stored
+        heads' deltas to the senders, adds every computed head's delta to ``resid`` (when tracked), and
+        trims to the last position once no later head is computed. ``base`` is left as it was: the
+        heads' replacement share is added by :meth:`mlp`."""
+        plan, eng = self.plan, self.eng
+        self.block_resid = self.resid
+        heads_here = [h for h in range(self.graph.shape.n_heads) if self.graph.layer_start(layer) + h in plan.computed]
+        queries_last = plan.may_trim and layer >= plan.last_head_layer
         if heads_here:
-            all_heads = len(heads_here) == H
-            hs = None if all_heads else torch.tensor(heads_here, device=base.device)
-            kept = kept_form[r0]
-            start = base if kept else resid
-            # the q/k/v rows of the computed heads that read a stream of their own
-            wanted = {3 * h + i for h in heads_here for i in range(3)}
-            own = [r for r in own_rows[r0] if r in wanted]
-            own_normed = None
-            if own:
-                own_normed = eng.ln1(layer, receiver_inputs(r0, own, graph.layer_start(layer), kept, False))
-            shared_normed = eng.ln1(layer, start) if len(own) < 3 * len(heads_here) else None
-            qkv = []
-            for i, which in enumerate(HEAD_INPUTS):
-                pos = q_pos if which == "q" else positions
-                own_here = [(j, r) for j, r in enumerate(own) if r % 3 == i]
-                if len(own_here) == len(heads_here):  # every head reads its own stream
-                    assert own_normed is not None
-                    x = own_normed[:, [j for j, _ in own_here]].transpose(1, 2)  # [c, n, k, p, d]
-                    if which == "q" and queries_last:
-                        x = x[..., -1:, :]
-                    qkv.append(eng.project(layer, which, x, hs, pos, per_head_input=True))
-                    continue
-                assert shared_normed is not None
-                sx = shared_normed[..., -1:, :] if which == "q" and queries_last else shared_normed
-                out = eng.project(layer, which, sx, hs, pos)  # [c', n, p, k, e]
-                if own_here:
-                    assert own_normed is not None
-                    out = out.expand(c, *out.shape[1:]).clone()
-                    slot = [heads_here.index(r // 3) for _, r in own_here]
-                    x = own_normed[:, [j for j, _ in own_here]].transpose(1, 2)
-                    if which == "q" and queries_last:
-                        x = x[..., -1:, :]
-                    heads_own = torch.tensor([r // 3 for _, r in own_here], device=base.device)
-                    out[..., slot, :] = eng.project(layer, which, x, heads_own, pos, per_head_input=True)
-                qkv.append(out)
-            q, k_, v = qkv
-            z = eng.attend(q, k_, v, q_pos)  # [c, n, q, k, e]
-            z_rep = rep.z[layer][:, q_pos] if all_heads else rep.z[layer][:, q_pos][:, :, hs]
-            z_delta = z - z_rep
-            if queries_last and not last_only:
-                last_only = True  # nothing after this layer's attention mixes positions
-                base, resid, block_resid = base[:, :, -1:], resid[:, :, -1:], block_resid[:, :, -1:]
-            keep = [j for j, h in enumerate(heads_here) if graph.layer_start(layer) + h in stored_set]
-            if keep:
-                every = len(keep) == len(heads_here)
-                which_heads = hs if every else torch.tensor([heads_here[j] for j in keep], device=base.device)
-                delta = eng.head_outputs(layer, z_delta if every else z_delta[..., keep, :], which_heads)
-                senders.push(delta.expand(c, *delta.shape[1:]).transpose(1, 2), last_only)  # [c, k, n, q, d]
-            if track_resid:  # every computed head's delta at once, through W_O
-                W_O = eng.layers[layer].W_O if all_heads else eng.layers[layer].W_O[hs]
-                resid = resid + z_delta.flatten(-2) @ W_O.flatten(0, 1)
-        if not last_only and not record and not differentiable and layer > last_head_layer:
-            last_only = True
-            base, resid, block_resid = base[:, :, -1:], resid[:, :, -1:], block_resid[:, :, -1:]
-        pos_sl = slice(-1, None) if last_only else slice(None)
-        block_base = base  # the kept-form stream entering the block: this layer's heads are in the buffer
-        base = base + rep.attn_constant[layer][:, pos_sl]
-        if track_resid:
-            resid = resid + rep.attn_constant[layer][:, pos_sl]
+            all_heads = len(heads_here) == self.graph.shape.n_heads
+            lh = _LayerHeads(
+                layer,
+                heads_here,
+                None if all_heads else torch.tensor(heads_here, device=self.base.device),
+                queries_last,
+                self.positions[-1:] if queries_last else self.positions,
+            )
+            q, k, v = self._head_projections(lh)
+            z = eng.attend(q, k, v, lh.q_pos)  # [c, n, q, k, e]
+            z_rep = self.rep.z[layer][:, lh.q_pos]
+            z_delta = z - (z_rep if all_heads else z_rep[:, :, lh.index])
+            if queries_last and not self.last_only:
+                self._trim_to_last()  # nothing after this layer's attention mixes positions
+            self._push_head_deltas(lh, z_delta)
+            if plan.track_resid:  # every computed head's delta at once, through W_O
+                W_O = eng.layers[layer].W_O if lh.index is None else eng.layers[layer].W_O[lh.index]
+                self.resid = self.resid + z_delta.flatten(-2) @ W_O.flatten(0, 1)
+        if not self.last_only and plan.may_trim and layer > plan.last_head_layer:
+            self._trim_to_last()
+
+    def _head_projections(self, lh: _LayerHeads) -> list[torch.Tensor]:
+        """q, k, v [c or 1, n, q or p, k, e] of the layer's computed heads. Rows that read a stream of
+        their own are normalised and projected per head; the others share one projection of the
+        group's stream, as in a plain forward."""
+        r0 = lh.layer * self.graph.receivers_per_layer
+        kept = self.plan.kept_form[r0]
+        start = self.base if kept else self.resid
+        # the q/k/v rows of the computed heads that read a stream of their own
+        wanted = {3 * h + i for h in lh.heads for i in range(3)}
+        own = [r for r in self.plan.own_rows[r0] if r in wanted]
+        own_normed = None
+        if own:
+            inputs = self.receiver_inputs(r0, own, self.graph.layer_start(lh.layer), kept, False)
+            own_normed = self.eng.ln1(lh.layer, inputs)
+        shared_normed = self.eng.ln1(lh.layer, start) if len(own) < 3 * len(lh.heads) else None
+        return [self._project(lh, i, which, own, own_normed, shared_normed) for i, which in enumerate(HEAD_INPUTS)]
+
+    def _project(
+        self,
+        lh: _LayerHeads,
+        i: int,
+        which: HeadInput,
+        own: list[int],
+        own_normed: torch.Tensor | None,
+        shared_normed: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One of q, k, v (``which``, the ``i``-th head input) for the layer's computed heads: from the
+        shared normed stream, with the heads whose input reads its own stream (rows ``own``, normed
+        ``own_normed`` [c, k, n, p, d]) projected from theirs."""
+        eng = self.eng
+        last_query = which == "q" and lh.queries_last
+        pos = lh.q_pos if which == "q" else self.positions
+        own_here = [(j, r) for j, r in enumerate(own) if r % 3 == i]
+        if own_here:
+            assert own_normed is not None
+            x = own_normed[:, [j for j, _ in own_here]].transpose(1, 2)  # [c, n, k, p, d]
+            if last_query:
+                x = x[..., -1:, :]
+            if len(own_here) == len(lh.heads):  # every head reads its own stream
+                return eng.project(lh.layer, which, x, lh.index, pos, per_head_input=True)
+        assert shared_normed is not None
+        sx = shared_normed[..., -1:, :] if last_query else shared_normed
+        out = eng.project(lh.layer, which, sx, lh.index, pos)  # [c', n, p, k, e]
+        if own_here:
+            out = out.expand(self.c, *out.shape[1:]).clone()
+            slot = [lh.heads.index(r // 3) for _, r in own_here]
+            heads_own = torch.tensor([r // 3 for _, r in own_here], device=self.base.device)
+            out[..., slot, :] = eng.project(lh.layer, which, x, heads_own, pos, per_head_input=True)
+        return out
+
+    def _push_head_deltas(self, lh: _LayerHeads, z_delta: torch.Tensor) -> None:
+        """Pushes the output deltas of the layer's stored heads (``z_delta`` [1 or c, n, q, k, e] per
+        computed head) to the senders' buffer, [c, k, n, q, d]."""
+        start = self.graph.layer_start(lh.layer)
+        keep = [j for j, h in enumerate(lh.heads) if start + h in self.plan.stored_set]
+        if not keep:
+            return
+        every = len(keep) == len(lh.heads)
+        which_heads = lh.index if every else torch.tensor([lh.heads[j] for j in keep], device=self.base.device)
+        delta = self.eng.head_outputs(lh.layer, z_delta if every else z_delta[..., keep, :], which_heads)
+        self.senders.push(delta.expand(self.c, *delta.shape[1:]).transpose(1, 2), self.last_only)
+
+    def mlp(self, layer: int) -> None:
+        """Layer ``layer``'s MLP. Adds the heads' replacement share (``attn_constant``) to both streams,
+        then the MLP: its replacement when it is ablatable and not computed; else computed from its
+        input (the form's stream entering it, or its own), pushed as a sender when stored, and added
+        to ``base`` (kept MLPs) or its replacement is (ablatable ones), its output to ``resid``."""
+        graph, plan, eng, rep = self.graph, self.plan, self.eng, self.rep
+        pos_sl = slice(-1, None) if self.last_only else slice(None)
+        block_base = self.base  # the kept-form stream entering the block: this layer's heads are in the buffer
+        self.base = self.base + rep.attn_constant[layer][:, pos_sl]
+        if plan.track_resid:
+            self.resid = self.resid + rep.attn_constant[layer][:, pos_sl]
         # the MLP reads this layer's heads too (its row comes after them), except in parallel blocks,
         # where it reads the block's input and the graph has no head -> MLP edge within the layer
+        H = graph.shape.n_heads
         m_sender = graph.layer_start(layer) + H
-        if graph.ablate_mlps and m_sender not in computed_set:
-            base = base + rep.mlp_out[layer][:, pos_sl]
-            if track_resid:
-                resid = resid + rep.mlp_out[layer][:, pos_sl]
-            continue
-        m_row = r0 + 3 * H
+        if graph.ablate_mlps and m_sender not in plan.computed:
+            self.base = self.base + rep.mlp_out[layer][:, pos_sl]
+            if plan.track_resid:
+                self.resid = self.resid + rep.mlp_out[layer][:, pos_sl]
+            return
+        m_row = layer * graph.receivers_per_layer + 3 * H
         before = graph.layer_start(layer) + (0 if eng.parallel else H)
-        kept = kept_form[m_row]
-        start = eng.mlp_input(block_base, base) if kept else eng.mlp_input(block_resid, resid)
-        if own_rows[m_row]:
-            m_in = receiver_inputs(m_row, [0], before, kept, last_only, start=start)[:, 0]
+        kept = plan.kept_form[m_row]
+        start = eng.mlp_input(block_base, self.base) if kept else eng.mlp_input(self.block_resid, self.resid)
+        if plan.own_rows[m_row]:
+            m_in = self.receiver_inputs(m_row, [0], before, kept, self.last_only, start=start)[:, 0]
         else:
             m_in = start
         m_out = eng.mlp(layer, eng.ln2(layer, m_in))
         if graph.ablate_mlps:
-            if m_sender in stored_set:
-                m_delta = (m_out - rep.mlp_out[layer][:, pos_sl]).expand(c, *m_out.shape[1:])
-                senders.push(m_delta.unsqueeze(1), last_only)
-            base = base + rep.mlp_out[layer][:, pos_sl]
-            if track_resid:
-                resid = resid + m_out
+            if m_sender in plan.stored_set:
+                m_delta = (m_out - rep.mlp_out[layer][:, pos_sl]).expand(self.c, *m_out.shape[1:])
+                self.senders.push(m_delta.unsqueeze(1), self.last_only)
+            self.base = self.base + rep.mlp_out[layer][:, pos_sl]
         else:
-            base = base + m_out
-            if track_resid:
-                resid = resid + m_out
+            self.base = self.base + m_out
+        if plan.track_resid:
+            self.resid = self.resid + m_out
+
+    def readout(self, evaluator: ForwardInputs) -> torch.Tensor:
+        """The per-circuit, per-prompt metric [c, n]: the logits slot's input at the last position,
+        final-normed, read out by the evaluator."""
+        logits_row = len(self.graph.receivers) - 1
+        kept = self.plan.kept_form[logits_row]
+        final_in = self.receiver_inputs(logits_row, [0], len(self.graph.senders), kept, True)[:, 0, :, -1]
+        return evaluator.readout(self.eng.final_norm(final_in))
+
+    def recorded(self) -> Prefix:
+        """The one circuit's :class:`Prefix`: its mask, the streams :meth:`remember_layer_input` kept and
+        every sender's delta."""
+        return Prefix(self.masks[0].detach(), tuple(self.bases), tuple(self.resids), self.senders.own()[0].detach())
+
+
+def _forward(
+    evaluator: ForwardInputs,
+    masks: torch.Tensor,
+    probes: torch.Tensor | None = None,
+    embedding: torch.Tensor | None = None,
+    prefix: Prefix | None = None,
+    start_layer: int = 0,
+    record: bool = False,
+) -> tuple[torch.Tensor, Prefix | None]:
+    """Per-circuit, per-prompt metric [c, n] of ``masks`` [c, R, S], computed from ``start_layer``
+    on (below it the state is ``prefix``'s, which must agree with ``masks`` there); with ``record``
+    (one circuit) also that circuit's :class:`Prefix`."""
+    graph = graph_of(evaluator)
+    eng: Engine = evaluator.engine
+    masks = masks.to(device=eng.device, dtype=eng.dtype)
+    valid = graph.valid.to(device=eng.device, dtype=eng.dtype)
+    differentiable = torch.is_grad_enabled() and (masks.requires_grad or probes is not None)
+    plan = _plan(graph, eng.parallel, masks, valid, start_layer, differentiable, probes is not None, record)
+    run = _Run(evaluator, graph, plan, masks, valid, probes, differentiable, prefix, embedding)
+    for layer in range(start_layer, eng.n_layers):
+        if record:
+            run.remember_layer_input()
+        run.heads(layer)
+        run.mlp(layer)
     if record:
-        bases.append(base[0])
-        resids.append(resid[0])
-    logits_row = len(graph.receivers) - 1
-    final_in = receiver_inputs(logits_row, [0], S, kept_form[logits_row], True)[:, 0, :, -1]
-    metric = evaluator.readout(eng.final_norm(final_in))  # [c, n]
-    recorded = None
-    if record:
-        recorded = Prefix(masks[0].detach(), tuple(bases), tuple(resids), senders.own()[0].detach())
-    return metric, recorded
+        run.remember_layer_input()
+    return run.readout(evaluator), run.recorded() if record else None
 
 
 def edge_forward(
@@ -567,12 +758,13 @@ def _prefix_fits(evaluator: ForwardInputs, graph: EdgeGraph) -> bool:
 
 
 @torch.no_grad()
-def edge_metric_values(evaluator: ForwardInputs, circuits: Sequence[Circuit]) -> np.ndarray:
+def edge_metric_values(evaluator: ScoringInputs, circuits: Sequence[Circuit]) -> np.ndarray:
     """The metric (mean over prompts) of each edge-level circuit; equal circuits computed once.
 
-    A batch whose circuits agree with the evaluator's remembered :class:`Prefix` below some layer is
-    computed from that layer on; a batch computed from scratch leaves its first circuit as the new
-    prefix when there is none yet (recorded in the same pass when it is alone)."""
+    A batch whose circuits agree with the evaluator's remembered :class:`Prefix` (its
+    ``edge_prefixes``) below some layer is computed from that layer on; a batch computed from scratch
+    leaves its first circuit as the new prefix when there is none yet (recorded in the same pass when
+    it is alone)."""
     graph = graph_of(evaluator)
     unique: dict[str, int] = {}
     order = [unique.setdefault(c.key, len(unique)) for c in circuits]
@@ -582,21 +774,20 @@ def edge_metric_values(evaluator: ForwardInputs, circuits: Sequence[Circuit]) ->
     distinct = [firsts[u] for u in range(len(unique))]
     values = np.empty(len(distinct), dtype=np.float64)
     chunk = _chunk_size(evaluator, graph)
-    keep_prefix = _prefix_fits(evaluator, graph)
+    cache = evaluator.edge_prefixes if _prefix_fits(evaluator, graph) else None
     for start in range(0, len(distinct), chunk):
         batch = distinct[start : start + chunk]
         masks = graph.mask(batch)
-        prefix = _PREFIXES.get(evaluator) if keep_prefix else None
+        prefix = cache.prefix if cache is not None else None
         layer = prefix.first_difference(masks, graph) if prefix is not None else 0
         if layer > 0:
             out, _ = _forward(evaluator, masks, prefix=prefix, start_layer=layer)
-        elif keep_prefix and len(batch) == 1:
-            out, recorded = _forward(evaluator, masks, record=True)
-            _PREFIXES[evaluator] = recorded  # type: ignore[assignment]
+        elif cache is not None and len(batch) == 1:
+            out, cache.prefix = _forward(evaluator, masks, record=True)
         else:
             out, _ = _forward(evaluator, masks)
-            if keep_prefix and prefix is None:
-                _PREFIXES[evaluator] = _forward(evaluator, masks[:1], record=True)[1]  # type: ignore[assignment]
+            if cache is not None and prefix is None:
+                cache.prefix = _forward(evaluator, masks[:1], record=True)[1]
         values[start : start + len(batch)] = out.mean(-1).double().cpu().numpy()
     return values[np.array(order, dtype=np.int64)]
 

@@ -45,7 +45,7 @@ import torch
 
 from discovery.engine import Engine, Recording, record_forward
 from discovery.model import LoadedModel
-from discovery.scoring.edge_forward import edge_metric_values
+from discovery.scoring.edge_forward import PrefixCache, edge_metric_values
 from discovery.scoring.hooked import HookedScorer
 from discovery.scoring.metrics import (
     check_metric,
@@ -139,6 +139,8 @@ class Evaluator:
         sized to the device's allocator)."""
         self.circuits_per_pass = circuits_per_pass
         self.forward_count = 0
+        self.edge_prefixes = PrefixCache()
+        """The edge-level forward state this evaluator remembers between batches (ACDC's walk reuses it)."""
         context = int(model.bridge.cfg.n_ctx)
         if self.dataset.seq_len > context:
             raise UsageError(f"prompts of {self.dataset.seq_len} tokens exceed the model's context of {context}")
