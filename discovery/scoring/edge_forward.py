@@ -848,6 +848,8 @@ def edge_attribution(
     several lengths are attributed one length group at a time; the scores are means over prompts,
     so the groups' scores are combined weighted by their prompt counts.
     """
+    # Over 60 lines mostly in its docstring: the estimate's conventions (sign, alpha grid, interpolation)
+    # are what a reader checks against the papers, so they stay beside the loop that implements them.
     groups = getattr(evaluator, "groups", ())
     if groups:
         total: np.ndarray | None = None
@@ -893,6 +895,8 @@ def _gradient_scores(
     """-(delta_s . dMetric/d input(r)) for every (receiver, sender) cell [R, S] (float64) from one
     forward of the full model on input embedding ``x`` [b, p, d] (prompts ``rows``) and one backward.
     ``deltas`` [S, b, p, d]: the senders' deltas to score with (None: this run's)."""
+    # Over 60 lines on purpose: one forward and one backward whose per-layer inputs (residuals, q/k/v,
+    # MLP inputs) must be kept in one autograd graph and read back in the same order after the backward.
     graph = graph_of(evaluator)
     eng: Engine = evaluator.engine
     rep = evaluator.replacement

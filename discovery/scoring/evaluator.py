@@ -359,6 +359,8 @@ class Evaluator:
         while one of its circuits keeps a head after ``l``; from the layer of its last kept head on
         it keeps the last position only (that layer still reads keys and values at every position).
         """
+        # Over 60 lines on purpose: the trie walk's state (slots, full and last-position states, each group's
+        # circuits) lives across the loop over layers; the per-layer work is in _layer and its helpers.
         head_masks, mlp_masks = self.masks(circuits)
         n_layers = self.shape.n_layers
         any_head = head_masks.sum(axis=2) > 0  # [c, layers]: keeps a head there
@@ -595,6 +597,8 @@ class Evaluator:
         ``sum_h (z_h - z_rep_h) W_O[h]``: ``z_h W_O[h]`` from one matmul over the heads these
         groups keep, the replacements' share from their per-head outputs.
         """
+        # Over 60 lines on purpose: the attention and MLP branches share the gathered states and the
+        # groups' masks; split, each would re-gather them (the hot path of every node-level evaluation).
         eng = self.engine
         rep = self.replacement
         q_pos = slice(-1, None) if parts.last_only else slice(None)
