@@ -9,9 +9,11 @@ plus out_s for senders that are never ablated (MLPs when they are kept).
 from __future__ import annotations
 
 import pytest
+import torch
 
 from discovery.scoring.edge_forward import edge_attribution, edge_metric_values, graph_of
 from discovery.scoring.evaluator import Evaluator
+from discovery.search import run_search
 from discovery.tasks import build_dataset, get_task
 from discovery.types.circuit import Circuit, all_edges
 from discovery.types.evaluation import Ablation
@@ -151,3 +153,66 @@ def test_eap_ig_edges_matches_literal_integrated_gradient(tiny_model3, tokenizer
             down = lit.metric(lambda n, alpha=alpha: alpha, {e.receiver_name: -eps * direction})
             total += (up - down) / (2 * eps)
         assert scores[i] == pytest.approx(total / steps, abs=2e-6, rel=1e-3), e.name
+
+
+def differentiable_metric(ds, last: torch.Tensor) -> torch.Tensor:
+    """``reference_impl.metric`` as a tensor: the mean over prompts of the answers' weighted logits
+    (logit_diff) or probabilities."""
+    values = last if ds.metric == "logit_diff" else last.softmax(-1)
+    return (values[:, ds.answer_tokens] * ds.answer_weights.to(last.dtype)).sum(-1).mean()
+
+
+def literal_input_ig(lit: Literal, ds, steps: int) -> dict[str, float]:
+    """EAP-IG over inputs written out: for every edge s -> r, the mean over alpha = k/steps
+    (k = 0 .. steps-1) of (rep_s - out_s) . dMetric/d input(r), the gradient taken in a run of the full
+    model on the input embedding corrupt + alpha (clean - corrupt), out_s the sender's clean output."""
+    _, clean_out = lit.run(ds.clean_ids, lambda n: 1.0, {}, lit.rep)
+    clean_x, corrupt_x = lit.embedding(ds.clean_ids), lit.embedding(ds.corrupt_ids)
+    receivers = [f"{layer}.{h}.{inp}" for layer in range(lit.n_layers) for h in range(lit.n_heads) for inp in "qkv"]
+    receivers += [f"m{layer}" for layer in range(lit.n_layers)] + ["logits"]
+    gradient = {r: torch.zeros_like(clean_x) for r in receivers}
+    for k in range(steps):
+        x = corrupt_x + (k / steps) * (clean_x - corrupt_x)
+        probes = {r: torch.zeros_like(clean_x, requires_grad=True) for r in receivers}
+        logits, _ = lit.run(ds.clean_ids, lambda n: 1.0, probes, lit.rep, embed=x)
+        value = differentiable_metric(ds, logits)
+        if k == 0:  # the tensor metric is the reference's
+            assert float(value.detach()) == pytest.approx(lit.metric(embed=x), abs=1e-9)
+        for r, g in zip(receivers, torch.autograd.grad(value, list(probes.values()))):
+            gradient[r] += g / steps
+    scores = {}
+    for s, out in clean_out.items():
+        if (s == "embed" and not lit.ablate_embed) or not lit.ablatable(s):
+            continue
+        for r in receivers:
+            scores[f"{s}->{r}"] = float(((lit.rep[s] - out) * gradient[r]).sum())
+    return scores
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ablate_embed", [False, True])
+def test_eap_ig_inputs_at_every_step_count_matches_literal_input_ig(tiny_model3, tokenizer, ablate_embed):
+    """alpha = k/steps for every step count: one step is the gradient at the corrupted input (as
+    hannamw/EAP-IG's ``get_scores_eap_ig``), not plain EAP's at the clean one."""
+    ds = build_dataset(get_task("digits"), tokenizer, n=5, seed=6)
+    ev = Evaluator(tiny_model3, ds, Ablation(kind="resample", ablate_mlps=ablate_embed, ablate_embed=ablate_embed))
+    lit = Literal(tiny_model3, ds, "resample", ablate_embed, ablate_embed)
+    for steps in (1, 2, 5):
+        edges, scores = edge_attribution(ev, steps=steps, interpolate="inputs")
+        literal = literal_input_ig(lit, ds, steps)
+        assert scores == pytest.approx([literal[e.name] for e in edges], abs=2e-6, rel=1e-3), steps
+        assert abs(scores).max() > 1e-3
+
+
+def test_eap_ig_with_one_step_is_not_eap(tiny_model3, tokenizer):
+    """``eap-ig`` with one step takes the gradient at the corrupted input (alpha = 0), ``eap`` at the
+    clean one (the default of :func:`edge_attribution` with one step)."""
+    ds = build_dataset(get_task("digits"), tokenizer, n=5, seed=6)
+    ev = Evaluator(tiny_model3, ds, Ablation(kind="resample", ablate_mlps=True, ablate_embed=True))
+    edges, plain = edge_attribution(ev, steps=1)
+    one_step = edge_attribution(ev, steps=1, interpolate="inputs")[1]
+    assert abs(one_step - plain).max() > 1e-3
+    ig_ranking = dict(run_search("eap-ig", ev, {"steps": 1, "top_n": 5}).extra["edge_scores"])
+    eap_ranking = dict(run_search("eap", ev, {"top_n": 5}).extra["edge_scores"])
+    assert [ig_ranking[e.name] for e in edges] == pytest.approx(one_step.tolist(), abs=1e-9)
+    assert [eap_ranking[e.name] for e in edges] == pytest.approx(plain.tolist(), abs=1e-9)

@@ -822,23 +822,27 @@ def attribution_prompt_batch(evaluator: ForwardInputs, budget_floats: float = 1.
 def edge_attribution(
     evaluator: ForwardInputs,
     steps: int = 1,
-    interpolate: Literal["inputs", "edges"] = "inputs",
+    interpolate: Literal["inputs", "edges"] | None = None,
     prompt_batch: int | None = None,
     progress: Callable[[int, int | None, str], None] | None = None,
 ) -> tuple[list[Edge], np.ndarray]:
-    """EAP (``steps=1``) or EAP-IG scores of every ablatable edge, in :attr:`EdgeGraph.edges` order.
+    """EAP or EAP-IG scores of every ablatable edge, in :attr:`EdgeGraph.edges` order.
 
     score(s -> r) = (rep_s - out_s) . mean over alpha of dMetric/d input(r) at alpha, where out_s is
     the sender's output in the clean (unablated) run and rep_s its replacement: the first-order
     estimate of the metric change when that one edge is ablated (negative: the edge helps).
-    With ``steps > 1`` the gradient is averaged over ``steps`` runs of the full model:
+    Where the gradient is taken:
 
     - ``interpolate="inputs"`` (EAP-IG as published, Hanna et al. 2024, hannamw/EAP-IG
-      ``get_scores_eap_ig``): the input embedding is ``corrupt + alpha (clean - corrupt)`` with
-      alpha = k / steps, k = 0 .. steps-1;
-    - ``interpolate="edges"``: every ablatable edge scaled by alpha = (k + 1/2) / steps,
-      interpolating from the empty circuit (alpha = 0) to the full model (this project's earlier
-      variant, kept as ``eap-ig-edges``).
+      ``get_scores_eap_ig``): averaged over ``steps`` runs of the full model on the input
+      embedding ``corrupt + alpha (clean - corrupt)`` with alpha = k / steps, k = 0 .. steps-1,
+      for every ``steps`` (one step: the gradient at the corrupted input, alpha = 0);
+    - ``interpolate="edges"`` with ``steps > 1``: averaged over ``steps`` runs with every ablatable
+      edge scaled by alpha = (k + 1/2) / steps, interpolating from the empty circuit (alpha = 0) to
+      the full model (this project's earlier variant, kept as ``eap-ig-edges``); with one step it
+      is plain EAP;
+    - ``interpolate=None`` (the default): plain EAP, the gradient of one run of the full model on
+      the clean input, when ``steps`` is 1; over inputs as above when it is more.
 
     With every edge present each receiver reads the plain residual stream, so EAP and EAP-IG over
     inputs are plain forwards and one backward each: the gradient at a head's q, k or v input is
@@ -871,14 +875,16 @@ def edge_attribution(
     ds = evaluator.dataset
     n = ds.n
     batch = prompt_batch or attribution_prompt_batch(evaluator)
-    alphas = [1.0] if steps <= 1 else [k / steps for k in range(steps)]
+    # plain EAP (the clean input, alpha = 1) unless the inputs are interpolated; "inputs" always is
+    plain = interpolate != "inputs" and steps <= 1
+    alphas = [1.0] if plain else [k / steps for k in range(steps)]
     scores = torch.zeros(len(graph.receivers), len(graph.senders), dtype=torch.float64, device=eng.device)
     passes, done = len(alphas) * -(-n // batch), 0
     for lo in range(0, n, batch):
         rows = slice(lo, min(n, lo + batch))
         clean_x = eng.embed(ds.clean_ids[rows])
-        corrupt_x = eng.embed(ds.corrupt_ids[rows]) if steps > 1 else None
-        deltas = None if alphas == [1.0] else sender_deltas(evaluator, rows)
+        corrupt_x = None if plain else eng.embed(ds.corrupt_ids[rows])
+        deltas = None if plain else sender_deltas(evaluator, rows)
         for alpha in alphas:
             x = clean_x if corrupt_x is None else corrupt_x + alpha * (clean_x - corrupt_x)
             scores += _gradient_scores(evaluator, x, rows, deltas) / len(alphas)

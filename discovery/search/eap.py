@@ -4,10 +4,12 @@ Every ablatable edge ``s -> r`` (see :mod:`discovery.scoring.edge_forward`) gets
 
     score = (rep_s - out_s) . dMetric/d input(r)
 
-from one forward and one backward pass (``eap``), or with the gradient averaged over ``steps``
-runs of the full model on input embeddings interpolated from the corrupted prompts to the clean
-ones (``eap-ig``, as published by Hanna et al. 2024), or over runs that scale every edge by alpha in
-(0, 1) (``eap-ig-edges``, this project's earlier variant). The score estimates the metric change
+with the gradient from one forward and one backward pass on the clean prompts (``eap``), or
+averaged over ``steps`` runs of the full model on input embeddings interpolated from the corrupted
+prompts to the clean ones, alpha = k/steps for k = 0 .. steps-1 (``eap-ig``, as published by Hanna
+et al. 2024; with one step that is the gradient at the corrupted prompts, not ``eap``), or over
+runs that scale every edge by alpha in (0, 1) (``eap-ig-edges``, this project's earlier variant).
+The score estimates the metric change
 when the edge alone is ablated (negative: the edge carries the behaviour). The circuit is the
 ``top_n`` edges by |score| (or every edge with |score| >= ``threshold`` when that is set), scored by
 the evaluator as an edge-level circuit; ``extra["edge_scores"]`` holds the whole ranking.
@@ -30,11 +32,13 @@ def ranked_edges(
     evaluator: Scorer,
     steps: int,
     progress: ProgressCallback,
-    interpolate: Literal["inputs", "edges"] = "inputs",
+    interpolate: Literal["inputs", "edges"] | None = None,
     prompt_batch: int = 0,
 ) -> list[tuple[Edge, float]]:
     """Every ablatable edge with its attribution score, strongest |score| first (ties: canonical order).
-    ``prompt_batch``: prompts per backward pass (0: as many as fit in about 600 MB of activations)."""
+    ``interpolate``: as :func:`~discovery.scoring.edge_forward.edge_attribution`'s (None: plain EAP
+    with one step, EAP-IG over inputs with more). ``prompt_batch``: prompts per backward pass (0: as
+    many as fit in about 600 MB of activations)."""
     progress(0, None, f"attribution over {steps} step(s)")
     edges, scores = edge_attribution(
         evaluator.base_evaluator,
@@ -53,7 +57,7 @@ def _run(
     params: dict[str, Any],
     steps: int,
     progress: ProgressCallback,
-    interpolate: Literal["inputs", "edges"] = "inputs",
+    interpolate: Literal["inputs", "edges"] | None,
 ) -> SearchResult:
     ranked = ranked_edges(evaluator, steps, progress, interpolate, params["prompt_batch"])
     if params["threshold"] > 0:
@@ -67,11 +71,11 @@ def _run(
 
 
 def eap(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
-    return _run("eap", evaluator, params, 1, progress)
+    return _run("eap", evaluator, params, 1, progress, None)  # the gradient at the clean input
 
 
 def eap_ig(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
-    return _run("eap-ig", evaluator, params, params["steps"], progress, "inputs")
+    return _run("eap-ig", evaluator, params, params["steps"], progress, "inputs")  # alpha = k/steps, any steps
 
 
 def eap_ig_edges(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) -> SearchResult:
