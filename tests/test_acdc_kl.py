@@ -220,7 +220,13 @@ def test_acdc_runs_as_published_unless_told_otherwise(model, dataset):
 
 @pytest.mark.slow
 def test_acdc_that_removes_every_edge_says_so(model, dataset):
-    result = run_search("acdc", Evaluator(model, dataset), {"tau": 1e6})
-    assert not result.circuit.edges and "removed every edge" in result.extra["warning"]
+    evaluator = Evaluator(model, dataset, Ablation(kind="resample", ablate_mlps=True, ablate_embed=True))
+    result = run_search("acdc", evaluator, {"tau": 1e6})
+    assert result.circuit == Circuit.from_edges([]) and "removed every edge" in result.extra["warning"]
+    # scored as every edge removed (the embedding's too, ACDC's graph), not as the node-level empty circuit
+    lit = Literal(model, dataset, "resample", ablate_mlps=True, ablate_embed=True)
+    assert result.score.method.level == "edge" and result.score.method.ablate_embed
+    assert result.score.metric == pytest.approx(lit.circuit_metric(result.circuit), abs=1e-4)
+    assert abs(result.score.metric - evaluator.ablated_metric) > 1e-3
     kept = run_search("acdc", Evaluator(model, dataset), {"tau": 0.0})
     assert kept.circuit.edges and kept.extra["warning"] is None

@@ -75,12 +75,50 @@ def test_full_empty_and_node_equivalent_edge_sets(tiny_model3, tokenizer, ablate
     assert values[0] == pytest.approx(full_ref, abs=1e-4)
     assert values[0] == pytest.approx(ev.full_metric, abs=1e-5)
     assert values[1] == pytest.approx(ev.ablated_metric, abs=1e-5)  # no edges = node-level empty circuit
+    no_edges = ev.evaluate([Circuit.from_edges([])])[0]  # scored by the edge forward, the same value
+    assert no_edges.method.level == "edge" and no_edges.metric == pytest.approx(ev.ablated_metric, abs=1e-5)
     for node_c, value in zip(nodes, values[2:]):
         assert value == pytest.approx(ev.evaluate_one(node_c).metric, abs=1e-5), node_c.canonical
     # listing never-ablated edges (embed; MLPs when kept) changes nothing
     extra = [e for e in edges if not graph_of(ev).ablatable(e)]
     padded = Circuit.from_edges(list(as_edges[0].edges) + extra)
     assert edge_metric_values(ev, [padded])[0] == pytest.approx(values[2], abs=1e-6)
+
+
+def test_the_edge_circuit_with_no_edges_is_its_own_circuit():
+    """``Circuit.from_edges([])`` is edge-level (every edge removed), not the node-level empty circuit."""
+    no_edges = Circuit.from_edges([])
+    assert no_edges.level == "edge" and not no_edges.edges and str(no_edges) == "(no edges)"
+    assert no_edges != Circuit() and no_edges.key != Circuit().key and Circuit().level == "node"
+    assert Circuit.parse(no_edges.canonical) == no_edges and Circuit.parse("") == Circuit()
+    assert Circuit.from_edges(["0.1->logits"]) == Circuit.of([], ["0.1->logits"])  # however it was built
+
+
+@pytest.mark.parametrize("kind", ["zero", "mean", "resample"])
+def test_no_edges_under_ablate_embed_is_every_edge_removed(tiny_model3, tokenizer, kind, tmp_path):
+    """With the embedding's edges removable, the edge circuit with no edges is the forward in which
+    every receiver reads only replacement values, the embedding included (EAP-IG's ``evaluate_graph``
+    and auto-circuit's reading), not the node-level empty circuit, which keeps the clean embedding."""
+    from discovery.scoring.stored import StoredEvaluator
+    from discovery.store import open_store
+
+    ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=3)
+    ev = Evaluator(tiny_model3, ds, Ablation(kind=kind, ablate_mlps=True, ablate_embed=True))
+    lit = Literal(tiny_model3, ds, kind, True, True)
+    no_edges = Circuit.from_edges([])
+    score = ev.evaluate([no_edges])[0]
+    assert score.method.level == "edge" and score.method.ablate_embed
+    assert score.metric == pytest.approx(lit.circuit_metric(no_edges), abs=1e-4)
+    assert abs(score.metric - ev.ablated_metric) > 1e-3  # the node-level empty circuit is another forward
+    # a store keeps the two apart
+    store = open_store(f"sqlite:///{tmp_path / 'empty.db'}")
+    StoredEvaluator(Evaluator(tiny_model3, ds, ev.ablation), store).evaluate([no_edges, Circuit()])
+    served = StoredEvaluator(Evaluator(tiny_model3, ds, ev.ablation), store)
+    again = served.evaluate([no_edges, Circuit()])
+    assert served.cache_hits == 2 and again[0].circuit == no_edges
+    assert again[0].metric == pytest.approx(score.metric, abs=1e-9)
+    assert again[1].metric == pytest.approx(ev.ablated_metric, abs=1e-9)
+    store.close()
 
 
 def test_batches_and_duplicates(tiny_model3, tokenizer):

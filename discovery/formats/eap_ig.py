@@ -99,7 +99,7 @@ def to_eap_graph(
     for layer in range(shape.n_layers):
         every_node += [head(layer, h) for h in range(shape.n_heads)] + [mlp(layer)]
     every_node.append(LOGITS)
-    if circuit.edges:
+    if circuit.level == "edge":  # with no edges too: every edge removed
         in_edges = set(circuit.edges)
         in_nodes = {n for e in circuit.edges for n in (e.sender, e.receiver)} | {EMBED, LOGITS}
     else:
@@ -121,7 +121,7 @@ def to_eap_graph(
         "circuit_discovery": {
             "format": FORMAT,
             "level": circuit.level,
-            "mlps_kept": bool(mlps_kept and not circuit.edges),
+            "mlps_kept": bool(mlps_kept and circuit.level == "node"),
             "canonical": circuit.canonical,
             "method": method,
         },

@@ -16,12 +16,15 @@ then ``embed`` is one more sender, whose replacement is the source prompts' embe
 receiver without its ``embed`` edge reads that instead of the clean one. Without
 ``ablate_embed`` the two levels agree where they should:
 
-- all edges = the full model; no edges = the node-level empty circuit (``ablated_metric``), so
-  edge circuits are normalised on the same scale as node circuits;
+- all edges = the full model; no edges (``Circuit.from_edges([])``) = the node-level empty
+  circuit (``ablated_metric``), so edge circuits are normalised on the same scale as node circuits;
 - a node circuit C equals the edge circuit of every edge leaving C's components.
 
-With ``ablate_embed`` all edges is still the full model; edge circuits are normalised by the same
-node-level ends, so one without its embedding edges can score below the empty node circuit.
+With ``ablate_embed`` all edges is still the full model, and no edges is every edge removed:
+every receiver reads only replacement values, the embedding's included (as EAP-IG's
+``evaluate_graph`` and auto-circuit score it). That is not the node-level empty circuit, which
+keeps the clean embedding; edge circuits are still normalised by the node-level ends, so one
+without its embedding edges can score below the empty node circuit (normalised below 0).
 
 Gradients. :func:`edge_forward` takes edge masks as a float tensor, so it is differentiable in
 the masks and (through ``probes``) in every receiver input: that is what EAP and EAP-IG use.

@@ -28,9 +28,10 @@ reads only the answer tokens (and the log partition, for ``prob_diff``). A call 
 than one pass holds sorts them by their masks first, so that each pass gets circuits that share
 prefixes; values come back in the caller's order.
 
-Edge-level circuits (with edges) are delegated to :mod:`discovery.scoring.edge_forward`. Both run on the
-one forward of :mod:`discovery.engine`; models without the engine's fast path are scored through
-TransformerLens hooks (:mod:`discovery.scoring.hooked`, node level only).
+Edge-level circuits (``Circuit.level == "edge"``, the one with no edges included) are delegated to
+:mod:`discovery.scoring.edge_forward`. Both run on the one forward of :mod:`discovery.engine`; models
+without the engine's fast path are scored through TransformerLens hooks (:mod:`discovery.scoring.hooked`,
+node level only).
 """
 
 from __future__ import annotations
@@ -303,8 +304,8 @@ class Evaluator:
         """Node-level circuits sorted by their masks (layer-major), then edge-level ones as given."""
         if len(circuits) <= self.circuits_per_pass or self.hooked is not None:
             return np.arange(len(circuits))
-        node = np.array([i for i, c in enumerate(circuits) if not c.edges], dtype=np.int64)
-        edge = np.array([i for i, c in enumerate(circuits) if c.edges], dtype=np.int64)
+        node = np.array([i for i, c in enumerate(circuits) if c.level == "node"], dtype=np.int64)
+        edge = np.array([i for i, c in enumerate(circuits) if c.level == "edge"], dtype=np.int64)
         if len(node):
             heads, mlps = self.masks([circuits[i] for i in node])
             keys = np.concatenate([heads, mlps[:, :, None]], axis=2).reshape(len(node), -1)
@@ -320,8 +321,9 @@ class Evaluator:
                 total += g._metric_values(circuits) * (g.dataset.n / self.dataset.n)
             self.forward_count += self.groups[0].forward_count - counted  # a circuit, not a circuit per group
             return total
-        node_level = [i for i, c in enumerate(circuits) if not c.edges]
-        edge_level = [i for i, c in enumerate(circuits) if c.edges]
+        # by level, not by whether there are edges: an edge circuit with none is every edge removed
+        node_level = [i for i, c in enumerate(circuits) if c.level == "node"]
+        edge_level = [i for i, c in enumerate(circuits) if c.level == "edge"]
         out = np.empty(len(circuits), dtype=np.float64)
         if self.hooked is not None:
             if edge_level:

@@ -146,10 +146,10 @@ def acdc(evaluator: Scorer, params: dict[str, Any], progress: ProgressCallback) 
     circuit = Circuit.from_edges(current_edges)
     final = evaluator.evaluate([circuit])[0]
     warning = None
-    if not current_edges:  # an empty edge set is the node-level empty circuit (its embedding kept)
+    if not current_edges:  # the edge circuit with no edges: every edge removed (the embedding's when prunable)
         warning = (
-            f"ACDC removed every edge at tau {tau:g}: the circuit is empty (its score is the node-level empty "
-            "circuit's); a smaller tau keeps more edges"
+            f"ACDC removed every edge at tau {tau:g}: the circuit is empty (scored with every edge removed); "
+            "a smaller tau keeps more edges"
         )
     extra = {
         "warning": warning,

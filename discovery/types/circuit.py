@@ -9,7 +9,9 @@ Spelling (the CLI's, the store's and the cache's):
 
 A :class:`Circuit` is a frozen set of nodes and, optionally, edges. Node-level circuits (no
 edges) are scored by ablating every node outside them; edge-level circuits by ablating every
-edge outside them. Its :attr:`Circuit.canonical` string is unique per circuit and its
+edge outside them. The edge-level circuit with no edges (``Circuit.from_edges([])``, spelled
+``|``) is every edge removed, which is not the node-level empty circuit when the embedding's
+edges are removable too. Its :attr:`Circuit.canonical` string is unique per circuit and its
 :attr:`Circuit.key` is a sha256 digest of that string: the dedup key across processes (never
 Python's ``hash()``, which is salted per process).
 """
@@ -202,6 +204,13 @@ class Circuit:
 
     nodes: frozenset[Node] = field(default_factory=frozenset)
     edges: frozenset[Edge] = field(default_factory=frozenset)
+    edge_level: bool = False
+    """Whether the circuit is edge-level: always when it has edges; set without edges only by
+    :meth:`from_edges` (every edge removed)."""
+
+    def __post_init__(self) -> None:
+        if self.edges and not self.edge_level:  # one value per circuit, however it was built
+            object.__setattr__(self, "edge_level", True)
 
     @classmethod
     def of(cls, nodes: Iterable[Node | str], edges: Iterable[Edge | str] = ()) -> Circuit:
@@ -211,17 +220,22 @@ class Circuit:
 
     @classmethod
     def from_edges(cls, edges: Iterable[Edge | str]) -> Circuit:
-        return cls.of((), edges)
+        """The edge-level circuit of ``edges``; with none, every edge removed (not the node-level empty circuit)."""
+        circuit = cls.of((), edges)
+        return circuit if circuit.edges else cls(edge_level=True)
 
     @classmethod
     def parse(cls, text: str) -> Circuit:
         """Read the canonical spelling: ``0.1,4.4,m8`` or ``NODES | EDGES`` with comma-separated edges.
 
-        The empty string (or ``-``) is the empty circuit: everything ablated.
+        The empty string (or ``-``) is the empty circuit: everything ablated. ``|`` is the
+        edge-level circuit with no edges: every edge removed.
         """
         text = text.strip()
         if text in ("", "-", "{}"):
             return cls()
+        if text == "|":
+            return cls.from_edges(())
         nodes_text, _, edges_text = text.partition("|")
         nodes = [t for t in (p.strip() for p in nodes_text.split(",")) if t]
         edges = [t for t in (p.strip() for p in edges_text.split(",")) if t]
@@ -232,7 +246,7 @@ class Circuit:
     def canonical(self) -> str:
         # embed/logits are implied by edges; node-level circuits list only heads and MLPs
         nodes = ",".join(n.name for n in self.sorted_nodes() if n.kind in ("head", "mlp"))
-        if not self.edges:
+        if not self.edge_level:
             return nodes
         edges = ",".join(e.name for e in sorted(self.edges, key=lambda e: e.sort_key))
         return f"{nodes} | {edges}"
@@ -243,12 +257,14 @@ class Circuit:
         return hashlib.sha256(self.canonical.encode()).hexdigest()
 
     def __str__(self) -> str:
+        if self.edge_level and not self.edges:
+            return "(no edges)"
         return self.canonical or "(empty)"
 
     # --- views ----------------------------------------------------------------------------
     @property
     def level(self) -> Literal["node", "edge"]:
-        return "edge" if self.edges else "node"
+        return "edge" if self.edge_level else "node"
 
     def sorted_nodes(self) -> list[Node]:
         return sorted(self.nodes, key=lambda n: n.sort_key)
