@@ -104,6 +104,7 @@ def test_version_prints_one_line():
     assert out.returncode == 0 and out.stdout.strip().startswith("circuits ") and out.stderr == ""
 
 
+@pytest.mark.slow  # over 20 s on the loaded 2-core machine (quick-tier durations, tests/conftest.py)
 def test_discover_is_recorded_as_a_run(model_dir, tmp_path):
     out = run(
         "discover", "--model", str(model_dir), "--n", "6", "--method", "greedy", "--target", "0.5",

@@ -108,6 +108,7 @@ def _job_under(store, model, task, circuit, normalised, method, search="greedy")
     return job
 
 
+@pytest.mark.slow  # over 20 s on the loaded 2-core machine (quick-tier durations, tests/conftest.py)
 def test_comparisons_are_keyed_by_dataset_method_and_weights(store, db_url, capsys, tmp_path, tokenizer):
     import shutil
 

@@ -111,6 +111,7 @@ def test_near_full_near_empty_and_mixed_batches(family, tokenizer):
     assert together[0] == pytest.approx(ev.full_metric, abs=1e-5)
 
 
+@pytest.mark.slow  # over 20 s on the loaded 2-core machine (quick-tier durations, tests/conftest.py)
 @pytest.mark.parametrize("steps", [1, 3])
 def test_attribution_in_prompt_batches_equals_one_batch(family, tokenizer, steps):
     ds = build_dataset(get_task("digits"), tokenizer, n=5, seed=3)

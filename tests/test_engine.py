@@ -307,6 +307,7 @@ def test_unknown_architecture_is_refused_naming_it(tokenizer, tmp_path):
     assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
+@pytest.mark.slow  # over 20 s on the loaded 2-core machine (quick-tier durations, tests/conftest.py)
 @pytest.mark.parametrize("architecture", ["gpt-neox", "llama", "qwen2"])
 def test_cli_evaluates_a_saved_directory(architecture, tokenizer, tmp_path):
     """Months, not digits: a saved Qwen2 directory loads Qwen2's tokenizer class, which splits digits."""

@@ -67,6 +67,7 @@ def alone(ev: Evaluator, circuits: list[Circuit]) -> np.ndarray:
     return np.array([ev.metric_values([c])[0] for c in circuits])
 
 
+@pytest.mark.slow  # over 20 s on the loaded 2-core machine (quick-tier durations, tests/conftest.py)
 @pytest.mark.parametrize("ablate_mlps", [False, True])
 def test_batched_equals_alone_gpt2(gpt2_4layer, tokenizer, ablate_mlps):
     ds = build_dataset(get_task("digits"), tokenizer, n=6, seed=4)
@@ -138,6 +139,7 @@ def test_multi_head_models_share_nothing(gpt2_4layer):
     assert gpt2_4layer.engine.kv_sources(0).tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.slow  # over 20 s on the loaded 2-core machine (quick-tier durations, tests/conftest.py)
 @pytest.mark.parametrize("ablate_mlps", [False, True])
 def test_batched_equals_alone_gqa(llama_gqa, tokenizer, ablate_mlps):
     ds = build_dataset(get_task("digits"), tokenizer, n=5, seed=2)
@@ -153,6 +155,7 @@ def test_batched_equals_alone_gqa(llama_gqa, tokenizer, ablate_mlps):
         assert value == pytest.approx(expected, abs=1e-4), circuit.canonical
 
 
+@pytest.mark.slow  # over 20 s on the loaded 2-core machine (quick-tier durations, tests/conftest.py)
 @pytest.mark.parametrize("ablate_mlps", [False, True])
 def test_batched_equals_alone_parallel_blocks(neox_parallel, tokenizer, ablate_mlps):
     """Siblings of a trie node share its MLP (parallel blocks) and its heads' z; each still gets its own value."""

@@ -217,6 +217,7 @@ def test_a_directory_without_config_is_not_a_model(tmp_path, model_dir):
         validate_request(request(tmp_path))
 
 
+@pytest.mark.slow  # over 20 s on the loaded 2-core machine (quick-tier durations, tests/conftest.py)
 def test_in_process_submit_runs_the_job_and_the_cli_prints_it(tmp_path, model_dir):
     env = {"CIRCUITS_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}", "CIRCUITS_BROKER_URL": ""}
     out = run_cli(
@@ -799,6 +800,7 @@ def test_a_killed_in_process_run_is_marked_failed_by_the_next_one(tmp_path, mode
     store.close()
 
 
+@pytest.mark.slow  # over 20 s on the loaded 2-core machine (quick-tier durations, tests/conftest.py)
 def test_exit_codes_of_in_process_jobs_failed_and_interrupted(tmp_path, long_model_dir):
     """A failed in-process job exits 1 (it used to exit 0); Ctrl-C exits 130 and leaves its job cancelled."""
     import signal
