@@ -28,7 +28,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from discovery.reference.training import ReferenceSpec
+from discovery.reference.training import ReferenceSpec, quiet_transformers
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
 """Where the shipped models live inside the package (package data)."""
@@ -65,15 +65,17 @@ def directory_weight_hash(directory: Path) -> str:
 
     from discovery.model import weight_hash
 
-    return weight_hash(AutoModelForCausalLM.from_pretrained(directory))
+    with quiet_transformers():
+        return weight_hash(AutoModelForCausalLM.from_pretrained(directory))
 
 
-def ship(name: str, trained: Path, threads: int | None = None) -> Path:
+def ship(name: str, trained: Path, threads: int | None = None, *, below_targets: bool = False) -> Path:
     """Copy the model trained in ``trained`` into the package's weights and record how it was made.
 
     ``threads`` is the torch thread count it was trained on, when the spec does not fix one (the
-    weights depend on it). Refuses a model below its targets, or one trained from another spec
-    version; replaces an earlier shipped copy of the same name, seed and version."""
+    weights depend on it). Refuses a model trained from another spec version, and one below its
+    targets unless ``below_targets`` (an experimental model shipped as it is: ``shipped.json`` says
+    ``meets_targets: false``); replaces an earlier shipped copy of the same name, seed and version."""
     import tokenizers
     import torch
     import transformers
@@ -87,7 +89,7 @@ def ship(name: str, trained: Path, threads: int | None = None) -> Path:
     if record["name"] != name or record["steps"] != spec.steps + spec.polish_steps:
         raise ValueError(f"{trained} is not a full training run of {name} v{spec.version}: {record}")
     below = {k: v for k, v in spec.targets.items() if record["heldout_accuracy"].get(k, 0.0) < v}
-    if below:
+    if below and not below_targets:
         raise ValueError(f"{trained} is below its targets {below}: {record['heldout_accuracy']}")
     target = shipped_dir(spec, record["seed"])
     if target.exists():
@@ -101,6 +103,7 @@ def ship(name: str, trained: Path, threads: int | None = None) -> Path:
         "model_safetensors_sha256": file_sha256(target / "model.safetensors"),
         "heldout_accuracy": record["heldout_accuracy"],
         "targets": dict(spec.targets),
+        "meets_targets": not below,
         "trained_with": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
