@@ -1,6 +1,7 @@
 """Train every reference model fresh (into a temporary directory) and time the README's main job; print ONE JSON line:
-training seconds, steps and held-out top-1 accuracy per model, plus the induction model's
-strongest previous-token (layer 0) and induction (layer 1) head scores.
+training seconds, steps and held-out top-1 accuracy per model, whether a trained model's weights equal
+the package's shipped copy (they do only on a machine that sums floats as the shipping one did), plus
+the induction model's strongest previous-token (layer 0) and induction (layer 1) head scores.
 
     python bench/reference_models.py [--threads 2] [--seed 0] [--only induction]
 """
@@ -35,7 +36,8 @@ MAIN_JOB = [
 
 def main_job(threads: int) -> dict:
     """The README's main job as a user runs it (``bash dev.sh demo`` without the install): first in an
-    empty cache and store (trains ref:sequences), then again (everything served from the cache and store)."""
+    empty cache and store (ref:sequences is the shipped copy: nothing trains), then again (the store
+    serves the scores)."""
     import subprocess
 
     out: dict = {"main_job": "circuits " + " ".join(MAIN_JOB)}
@@ -73,7 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from discovery.reference import REFERENCE_MODELS, head_scores_grid, train_reference
+    from discovery.reference import REFERENCE_MODELS, head_scores_grid, shipped_reference_dir, train_reference
+    from discovery.reference.shipped import directory_weight_hash, shipped_record
 
     result: dict = {
         "bench": "reference_models",
@@ -96,6 +99,10 @@ def main() -> None:
                 "targets": report.targets,
                 "meets_targets": report.meets_targets,
             }
+            if (shipped := shipped_reference_dir(name, args.seed)) is not None:
+                entry["same_weights_as_shipped"] = (
+                    directory_weight_hash(Path(tmp) / name) == shipped_record(shipped)["weight_hash"]
+                )
             if name == "induction":
                 grid = head_scores_grid(Path(tmp) / name)
                 previous, induction = grid.previous_token_heads(), grid.induction_heads()

@@ -25,8 +25,12 @@ import torch
 from discovery.model import LoadedModel, gpt2_tokenizer, random_gpt2
 
 # registered here, once: a session fixture imported into several test modules becomes one fixture
-# per module, and each trained its own copy of the model
-from tests.reference_fixtures import induction_reference, sequences_reference  # noqa: E402,F401
+# per module, and each built its own copy of the model
+from tests.reference_fixtures import (  # noqa: E402,F401
+    induction_reference,
+    induction_trained_reference,
+    sequences_reference,
+)
 
 torch.set_num_threads(2)
 
@@ -62,16 +66,3 @@ def tiny_model(tokenizer) -> LoadedModel:
 def tiny_model3(tokenizer) -> LoadedModel:
     """A 3-layer, 4-head random GPT-2: enough layers for prefix sharing and path patching to matter."""
     return random_gpt2(n_layers=3, n_heads=4, d_model=64, seed=1, tokenizer=tokenizer)
-
-
-TRAINING_FIXTURES = {"sequences_reference", "induction_reference"}
-TRAINING_TIMEOUT = 1800
-"""Seconds allowed to the first test of a session that uses a trained reference model: it pays for the
-training (about 7 minutes on a loaded 2-core machine), which the default per-test timeout (600 s) would
-cut, failing every test that shares the fixture."""
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.timeout(TRAINING_TIMEOUT))

@@ -2,20 +2,23 @@
 
 Short runs check what holds for any recipe: the same seed gives the same weights whatever thread
 count the caller set (the spec trains on its own), the caller's setting comes back, and the
-report's targets are the grid minima read from attention patterns. The full model (v5 meets every
-target, see the README's reference models) takes about 5 minutes to train, so it is checked by
-``python bench/reference_models.py --only induction-trained`` rather than in the suite.
+report's targets are the grid minima read from attention patterns. The full model is the package's
+shipped copy (``tests/reference_fixtures.py``), measured again here; retraining it from the recipe
+(about 5 minutes on idle cores) is checked by ``python bench/reference_models.py --only
+induction-trained`` rather than in the suite.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from discovery.reference import REFERENCE_MODELS, train_reference
 from discovery.reference.training import ReferenceSpec
+from tests.reference_fixtures import TrainedReference
 
 NAME = "induction-trained"
 GRID_TARGETS = {
@@ -58,6 +61,23 @@ def test_targets_are_the_grid_minima_and_are_reported(tmp_path: Path) -> None:
     assert set(spec.targets) <= set(report.heldout_accuracy)
     assert all(0.0 <= v <= 1.0 for v in report.heldout_accuracy.values())
     assert not report.meets_targets  # 5 steps learn nothing: the targets do not pass by construction
+
+
+def test_the_shipped_model_measures_as_its_record_says(induction_trained_reference: TrainedReference) -> None:
+    """Measured again here from attention patterns and the task, not read from the record. The shipped
+    copy (seed 0, trained on this project's 2-core build machine) misses the previous-token target
+    (0.66 against 0.8, README): the record says so, and every other target is met."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = REFERENCE_MODELS[NAME]
+    path = induction_trained_reference.path
+    recorded = induction_trained_reference.report.heldout_accuracy
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    accuracy = spec.evaluate(model, AutoTokenizer.from_pretrained(path), 0)
+    for key, target in spec.targets.items():
+        assert accuracy[key] == pytest.approx(recorded[key], abs=0.01), (key, accuracy)
+        if key != "previous-token (worst cell)":
+            assert accuracy[key] >= target, (key, accuracy)
 
 
 def _mean_attention_entropy(model, ids: torch.Tensor) -> float:

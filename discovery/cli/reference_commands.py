@@ -30,7 +30,8 @@ def train_reference(
             cached = False
         else:
             cached = (reference_dir(name, seed) / "reference.json").is_file()
-            directory = ensure_reference_model(name, progress=progress, seed=seed)
+            # the cache's copy, never the package's shipped one (which ref:NAME keeps loading)
+            directory = ensure_reference_model(name, progress=progress, seed=seed, shipped=False)
             record = json.loads((directory / "reference.json").read_text())
             report = TrainingReport(
                 name=record["name"],
