@@ -14,7 +14,7 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "find_a_circuit
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # trains ref:sequences first (about 75 s on 2 idle cores; far longer on a busy machine)
+@pytest.mark.timeout(1800)  # a kernel start, several searches and pictures: minutes on a busy machine
 def test_the_notebook_executes(sequences_reference, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat", reason="the test extra installs nbformat")
     nbclient = pytest.importorskip("nbclient", reason="the test extra installs nbclient")
