@@ -32,6 +32,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "model.safetensors")
 
 
+@pytest.mark.slow  # 16-23 s on the loaded 2 cores (quick-tier durations, tests/conftest.py)
 def test_same_seed_same_weights_whatever_the_callers_thread_count(tmp_path: Path) -> None:
     before = torch.get_num_threads()
     try:
@@ -88,6 +89,7 @@ def _mean_attention_entropy(model, ids: torch.Tensor) -> float:
         return float(mean_attention_entropy(model(input_ids=ids, output_attentions=True).attentions))
 
 
+@pytest.mark.slow  # 16-23 s on the loaded 2 cores (quick-tier durations, tests/conftest.py)
 def test_the_entropy_polish_sharpens_the_heads_and_only_in_the_polish() -> None:
     import dataclasses
 
